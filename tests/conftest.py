@@ -1,0 +1,24 @@
+"""Shared fixtures: where the public face data lives, and skips that say why."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def faces_root() -> Path:
+    """Labelled public faces are read in place (never copied into the repo)."""
+    env = os.environ.get("LFR_EDGE_FACES")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    root = faces_root()
+    if not (root / "lfw" / "labels.csv").exists():
+        pytest.skip(f"public face data not found at {root} (set LFR_EDGE_FACES to its folder)")
+    return root
