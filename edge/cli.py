@@ -18,6 +18,7 @@ from edge.errors import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, ConfigError, EdgeErro
 # dependencies (cv2, TFLite, paho) load only when that command runs.
 COMMAND_MODULES = (
     "edge.commands.config_cmd",
+    "edge.commands.provision_cmd",
     "edge.commands.models_cmd",
     "edge.commands.run_cmd",
     "edge.commands.keys_cmd",

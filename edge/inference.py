@@ -101,7 +101,8 @@ class Quant:
             return x.astype(self.dtype, copy=False)
         info = np.iinfo(self.dtype)  # type: ignore[type-var]
         q = np.rint(x / self.scale) + self.zero_point
-        return np.clip(q, info.min, info.max).astype(self.dtype)
+        out: npt.NDArray[Any] = np.clip(q, info.min, info.max).astype(self.dtype)
+        return out
 
     def dequantize(self, q: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         if self.scale == 0.0:

@@ -1,0 +1,108 @@
+"""Headless provisioning of a freshly flashed card, and the OS-level egress allow-list.
+
+On first boot the service takes its config from /etc/lfr-edge/lfr-edge.yaml or, when that is
+absent, from lfr-edge.yaml on the boot partition (the one partition a laptop can write to a
+card). The file is validated before it is moved into place: a bad file is reported and left
+where it is, and the service stays stopped (exit 2) rather than running half-configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from edge.config import Config, load_config, parse_config
+from edge.errors import ConfigError
+
+log = logging.getLogger("lfr_edge.provision")
+
+BOOT_DIRS = (Path("/boot/firmware"), Path("/boot"))
+BOOT_NAME = "lfr-edge.yaml"
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        if os.geteuid() == 0:
+            with contextlib.suppress(KeyError):  # the service user reads its config through the group
+                os.chown(tmp, 0, grp.getgrnam("lfr-edge").gr_gid)
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def provision(target: Path, boot_dirs: tuple[Path, ...] = BOOT_DIRS) -> Config:
+    """Return the validated config in force, moving one from the boot partition first if needed."""
+    if target.exists():
+        cfg = load_config(target)
+        log.info("configuration in place", extra={"path": str(target)})
+        return cfg
+    for d in boot_dirs:
+        candidate = d / BOOT_NAME
+        if not candidate.is_file():
+            continue
+        raw = candidate.read_bytes()
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{candidate}: not valid YAML ({getattr(e, 'problem', e)}); left in place"]) from None
+        try:
+            cfg = parse_config(data, target.parent, str(candidate))
+        except ConfigError as e:
+            raise ConfigError([f"{candidate}: {p}" for p in e.problems] + [f"{candidate}: left in place, not installed"]) from None
+        _atomic_write(target, raw, 0o640)
+        candidate.unlink()
+        log.warning("provisioned configuration from boot partition", extra={"from": str(candidate), "to": str(target)})
+        return cfg
+    where = ", ".join(str(d / BOOT_NAME) for d in boot_dirs)
+    raise ConfigError([f"{target}: no configuration (nor at {where}); the service stays stopped"])
+
+
+def broker_addresses(cfg: Config) -> list[str]:
+    """IP addresses of every configured broker, for systemd's IPAddressAllow=."""
+    out: list[str] = []
+    for uri in cfg.mqtt.brokers:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        try:
+            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as e:
+            raise ConfigError([f"mqtt.brokers: cannot resolve {host!r} ({e.strerror}); egress list not written"]) from None
+        for info in infos:
+            addr = str(info[4][0])
+            if addr not in out:
+                out.append(addr)
+    return out
+
+
+def egress_dropin(cfg: Config) -> str:
+    addrs = broker_addresses(cfg)
+    return (
+        "# Written by setup.sh from the config: the service may talk to its brokers and nothing else.\n"
+        "[Service]\n"
+        f"IPAddressAllow={' '.join(['localhost', *addrs])}\n"
+    )
+
+
+def write_egress_dropin(cfg: Config, path: Path) -> None:
+    _atomic_write(path, egress_dropin(cfg).encode(), 0o644)

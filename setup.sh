@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# LFR Edge installer. Idempotent: safe to re-run.
+#   ./setup.sh --dev   development checkout: .venv with test extras, Debian mosquitto; no user, no service
+#   ./setup.sh         appliance (root): user lfr-edge, /etc/lfr-edge, /var/lib/lfr-edge, /opt/lfr-edge,
+#                      device keys once, systemd unit installed and enabled (starts once a config exists)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MODE=appliance
+for arg in "$@"; do
+  case "$arg" in
+    --dev) MODE=dev ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (use --dev or nothing)" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "setup: $*"; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+# --- Preconditions: one clear line each ---------------------------------------------------------
+PY="${PYTHON:-python3}"
+command -v "$PY" >/dev/null || die "python3 not found; install it (apt-get install python3 python3-venv)"
+"$PY" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)' \
+  || die "unsupported Python $("$PY" -c 'import platform; print(platform.python_version())'); need 3.10-3.13"
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || die "python3 venv module missing; apt-get install python3-venv"
+if [ "$MODE" = appliance ] && [ "$(id -u)" -ne 0 ]; then
+  die "appliance install needs root (sudo ./setup.sh); for a development checkout use ./setup.sh --dev"
+fi
+need_mb=$([ "$MODE" = dev ] && echo 3000 || echo 1500)
+target_dir=$([ "$MODE" = dev ] && echo "$HERE" || echo /opt)
+mkdir -p "$target_dir"
+avail_mb=$(df -Pm "$target_dir" | awk 'NR==2 {print $4}')
+[ "${avail_mb:-0}" -ge "$need_mb" ] || die "not enough disk: ${avail_mb} MB free under $target_dir, need ${need_mb} MB"
+
+# --- Platform -----------------------------------------------------------------------------------
+PLATFORM=linux
+if grep -qs "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then PLATFORM=raspberrypi
+elif [ -f /etc/nv_tegra_release ] || grep -qs -i "jetson" /proc/device-tree/model 2>/dev/null; then PLATFORM=jetson
+fi
+say "platform: $PLATFORM ($(uname -m)), python $("$PY" -c 'import platform; print(platform.python_version())'), mode: $MODE"
+
+apt_install() {  # only what is missing; needs root
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    say "warning: missing Debian packages ${missing[*]} and not root; install them with: sudo apt-get install ${missing[*]}"
+    return 0
+  fi
+  say "apt: installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+SYSTEM_SITE=""
+OPENCV_FROM_PIP=1
+case "$PLATFORM" in
+  raspberrypi)
+    apt_install python3-picamera2
+    SYSTEM_SITE="--system-site-packages"   # picamera2 and libcamera come from apt, not pip
+    say "Raspberry Pi OS: picamera2 from apt (python3-picamera2), venv with --system-site-packages" ;;
+  jetson)
+    SYSTEM_SITE="--system-site-packages"   # JetPack's OpenCV is built with GStreamer for nvarguscamerasrc
+    OPENCV_FROM_PIP=0
+    say "Jetson: using the system OpenCV with GStreamer, venv with --system-site-packages" ;;
+  *) say "generic Linux: pip wheels only" ;;
+esac
+
+make_venv() {  # $1 = venv dir
+  local venv="$1"
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating venv $venv"
+    "$PY" -m venv $SYSTEM_SITE "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  # ai-edge-litert has much faster int8 kernels; tflite-runtime is the fallback where it has no wheel.
+  if "$venv/bin/python" -c 'import ai_edge_litert' 2>/dev/null || "$venv/bin/python" -m pip install -q ai-edge-litert; then
+    say "TFLite runtime: ai-edge-litert"
+  elif "$venv/bin/python" -m pip install -q tflite-runtime; then
+    say "TFLite runtime: tflite-runtime (ai-edge-litert has no wheel here)"
+  else
+    die "neither ai-edge-litert nor tflite-runtime installs on $(uname -m) / Python $("$PY" -V)"
+  fi
+}
+
+install_pkg() {  # $1 = venv, $2 = pip target (path[extras]), $3 = editable flag
+  local venv="$1" target="$2" editable="$3"
+  if [ "$OPENCV_FROM_PIP" = 1 ]; then
+    "$venv/bin/python" -m pip install -q $editable "$target"
+  else
+    "$venv/bin/python" -c 'import cv2' 2>/dev/null || die "Jetson: system OpenCV (python3-opencv) not importable"
+    "$venv/bin/python" -m pip install -q numpy 'paho-mqtt>=2,<3' pyyaml 'pydantic>=2.5,<3' cryptography
+    "$venv/bin/python" -m pip install -q --no-deps $editable "$target"
+  fi
+}
+
+# --- Development checkout -----------------------------------------------------------------------
+if [ "$MODE" = dev ]; then
+  apt_install mosquitto
+  make_venv "$HERE/.venv"
+  install_pkg "$HERE/.venv" "$HERE[test]" -e
+  # Oracles for parity tests and benchmark peers; tests skip with a reason where these are absent.
+  "$HERE/.venv/bin/python" -m pip install -q dlib-bin faiss-cpu || say "warning: dlib-bin/faiss-cpu unavailable; parity tests will skip"
+  "$HERE/.venv/bin/python" -c 'import torch' 2>/dev/null \
+    || "$HERE/.venv/bin/python" -m pip install -q torch==2.13.0 \
+    || say "warning: torch unavailable; model-rebuild tests will skip"
+  "$HERE/.venv/bin/lfr-edge" --version >/dev/null
+  say "done: $HERE/.venv ready (lfr-edge $("$HERE/.venv/bin/lfr-edge" --version | cut -d' ' -f2)); try: .venv/bin/lfr-edge demo"
+  exit 0
+fi
+
+# --- Appliance ----------------------------------------------------------------------------------
+getent group video >/dev/null || groupadd --system video
+if ! id lfr-edge >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/lfr-edge --no-create-home --shell /usr/sbin/nologin \
+    --user-group --groups video lfr-edge
+  say "created service user lfr-edge (groups: video)"
+fi
+install -d -m 0750 -o root -g lfr-edge /etc/lfr-edge
+install -d -m 0700 -o lfr-edge -g lfr-edge /etc/lfr-edge/keys /var/lib/lfr-edge
+install -d -m 0755 /opt/lfr-edge
+make_venv /opt/lfr-edge/venv
+install_pkg /opt/lfr-edge/venv "$HERE" ""
+rm -rf /opt/lfr-edge/models.new && cp -r "$HERE/models" /opt/lfr-edge/models.new
+rm -rf /opt/lfr-edge/models && mv /opt/lfr-edge/models.new /opt/lfr-edge/models
+install -m 0644 "$HERE/README.md" /opt/lfr-edge/README.md
+install -m 0640 -o root -g lfr-edge "$HERE/config/lfr-edge.example.yaml" /etc/lfr-edge/lfr-edge.example.yaml
+LFR_EDGE_MODELS=/opt/lfr-edge/models /opt/lfr-edge/venv/bin/lfr-edge models verify >/dev/null \
+  && say "models verified (sha256 + one inference each)" || die "model verification failed: run lfr-edge models verify"
+
+if [ ! -f /etc/lfr-edge/keys/device_ed25519.pem ]; then
+  runuser -u lfr-edge -- /opt/lfr-edge/venv/bin/lfr-edge keys init --dir /etc/lfr-edge/keys
+  say "generated device keys in /etc/lfr-edge/keys (0600)"
+else
+  say "device keys already present; kept"
+fi
+
+install -m 0644 "$HERE/systemd/lfr-edge.service" /etc/systemd/system/lfr-edge.service
+if [ -f /etc/lfr-edge/lfr-edge.yaml ]; then
+  install -d -m 0755 /etc/systemd/system/lfr-edge.service.d
+  /opt/lfr-edge/venv/bin/lfr-edge provision --config /etc/lfr-edge/lfr-edge.yaml \
+    --egress-dropin /etc/systemd/system/lfr-edge.service.d/10-egress.conf
+  say "egress limited to the configured brokers (10-egress.conf)"
+fi
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable lfr-edge.service >/dev/null 2>&1
+  say "lfr-edge.service installed and enabled; it starts once /etc/lfr-edge/lfr-edge.yaml (or /boot/firmware/lfr-edge.yaml) exists"
+else
+  say "systemd not running here: unit installed to /etc/systemd/system, enable it on the device"
+fi
+say "public keys to register with the back office:"
+/opt/lfr-edge/venv/bin/lfr-edge keys show --dir /etc/lfr-edge/keys || true

@@ -1,0 +1,126 @@
+"""Configuration: the example is valid, mistakes are named by key path, secrets are guarded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from edge.config import Config, load_config, parse_config
+from edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "lfr-edge.example.yaml"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_example_config_is_ok() -> None:
+    r = cli("check-config", "--config", str(EXAMPLE))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK")
+
+
+def test_every_example_key_is_present_and_commented() -> None:
+    # Operators configure from this file alone: every key of the schema is in it, with an explanation.
+    lines = EXAMPLE.read_text().splitlines()
+    prev = ""
+    for n, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not stripped.startswith("- "):
+            _key, _, value = stripped.partition(":")
+            documented = "#" in line or prev.startswith("#") or value.strip() == ""
+            assert documented, f"line {n} ({stripped}) has no comment"
+        if stripped:
+            prev = stripped
+    data = yaml.safe_load(EXAMPLE.read_text())
+
+    def walk(model: type[BaseModel], node: dict[str, object], path: str) -> None:
+        for name, field in model.model_fields.items():
+            assert name in node, f"{path}{name} is missing from the example config"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                sub = node[name]
+                assert isinstance(sub, dict)
+                walk(ann, sub, f"{path}{name}.")
+
+    walk(Config, data, "")
+
+
+def test_three_mistakes_three_lines_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device:\n  id: van-01\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
+    r = cli("check-config", "--config", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 3, r.stderr
+    assert "device.colour" in lines[0] and "unknown key" in lines[0]
+    assert "camera.fps" in lines[1] and "'fast'" in lines[1]
+    assert "mqtt.keepalive_s" in lines[2] and "2" in lines[2] and ">= 5" in lines[2]
+
+
+def test_bad_port_in_broker_uri_is_named() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"mqtt": {"brokers": ["mqtts://broker:70000"]}}, ROOT)
+    assert e.value.problems == ["mqtt.brokers: 'mqtts://broker:70000' has an invalid port (1-65535)"]
+
+
+def test_unknown_camera_scheme_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"camera": {"source": "ftp://x"}}, ROOT)
+    assert e.value.problems[0].startswith("camera.source: unknown camera source")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("device:\n  id: [unclosed\n")
+    with pytest.raises(ConfigError) as e2:
+        load_config(broken)
+    assert "not valid YAML at line" in e2.value.problems[0]
+
+
+def test_secret_file_with_open_permissions_is_refused(tmp_path: Path) -> None:
+    pw = tmp_path / "mqtt.password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o644)
+    cfg = {"mqtt": {"brokers": ["mqtts://b:8883"], "password_file": "mqtt.password"}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg, tmp_path)
+    assert e.value.problems == [
+        "mqtt.password_file: 'mqtt.password' has permissions 0o644; secrets must be 0600 (chmod 600)"
+    ]
+    pw.chmod(0o600)
+    loaded = parse_config(cfg, tmp_path)
+    assert loaded.mqtt.password_file == tmp_path / "mqtt.password"  # relative to the config file
+
+
+def test_missing_referenced_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"alerts": {"seal_to": "nowhere.pem"}}, tmp_path)
+    assert e.value.problems == ["alerts.seal_to: 'nowhere.pem' does not exist or is not a file"]
+
+
+def test_threshold_below_floor_needs_a_reason() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"matching": {"threshold": 0.4, "floor": 0.5}}, ROOT)
+    assert "threshold 0.4 is below the floor 0.5" in e.value.problems[0]
+    with pytest.raises(ConfigError):
+        parse_config({"matching": {"threshold": 0.4, "allow_below_floor": True}}, ROOT)
+    ok = parse_config(
+        {"matching": {"threshold": 0.4, "allow_below_floor": True, "below_floor_reason": "missing child"}}, ROOT
+    )
+    assert ok.matching.threshold == 0.4
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env"}}))
+    env = dict(os.environ, LFR_EDGE_CONFIG=str(cfg))
+    r = cli("check-config", env=env)
+    assert r.returncode == 0 and str(cfg) in r.stdout
