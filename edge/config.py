@@ -304,7 +304,7 @@ def _resolve(cfg: Config, base: Path) -> Config:
     updates["models"] = cfg.models.model_copy(update={"dir": fix(cfg.models.dir) or cfg.models.dir})
     tls = cfg.mqtt.tls.model_copy(
         update={k: fix(getattr(cfg.mqtt.tls, k)) for k in ("ca_file", "cert_file", "key_file")
-                if getattr(cfg.mqtt.tls, k) is not None}
+                if fix(getattr(cfg.mqtt.tls, k)) is not None}
     )
     updates["mqtt"] = cfg.mqtt.model_copy(
         update={"tls": tls, "password_file": fix(cfg.mqtt.password_file) or cfg.mqtt.password_file}

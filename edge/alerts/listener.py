@@ -1,0 +1,241 @@
+"""Back-office alert listener: verify, unseal, dedupe, hand on. Runs on the back office, never the device.
+
+Subscribes to `<topic_root>/+/alerts` and `<topic_root>/+/status` with QoS 1 on a persistent session
+(fixed client id, clean start off, session expiry), so alerts published while it was away are
+delivered when it reconnects. Each alert must carry a valid Ed25519 signature by the key registered
+for its device (and the device in the message must be the one in the topic); anything else is
+reported as rejected and never shown as an alert. Duplicates (at-least-once delivery) are dropped by
+alert_id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TextIO
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
+from edge.alerts.mqtt import BrokerURI, LinkSettings, Message, MqttLink, read_password
+from edge.config import TLSConfig
+from edge.errors import ConfigError, InputError
+from edge.keys import check_private_file, load_backoffice_keys, load_ed25519_public
+
+log = logging.getLogger("lfr_edge.listener")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceEntry(_Section):
+    public_key: Path  # the device's Ed25519 public key (device_ed25519.pub.pem from `lfr-edge keys`)
+
+
+class BackofficeConfig(_Section):
+    brokers: list[str] = Field(min_length=1)
+    client_id: str = "lfr-backoffice"
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TLSConfig = TLSConfig()
+    protocol: Literal["v5", "v311", "auto"] = "auto"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+    topic_root: str = "lfr"
+    # How long the broker keeps queuing alerts for this listener while it is not connected.
+    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
+    unseal_key: Path | None = None  # back-office X25519 private key (PEM, 0600), or a keys directory
+    # Where accepted alert ids are remembered, so duplicates stay dropped across listener restarts.
+    state_dir: Path | None = None
+    devices: dict[str, DeviceEntry] = Field(default_factory=dict)
+
+    @field_validator("brokers")
+    @classmethod
+    def _uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            try:
+                BrokerURI.parse(uri)
+            except InputError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+
+def _resolve(p: Path | None, base: Path) -> Path | None:
+    return None if p is None or p.is_absolute() else base / p
+
+
+def load_backoffice_config(path: str | Path) -> BackofficeConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: back-office config not found"]) from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError([f"{p}: cannot read back-office config ({e})"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: the top level must be a mapping"])
+    try:
+        cfg = BackofficeConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{loc}: unknown key (see config/backoffice.example.yaml)")
+            else:
+                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(lines) from None
+    base = p.resolve().parent
+    tls = cfg.tls.model_copy(
+        update={k: _resolve(getattr(cfg.tls, k), base) or getattr(cfg.tls, k) for k in ("ca_file", "cert_file", "key_file")}
+    )
+    devices = {d: DeviceEntry(public_key=_resolve(e.public_key, base) or e.public_key) for d, e in cfg.devices.items()}
+    return cfg.model_copy(
+        update={
+            "tls": tls,
+            "devices": devices,
+            "password_file": _resolve(cfg.password_file, base) or cfg.password_file,
+            "unseal_key": _resolve(cfg.unseal_key, base) or cfg.unseal_key,
+            "state_dir": _resolve(cfg.state_dir, base) or cfg.state_dir,
+        }
+    )
+
+
+def link_settings(cfg: BackofficeConfig) -> LinkSettings:
+    return LinkSettings(
+        brokers=tuple(cfg.brokers),
+        client_id=cfg.client_id,
+        username=cfg.username,
+        password=read_password(cfg.password_file) if cfg.password_file else None,
+        ca_file=cfg.tls.ca_file,
+        cert_file=cfg.tls.cert_file,
+        key_file=cfg.tls.key_file,
+        insecure_no_verify=cfg.tls.insecure_no_verify,
+        protocol=cfg.protocol,
+        keepalive_s=cfg.keepalive_s,
+        reconnect_min_s=cfg.reconnect_min_s,
+        reconnect_max_s=cfg.reconnect_max_s,
+        will_topic=None,
+        clean_start=False,
+        session_expiry_s=cfg.session_expiry_s,
+    )
+
+
+def load_device_keys_map(cfg: BackofficeConfig) -> dict[str, Ed25519PublicKey]:
+    return {dev: load_ed25519_public(entry.public_key) for dev, entry in cfg.devices.items()}
+
+
+def load_unseal_key(cfg: BackofficeConfig) -> X25519PrivateKey | None:
+    if cfg.unseal_key is None:
+        return None
+    p = cfg.unseal_key
+    if p.is_dir():
+        return load_backoffice_keys(p).x25519
+    check_private_file(p)
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"unseal_key: {p} is not a readable PEM private key ({e})") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise InputError(f"unseal_key: {p} holds a {type(key).__name__}, expected an X25519 private key")
+    return key
+
+
+SEEN_FILE = "seen_alert_ids"
+
+AlertSink = Callable[[VerifiedAlert], None]
+RejectSink = Callable[[str, str], None]  # (topic, reason)
+StatusSink = Callable[[str, dict[str, Any]], None]  # (device_id, status)
+
+
+class AlertListener:
+    def __init__(
+        self,
+        cfg: BackofficeConfig,
+        on_alert: AlertSink,
+        on_reject: RejectSink,
+        on_status: StatusSink | None = None,
+        dedupe_window: int = 100_000,
+    ) -> None:
+        self.cfg = cfg
+        self.device_keys = load_device_keys_map(cfg)
+        self.unseal_key = load_unseal_key(cfg)
+        self.on_alert, self.on_reject, self.on_status = on_alert, on_reject, on_status
+        self.link = MqttLink(link_settings(cfg), name="listener")
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._window = dedupe_window
+        self._lock = threading.Lock()
+        self._seen_file: TextIO | None = None
+        if cfg.state_dir is not None:
+            self._load_seen(cfg.state_dir / SEEN_FILE)
+        self.received = 0
+        self.duplicates = 0
+        self.rejected = 0
+
+    def start(self) -> AlertListener:
+        root = self.cfg.topic_root
+        self.link.subscribe(f"{root}/+/alerts", self._alert, qos=1)
+        self.link.subscribe(f"{root}/+/status", self._status, qos=1)
+        self.link.start()
+        return self
+
+    def stop(self) -> None:
+        self.link.stop(offline_status=False)
+        if self._seen_file is not None:
+            self._seen_file.close()
+
+    def _load_seen(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists():
+            ids = path.read_text().split()[-self._window :]
+            self._seen.update((i, None) for i in ids)
+            # Rewrite trimmed, so the file stays as small as the window.
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{i}\n" for i in ids))
+            os.replace(tmp, path)
+        self._seen_file = path.open("a", buffering=1)
+
+    @staticmethod
+    def _device_of(topic: str) -> str:
+        parts = topic.split("/")
+        return parts[-2] if len(parts) >= 2 else ""
+
+    def _alert(self, msg: Message) -> None:
+        try:
+            alert = verify_alert(msg.payload, self.device_keys, self.unseal_key, self._device_of(msg.topic))
+        except AlertRejected as e:
+            self.rejected += 1
+            self.on_reject(msg.topic, str(e))
+            return
+        with self._lock:
+            if alert.alert_id in self._seen:
+                self.duplicates += 1
+                return
+            self._seen[alert.alert_id] = None
+            if len(self._seen) > self._window:
+                self._seen.popitem(last=False)
+            self.received += 1
+            if self._seen_file is not None:
+                self._seen_file.write(alert.alert_id + "\n")
+        self.on_alert(alert)
+
+    def _status(self, msg: Message) -> None:
+        if self.on_status is None or not msg.payload:
+            return
+        try:
+            status = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(status, dict):
+            self.on_status(self._device_of(msg.topic), status)
