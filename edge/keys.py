@@ -73,10 +73,36 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Create a new 0600 file; never overwrites (O_EXCL), so a key is generated exactly once."""
+    """Create a new 0600 file, complete or not at all; never overwrites an existing one.
+
+    The bytes go to a temporary file first and are hard-linked into place: the link fails if the
+    name exists (so a key is generated exactly once, even by two processes at the same time), and
+    a crash can never leave a half-written key under the real name.
+    """
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have narrowed it further, never widened; be exact
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # FileExistsError when someone else's key is already there
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links (vfat): exclusive create in place
+            _write_exclusive(path, data)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _write_exclusive(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # the umask may have narrowed it further, never widened; be exact
+        os.fchmod(fd, 0o600)
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -1,7 +1,13 @@
 """Vectorised matching of fused probe embeddings against the watchlist matrix.
 
-One matrix product gives every template's cosine; a segmented max (templates are grouped by
-subject) gives each subject's best score; argpartition gives top-1 and top-2 without sorting.
+Matrix products give every template's cosine; a segmented max (templates are grouped by subject)
+gives each subject's best score, skipped when every subject has exactly one template; two argmax
+passes give top-1 and top-2 without sorting.
+
+The template matrix is multiplied in blocks of rows. A single large product hands the work to
+OpenBLAS's thread pool, which on a small, busy CPU (the camera loop and TFLite already use the
+cores) spins and waits: measured here, one 100k×128 product took ~20 ms threaded against ~5 ms as
+512-row blocks, which stay on the calling thread and keep each block in cache (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import numpy.typing as npt
 
 from edge.types import Match
 from edge.watchlist.model import Watchlist
+
+BLOCK_ROWS = 512
 
 
 class Matcher:
@@ -36,17 +44,39 @@ class Matcher:
             ],
             dtype=np.float32,
         )
+        self._templates = np.ascontiguousarray(watchlist.templates, dtype=np.float32)
         ts = watchlist.template_subject
+        n_subjects = len(watchlist.subjects)
+        # One template per subject, in subject order: template scores are subject scores.
+        self._identity = bool(ts.size == n_subjects and np.array_equal(ts, np.arange(n_subjects)))
         self._starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]]) if ts.size else np.zeros(0, np.intp)
         self._seg_subject = ts[self._starts] if ts.size else np.zeros(0, np.int32)
 
+    def _template_scores(self, probes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(P, D) → (P, M) cosines, computed block by block on this thread."""
+        t = self._templates
+        m = t.shape[0]
+        out = np.empty((probes.shape[0], m), np.float32)
+        if probes.shape[0] == 1:
+            p, row = probes[0], out[0]
+            for s in range(0, m, BLOCK_ROWS):
+                np.dot(t[s : s + BLOCK_ROWS], p, out=row[s : s + BLOCK_ROWS])
+        else:
+            for s in range(0, m, BLOCK_ROWS):
+                out[:, s : s + BLOCK_ROWS] = probes @ t[s : s + BLOCK_ROWS].T
+        return out
+
     def subject_scores(self, probes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(P, D) L2-normalised probes → (P, S) best cosine per subject."""
-        sims = probes @ self.watchlist.templates.T
-        if sims.shape[1] == 0:
-            return np.zeros((probes.shape[0], len(self.watchlist.subjects)), np.float32)
+        probes = np.ascontiguousarray(probes, dtype=np.float32)
+        n_subjects = len(self.watchlist.subjects)
+        if self._templates.shape[0] == 0:
+            return np.full((probes.shape[0], n_subjects), -1.0, np.float32)
+        sims = self._template_scores(probes)
+        if self._identity:
+            return sims
         seg = np.maximum.reduceat(sims, self._starts, axis=1)
-        out = np.full((probes.shape[0], len(self.watchlist.subjects)), -1.0, np.float32)
+        out = np.full((probes.shape[0], n_subjects), -1.0, np.float32)
         out[:, self._seg_subject] = seg
         return out
 
@@ -56,15 +86,15 @@ class Matcher:
         wl = self.watchlist
         if not wl.subjects or wl.expired(time.time() if now is None else now):
             return None
-        scores = self.subject_scores(probe[None, :])[0]
-        if scores.shape[0] >= 2:
-            top2 = np.argpartition(-scores, 1)[:2]
-            best, second = (top2 if scores[top2[0]] >= scores[top2[1]] else top2[::-1])
-            margin = float(scores[best] - scores[second])
-        else:
-            best, margin = 0, 1.0
+        scores = self.subject_scores(probe.reshape(1, -1))[0]
+        best = int(np.argmax(scores))
         score = float(scores[best])
+        if scores.shape[0] >= 2:
+            scores[best] = -np.inf  # scores is our own buffer; the runner-up is the next argmax
+            margin = score - float(scores[int(np.argmax(scores))])
+        else:
+            margin = 1.0
         threshold = float(self._thresholds[best])
         if score < threshold or margin < self.min_margin:
             return None
-        return Match(subject=wl.subjects[int(best)], score=score, margin=margin, threshold=threshold)
+        return Match(subject=wl.subjects[best], score=score, margin=margin, threshold=threshold)
