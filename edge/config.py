@@ -82,6 +82,15 @@ class DetectionConfig(Section):
     whole_frame: bool = True
     tiles: TilesConfig = TilesConfig()
     min_face_px: Annotated[int, Field(ge=8, le=2000)] = 40
+    # Run the tiles on every Nth frame only (the whole-frame pass runs on every frame); the tracker
+    # carries small faces across the frames in between. 1 = tiles on every frame.
+    tiles_every_n: Annotated[int, Field(ge=1, le=10)] = 1
+
+    @model_validator(mode="after")
+    def _tiles_every_n(self) -> DetectionConfig:
+        if self.tiles_every_n > 1 and not self.whole_frame:
+            raise ValueError("tiles_every_n > 1 needs whole_frame: true (frames between tile passes use it)")
+        return self
 
 
 class QualityConfig(Section):
