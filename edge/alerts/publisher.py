@@ -114,8 +114,10 @@ class AlertPublisher:
 
     # ----------------------------------------------------------------------- sinks
 
-    def on_match(self, event: MatchEvent) -> None:
-        """Pipeline sink: durable on return; publishing happens on the drainer thread."""
+    def on_match(self, event: MatchEvent) -> str:
+        """Pipeline sink: durable on return; publishing happens on the drainer thread.
+
+        Returns the alert id so the audit log can record which alert was raised for whom."""
         t = time.monotonic()
         alert = build_alert(
             event,
@@ -133,6 +135,7 @@ class AlertPublisher:
                 self._t_enqueued.pop(next(iter(self._t_enqueued)))
         self.raised += 1
         self._events.put(None)
+        return alert.alert_id
 
     def enqueue(self, topic: str, payload: bytes, kind: str) -> int:
         """Any other record that must not be lost (audit: kind "audit", topic <prefix>/audit)."""

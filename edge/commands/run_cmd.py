@@ -11,14 +11,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from edge.config import Config, config_path, load_config
+from edge.config import config_path, load_config
 from edge.errors import EXIT_OK, InputError
-
-if TYPE_CHECKING:  # the CLI imports every command module; heavy imports wait until `run` runs
-    from edge.watchlist.model import Watchlist
-    from edge.watchlist.store import WatchlistHolder
 
 log = logging.getLogger("lfr_edge.run")
 
@@ -28,7 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", help="config file (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
     p.add_argument("--source", help="camera source URI overriding camera.source (e.g. file:clip.mp4)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N processed frames")
-    p.add_argument("--events", default="-", help="JSON-lines file for match events (default: stdout)")
+    p.add_argument(
+        "--events", default="none", help="also write match events as JSON lines to FILE ('-': stdout; default none)"
+    )
     p.set_defaults(handler=_run)
 
 
@@ -48,57 +45,26 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def load_installed_watchlist(cfg: Config, holder: WatchlistHolder) -> Watchlist | None:
-    """Put the list installed on this device in force (decrypted into memory only), if any.
-
-    A stored list that cannot be opened is reported and the loop runs without one (no alert can
-    be raised, the status says so) rather than restart-looping the service.
-    """
-    if not cfg.watchlist_store.exists():
-        log.warning("no watchlist installed at %s: faces are counted, nobody can match", cfg.watchlist_store)
-        return None
-    from edge.watchlist.store import store_from_config
-
-    try:
-        return store_from_config(cfg, holder=holder).load()
-    except InputError as e:
-        log.error("installed watchlist not usable: %s", e)
-        return None
-
-
 def _run(args: argparse.Namespace) -> int:
     from edge.logsetup import setup_logging
-    from edge.pipeline import Pipeline, build_stages, run_loop
     from edge.pipeline_sinks import JsonlSink
-    from edge.sdnotify import Notifier
-    from edge.watchlist.store import WatchlistHolder
+    from edge.service import serve
 
     cfg = load_config(config_path(args.config))
     setup_logging(cfg.logging.level, cfg.logging.format)
     if args.max_frames is not None and args.max_frames < 1:
         raise InputError(f"--max-frames: {args.max_frames} must be >= 1")
-    source = args.source or cfg.camera.source
-    from edge.camera.factory import make_source
-
-    src = make_source(source, cfg.camera)  # a bad URI fails here, before models load
     stop = threading.Event()
-    notifier = Notifier()
-    sink = JsonlSink(None if args.events == "-" else args.events)
+    # Match events always go to the alert publisher (MQTT, through the spool); --events adds a
+    # local JSON-lines copy for replays and tests. The service itself runs with --events none.
+    extra = () if args.events == "none" else (JsonlSink(None if args.events == "-" else args.events),)
     try:
         with stop_on_signals(stop):
-            holder = WatchlistHolder()
-            load_installed_watchlist(cfg, holder)
-            pipeline = Pipeline(cfg, build_stages(cfg), holder, sink)
-            notifier.ready(f"processing {src.name}")
-            log.info("camera loop started", extra={"source": src.name, **pipeline.stages.model_ids})
-            counters = run_loop(
-                cfg, src, sink, notifier.frame_processed, stop, args.max_frames, pipeline=pipeline
-            )
-            notifier.stopping()
-            summary = pipeline.status()
+            result = serve(cfg, args.source, max_frames=args.max_frames, stop=stop, extra_sinks=extra)
     finally:
-        sink.close()
-        notifier.close()
-    log.info("camera loop stopped", extra={"frames": counters.frames, "alerts": counters.matches})
-    print(json.dumps({"stopped": True, **summary}), file=sys.stderr)
+        for sink in extra:
+            sink.close()
+    c = result.counters
+    log.info("camera loop stopped", extra={"frames": c.frames, "alerts": c.matches})
+    print(json.dumps({"stopped": True, **result.status}), file=sys.stderr)
     return EXIT_OK

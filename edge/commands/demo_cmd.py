@@ -1,0 +1,20 @@
+"""`lfr-edge demo`: the real path end to end on public-domain data and a local Mosquitto."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run the whole appliance on a generated video with a local broker")
+    p.add_argument("--out", type=Path, help="keep the demo's files here (default: a temporary folder)")
+    p.add_argument("--frames", type=int, default=90, help="length of the generated video (default 90)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(args.out, args.frames, args.keep)
