@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from edge.alerts.publisher import SPOOL_FILE, AlertPublisher
 from edge.config import load_config
 from tests.alertkit import event, lfr_edge, make_backoffice, make_backoffice_keys, make_device, start_listener
@@ -176,5 +179,40 @@ def test_the_device_opens_no_listening_socket_and_talks_only_to_its_broker(
     tcp = [s for s in sockets if s[0].startswith("tcp")]
     assert tcp, "the device's broker connection should be visible (inode mapping works)"
     assert [s for s in sockets if s[0].startswith("tcp") and s[1] == "0A"] == []  # 0A = LISTEN
+    assert [s for s in sockets if s[0].startswith("udp")] == []
+    assert {s[2] for s in tcp} == {w["broker"].port}
+
+
+def test_lfr_edge_run_opens_no_listening_socket_and_talks_only_to_its_broker(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    pytest.importorskip("skimage", reason="scikit-image (test extra) ships the demo video's images")
+    from edge.demo import make_video
+
+    w = world(tmp_path, broker_factory)
+    video = tmp_path / "street.mp4"
+    make_video(video, frames=30)
+    cfg = yaml.safe_load(w["a"].config.read_text())
+    cfg["camera"] = {"source": f"file:{video}", "loop": True, "realtime": True}
+    w["a"].config.write_text(yaml.safe_dump(cfg))
+    listener, got = start_listener(w["bo"], w["broker"])
+    # The real service main job, with the same listen() trap.
+    dev = subprocess.Popen(
+        [sys.executable, "-c", DEVICE_WITH_LISTEN_TRAP, "run", "--config", str(w["a"].config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert got.wait(lambda: any(s.get("state") == "online" for _, s in got.statuses), 60)
+        time.sleep(2.0)  # frames flowing, a status heartbeat or two
+        sockets = _inet_sockets(_socket_inodes(dev.pid))
+        assert dev.poll() is None, "lfr-edge run exited early"
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        _, err = dev.communicate(timeout=15)
+        listener.stop()
+    assert dev.returncode == 0, err
+    assert "LISTEN" not in err, err
+    tcp = [s for s in sockets if s[0].startswith("tcp")]
+    assert tcp and [s for s in tcp if s[1] == "0A"] == []  # connected, and no LISTEN (0A)
     assert [s for s in sockets if s[0].startswith("udp")] == []
     assert {s[2] for s in tcp} == {w["broker"].port}
