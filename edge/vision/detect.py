@@ -29,6 +29,10 @@ from edge.types import F32, U8, Detections
 NUM_KEYPOINTS = 6
 NUM_COORDS = 4 + 2 * NUM_KEYPOINTS  # box (cx, cy, w, h) then 6 (x, y) keypoints
 SCORE_CLIP = 100.0  # MediaPipe's score_clipping_thresh: keeps exp() finite
+# 5x3 square tiles of 480 px on 1920x1080 put a 40 px face at 16 px in the 192 px full-range
+# input, where the model still finds ~96 % of them (4x2 tiles: 12 px and ~79 %); see docs/MODELS.md.
+DEFAULT_TILES: tuple[int, int, float] = (5, 3, 0.25)
+PARTIAL_VIEW_WEIGHT = 4.0  # cut-view weight, in units of the coarsest view's resolution² (see _view_weights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,7 @@ def iou_matrix(a: F32, b: F32) -> F32:
     return out
 
 
-def weighted_nms(boxes: F32, kps: F32, scores: F32, iou_thr: float) -> tuple[F32, F32, F32]:
+def weighted_nms(boxes: F32, kps: F32, scores: F32, iou_thr: float, weights: F32 | None = None) -> tuple[F32, F32, F32]:
     """MediaPipe's WEIGHTED non-max suppression.
 
     The best remaining detection claims every other one overlapping it by more than iou_thr;
@@ -161,13 +165,15 @@ def weighted_nms(boxes: F32, kps: F32, scores: F32, iou_thr: float) -> tuple[F32
     Blending (rather than keeping the argmax) averages the many neighbouring anchors that fire
     on one face, which steadies boxes and eye keypoints from frame to frame (alignment and the
     tracker both feed on them), and across tiles it averages independent views of the face.
-    The loop runs once per output face, never per anchor.
+    `weights` (default: the scores) replaces the blending weights only; clusters still form
+    around the best score. The loop runs once per output face, never per anchor.
     """
     n = scores.shape[0]
     if n == 0:
         return boxes, kps, scores
     order = np.argsort(-scores, kind="stable")
     boxes, kps, scores = boxes[order], kps[order], scores[order]
+    blend = scores if weights is None else weights[order]
     overlaps = iou_matrix(boxes, boxes) > iou_thr
     free = np.ones(n, dtype=bool)
     out_b: list[F32] = []
@@ -176,8 +182,8 @@ def weighted_nms(boxes: F32, kps: F32, scores: F32, iou_thr: float) -> tuple[F32
     while free.any():
         top = int(np.argmax(free))
         members = np.flatnonzero(overlaps[top] & free)
-        w = scores[members]
-        wsum = float(w.sum())
+        w = blend[members]
+        wsum = max(float(w.sum()), 1e-12)
         out_b.append((boxes[members] * w[:, None]).sum(axis=0) / wsum)
         out_k.append((kps[members] * w[:, None, None]).sum(axis=0) / wsum)
         out_s.append(float(scores[top]))
@@ -216,13 +222,10 @@ def tile_grid(width: int, height: int, cols: int, rows: int, overlap: float) -> 
     side = max(tw, th)
     w = min(round(side), width)
     h = min(round(side), height)
-    xs = [0] if cols == 1 else [round(i * (width - w) / (cols - 1)) for i in range(cols)]
-    ys = [0] if rows == 1 else [round(j * (height - h) / (rows - 1)) for j in range(rows)]
-    if cols == 1:
-        xs = [(width - w) // 2]
-    if rows == 1:
-        ys = [(height - h) // 2]
-    return [(x, y, x + w, y + h) for y in ys for x in xs]
+    xs = [(width - w) // 2] if cols == 1 else [round(i * (width - w) / (cols - 1)) for i in range(cols)]
+    ys = [(height - h) // 2] if rows == 1 else [round(j * (height - h) / (rows - 1)) for j in range(rows)]
+    # A grid taller or wider than the frame allows collapses to repeated tiles: run each once.
+    return list(dict.fromkeys((x, y, x + w, y + h) for y in ys for x in xs))
 
 
 class FaceDetector:
@@ -234,7 +237,7 @@ class FaceDetector:
         *,
         min_score: float = 0.5,
         nms_iou: float = 0.3,
-        tiles: tuple[int, int, float] = (4, 2, 0.25),
+        tiles: tuple[int, int, float] = DEFAULT_TILES,
         whole_frame: bool = True,
         min_face_px: float = 0.0,
         batch_tiles: bool = False,
@@ -268,24 +271,27 @@ class FaceDetector:
         self._in_dtype = np.dtype(q.dtype)
         self._lut = q.quantize((np.arange(256, dtype=np.float32) / np.float32(127.5) - 1.0).astype(np.float32))
         self._pad = self._lut[0]  # MediaPipe letterboxes with BORDER_ZERO, i.e. black
+        cv_ok = self._lut.dtype in (np.float32, np.int8, np.uint8)
+        self._lut_cv: npt.NDArray[Any] | None = self._lut.reshape(1, 256) if cv_ok else None
         self._plan_key: tuple[int, int] = (-1, -1)
         self._views: list[_View] = []
         self._buf: npt.NDArray[Any] = np.zeros((0,), self._in_dtype)
         self._batch = 1
+        self._min_resolution = 1.0
 
     # ----------------------------------------------------------------------------------------
     @classmethod
     def from_config(
         cls,
         *,
-        model_id: str = "blazeface_full_range_fp32",
+        model_id: str = "blazeface_full_range_int8",
         models_dir: Path | None = None,
         num_threads: int = 2,
         min_score: float = 0.5,
         nms_iou: float = 0.3,
-        cols: int = 4,
-        rows: int = 2,
-        overlap: float = 0.25,
+        cols: int = DEFAULT_TILES[0],
+        rows: int = DEFAULT_TILES[1],
+        overlap: float = DEFAULT_TILES[2],
         whole_frame: bool = True,
         min_face_px: float = 0.0,
         batch_tiles: bool = False,
@@ -337,6 +343,7 @@ class FaceDetector:
             for x0, y0, x1, y1 in tile_grid(w, h, self.cols, self.rows, self.overlap):
                 views.append(self._letterbox_view(x0, y0, x1, y1, w, h))
         self._views = views
+        self._min_resolution = min(v.rw / (v.x1 - v.x0) for v in views)
         # Padding never changes, so it is written once here and only content is rewritten per frame.
         self._buf = np.full((len(views), self._size, self._size, 3), self._pad, dtype=self._in_dtype)
         self._batch = len(views) if self.batch_tiles else 1
@@ -347,7 +354,9 @@ class FaceDetector:
         crop = image[v.y0 : v.y1, v.x0 : v.x1]
         interp = cv2.INTER_AREA if v.rw < crop.shape[1] else cv2.INTER_LINEAR
         resized = cv2.resize(crop, (v.rw, v.rh), interpolation=interp)
-        self._buf[i, v.py : v.py + v.rh, v.px : v.px + v.rw] = self._lut[resized]
+        # cv2.LUT is ~5x faster than numpy fancy indexing here (and keeps the table's dtype).
+        mapped = self._lut[resized] if self._lut_cv is None else cv2.LUT(resized, self._lut_cv)
+        self._buf[i, v.py : v.py + v.rh, v.px : v.px + v.rw] = mapped
 
     def _run(self) -> tuple[F32, F32]:
         n = self._buf.shape[0]
@@ -355,22 +364,68 @@ class FaceDetector:
         scores = np.empty((n, self.anchor_config.num_boxes, 1), np.float32)
         oq_b = self.model.output_quant[self._box_out]
         oq_s = self.model.output_quant[self._score_out]
+        nb = self.anchor_config.num_boxes
+        # The interpreter may be shared with another detector (pipeline's whole-frame-only
+        # "light" pass); re-assert our batch size, a no-op when it already matches.
+        self.model.resize_batch(self._batch)
         for start in range(0, n, self._batch):
             outs = self.model.invoke(self._buf[start : start + self._batch])
-            boxes[start : start + self._batch] = oq_b.dequantize(outs[self._box_out])
-            scores[start : start + self._batch] = oq_s.dequantize(outs[self._score_out])
+            # BlazeFace's final RESHAPE has a constant [1, N, 16] shape, so a batch of b comes out
+            # as (1, b*N, 16); the data are batch-major, so reshaping back is exact.
+            boxes[start : start + self._batch] = oq_b.dequantize(outs[self._box_out]).reshape(-1, nb, NUM_COORDS)
+            scores[start : start + self._batch] = oq_s.dequantize(outs[self._score_out]).reshape(-1, nb, 1)
         return boxes, scores
 
-    def raw_outputs(self, image: U8) -> tuple[F32, F32, list[_View]]:
-        """Model outputs for every view of `image` (exposed for evaluation and tests)."""
+    def prepare(self, image: U8) -> npt.NDArray[Any]:
+        """The model input batch (one row per view) for `image`, exactly as detect() feeds it.
+
+        Returned array is the detector's own buffer: it is overwritten by the next call. The
+        model build calibrates int8 variants on it so calibration sees the runtime's views.
+        """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"detect() wants an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
-        h, w = int(image.shape[0]), int(image.shape[1])
-        self._plan(h, w)
+        self._plan(int(image.shape[0]), int(image.shape[1]))
         for i, v in enumerate(self._views):
             self._fill(i, v, image)
+        return self._buf
+
+    def raw_outputs(self, image: U8) -> tuple[F32, F32, list[_View]]:
+        """Model outputs (B, N, 16) and (B, N, 1) for every view of `image`."""
+        self.prepare(image)
         boxes, scores = self._run()
         return boxes, scores, self._views
+
+    def _view_weights(self, v: _View, boxes: F32, scores: F32) -> tuple[npt.NDArray[np.bool_], F32]:
+        """Which of one view's faces enter the cross-view merge, and with what blending weight.
+
+        A face cut by a tile's inner edge has a truncated box and shifted keypoints; when it is
+        narrower than the overlap a neighbouring tile (or the whole-frame pass) sees it whole,
+        so the cut view is dropped. A face wider than the overlap is cut in every tile; its
+        partial views are kept and weigh like a whole view at twice the coarsest resolution:
+        the tile sees the visible part sharply, the whole frame sees all of it coarsely (on a
+        sweep of 130-260 px faces across tile edges this kept the worse eye within 10 % of the
+        inter-ocular distance; weighting partials at 5 % of the whole frame let it reach 32 %).
+        Whole views weigh score x resolution²: keypoint error in frame pixels scales with
+        1/resolution, so a 480 px tile (0.4 input px per frame px) outweighs the 1920 px whole
+        frame (0.1) sixteen to one instead of averaging its coarser estimate in evenly.
+        """
+        tw, th = v.x1 - v.x0, v.y1 - v.y0
+        mx, my = 0.01 * tw, 0.01 * th
+        left, top, right, bottom = v.inner
+        cut = np.zeros(scores.shape[0], dtype=bool)
+        if left:
+            cut |= boxes[:, 0] < v.x0 + mx
+        if top:
+            cut |= boxes[:, 1] < v.y0 + my
+        if right:
+            cut |= boxes[:, 2] > v.x1 - mx
+        if bottom:
+            cut |= boxes[:, 3] > v.y1 - my
+        narrow = (boxes[:, 2] - boxes[:, 0]) < self.overlap * min(tw, th)
+        keep = ~(cut & narrow)
+        resolution = np.where(cut, PARTIAL_VIEW_WEIGHT**0.5 * self._min_resolution, v.rw / tw)
+        weight = (scores * resolution**2).astype(np.float32)
+        return keep, weight
 
     def detect(self, image: U8) -> Detections:
         raw_b, raw_s, views = self.raw_outputs(image)
@@ -391,39 +446,25 @@ class FaceDetector:
         fb = ((nb.reshape(-1, 2, 2) * size - pad[:, None, :]) * scale[:, None, :] + off[:, None, :]).reshape(-1, 4)
         fk = (nk * size - pad[:, None, :]) * scale[:, None, :] + off[:, None, :]
 
-        # A face cut by a tile's inner edge gets a truncated box that would drag the blend off;
-        # the overlap guarantees a neighbouring tile (or the whole-frame pass) sees it whole.
-        edges = np.array([[v.x0, v.y0, v.x1, v.y1] for v in views], dtype=np.float32)[vi]
-        inner = np.array([v.inner for v in views], dtype=bool)[vi]
-        margin = 0.01 * (edges[:, 2:4] - edges[:, 0:2])
-        cut = (
-            (inner[:, 0] & (fb[:, 0] < edges[:, 0] + margin[:, 0]))
-            | (inner[:, 1] & (fb[:, 1] < edges[:, 1] + margin[:, 1]))
-            | (inner[:, 2] & (fb[:, 2] > edges[:, 2] - margin[:, 0]))
-            | (inner[:, 3] & (fb[:, 3] > edges[:, 3] - margin[:, 1]))
-        )
-        if not self.whole_frame:
-            # Without the whole-frame pass a face wider than the overlap is cut in every tile;
-            # keeping its partial views beats losing it.
-            ov = self.overlap * (edges[:, 2:4] - edges[:, 0:2]).min(axis=1)
-            cut &= (fb[:, 2] - fb[:, 0]) < ov
-        keep = ~cut
-        fb, fk, ns, vi = fb[keep], fk[keep], ns[keep], vi[keep]
-        if ns.size == 0:
-            return Detections.empty()
-
         # Per view first (MediaPipe's own post-processing), so each view casts one blended vote
-        # per face in the cross-view merge rather than as many votes as anchors that fired.
+        # per face in the cross-view merge rather than as many votes as anchors fired.
         pb: list[F32] = []
         pk: list[F32] = []
         ps: list[F32] = []
+        pw: list[F32] = []
         for v in np.unique(vi):
             m = vi == v
             b_, k_, s_ = weighted_nms(fb[m], fk[m], ns[m], self.nms_iou)
-            pb.append(b_)
-            pk.append(k_)
-            ps.append(s_)
-        boxes, kps, scores = weighted_nms(np.concatenate(pb), np.concatenate(pk), np.concatenate(ps), self.nms_iou)
+            keep, weight = self._view_weights(views[int(v)], b_, s_)
+            pb.append(b_[keep])
+            pk.append(k_[keep])
+            ps.append(s_[keep])
+            pw.append(weight[keep])
+        boxes, kps, scores = weighted_nms(
+            np.concatenate(pb), np.concatenate(pk), np.concatenate(ps), self.nms_iou, weights=np.concatenate(pw)
+        )
+        if scores.size == 0:
+            return Detections.empty()
 
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
