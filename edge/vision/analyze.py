@@ -1,0 +1,127 @@
+"""Still-image face analysis: detector → aligner → quality gate → embedder.
+
+Used where a whole picture is judged at once (accuracy evaluation, watchlist enrolment, the demo),
+with exactly the stages and thresholds the camera loop uses, so an enrolled template and a live
+probe are made the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import Config
+from edge.errors import InputError
+from edge.types import F32, U8, Quality
+from edge.vision.align import Aligner
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder
+from edge.vision.quality import QualityGate
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzedFace:
+    box: F32  # (4,) x0, y0, x1, y1 in image px
+    keypoints: F32  # (6, 2) image px, MediaPipe order
+    score: float
+    quality: Quality
+    chip: U8  # (150, 150, 3) RGB, an owned copy
+    matrix: F32  # (2, 3) image → chip
+    embedding: F32 | None  # (128,) L2-normalised; None when the gate rejected the face
+
+
+def primary_index(boxes: F32, width: int, height: int) -> int:
+    """The face a still image is 'of': large and central beats small or at the edge.
+
+    Area weighted by (1 - centre distance / image size)², so a bystander's larger face at the
+    border loses to the subject's face in the middle only when it is not much larger.
+    """
+    if boxes.shape[0] == 0:
+        raise InputError("no faces to choose from")
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 - width / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
+    dist = np.hypot(cx, cy) / max(width, height)
+    return int(np.argmax(area * np.clip(1.0 - dist, 0.0, 1.0) ** 2))
+
+
+class FaceAnalyzer:
+    def __init__(
+        self,
+        detector: FaceDetector,
+        embedder: Embedder,
+        aligner: Aligner | None = None,
+        gate: QualityGate | None = None,
+        *,
+        embed_rejected: bool = False,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.aligner = aligner or Aligner()
+        self.gate = gate or QualityGate()
+        # Evaluation measures the embedder on every face it can; the device never embeds rejects.
+        self.embed_rejected = embed_rejected
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        *,
+        models_dir: Path | None = None,
+        detector_id: str | None = None,
+        embedder_id: str | None = None,
+        whole_frame_only: bool = False,
+        embed_rejected: bool = False,
+    ) -> FaceAnalyzer:
+        """Models and thresholds from the config; `whole_frame_only` skips tiling (small stills)."""
+        mdir = models_dir or cfg.models.dir
+        d = cfg.detection
+        tiles = (1, 1, 0.0) if whole_frame_only else (d.tiles.cols, d.tiles.rows, d.tiles.overlap)
+        detector = FaceDetector.from_config(
+            model_id=detector_id or cfg.models.detector,
+            models_dir=mdir,
+            num_threads=cfg.models.num_threads,
+            min_score=d.min_score,
+            nms_iou=d.nms_iou,
+            cols=tiles[0],
+            rows=tiles[1],
+            overlap=tiles[2],
+            whole_frame=d.whole_frame or whole_frame_only,
+        )
+        embedder = Embedder.from_config(
+            mdir, model_id=embedder_id or cfg.models.embedder, num_threads=cfg.models.num_threads
+        )
+        return cls(detector, embedder, Aligner(), QualityGate(cfg.quality), embed_rejected=embed_rejected)
+
+    def analyze(self, rgb: U8) -> list[AnalyzedFace]:
+        """Every face in the image, in detector-score order."""
+        det = self.detector.detect(rgb)
+        if len(det) == 0:
+            return []
+        chips, mats = self.aligner.align(rgb, det.keypoints)
+        quals = self.gate.assess(det.keypoints, det.scores, chips)
+        todo = np.array([q.accepted or self.embed_rejected for q in quals])
+        emb = self.embedder.embed(chips[todo]) if todo.any() else np.zeros((0, 128), np.float32)
+        rows = np.cumsum(todo) - 1
+        return [
+            AnalyzedFace(
+                box=det.boxes[i].copy(),
+                keypoints=det.keypoints[i].copy(),
+                score=float(det.scores[i]),
+                quality=quals[i],
+                chip=chips[i].copy(),
+                matrix=mats[i].copy(),
+                embedding=emb[rows[i]].copy() if todo[i] else None,
+            )
+            for i in range(len(det))
+        ]
+
+    def primary(self, rgb: U8) -> AnalyzedFace | None:
+        """The largest / most central face, or None when there is none."""
+        faces = self.analyze(rgb)
+        if not faces:
+            return None
+        boxes = np.stack([f.box for f in faces])
+        return faces[primary_index(boxes, int(rgb.shape[1]), int(rgb.shape[0]))]
