@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.types import F32
+from edge.vision.detect import iou_matrix
 
 EMBED_DIM = 128
 RANK_IMPROVEMENT = 1.10  # a view must be 10 % better than the best so far to earn an extra embedding
@@ -81,19 +82,6 @@ class Track:
         self._emb.fill(0.0)
         self._ranks.fill(-np.inf)
         self._n = 0
-
-
-def iou_matrix(a: F32, b: F32) -> F32:
-    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    out: F32 = (inter / np.maximum(union, 1e-9)).astype(np.float32)
-    return out
 
 
 def association_scores(track_boxes: F32, det_boxes: F32, iou_thr: float, max_centre_dist: float) -> F32:
