@@ -71,9 +71,11 @@ class ModelsConfig(Section):
 
 
 class TilesConfig(Section):
-    cols: Annotated[int, Field(ge=1, le=8)] = 2
-    rows: Annotated[int, Field(ge=1, le=8)] = 1
-    overlap: Annotated[float, Field(ge=0.0, le=0.5)] = 0.2
+    # 3x2 at 0.25 on the default 1280x720 camera: 512 px tiles, ~83 % of 40 px and ~94 % of 48 px
+    # faces found (2x1: 6 % and 29 %); for 1920x1080 use 5x3 (docs/BENCHMARKS.md, camera loop).
+    cols: Annotated[int, Field(ge=1, le=8)] = 3
+    rows: Annotated[int, Field(ge=1, le=8)] = 2
+    overlap: Annotated[float, Field(ge=0.0, le=0.5)] = 0.25
 
 
 class DetectionConfig(Section):
@@ -83,8 +85,9 @@ class DetectionConfig(Section):
     tiles: TilesConfig = TilesConfig()
     min_face_px: Annotated[int, Field(ge=8, le=2000)] = 40
     # Run the tiles on every Nth frame only (the whole-frame pass runs on every frame); the tracker
-    # carries small faces across the frames in between. 1 = tiles on every frame.
-    tiles_every_n: Annotated[int, Field(ge=1, le=10)] = 1
+    # carries small faces across the frames in between. 1 = tiles on every frame. 2 (default)
+    # averages 4 invokes a frame with 3x2 tiles, keeping 720p above 25 fps on a loaded 2-core box.
+    tiles_every_n: Annotated[int, Field(ge=1, le=10)] = 2
 
     @model_validator(mode="after")
     def _tiles_every_n(self) -> DetectionConfig:
@@ -95,7 +98,9 @@ class DetectionConfig(Section):
 
 class QualityConfig(Section):
     min_interocular_px: NonNegFloat = 12.0
-    min_sharpness: NonNegFloat = 20.0  # variance of the Laplacian on the 150x150 chip
+    # Variance of the Laplacian on the 150x150 chip: LFW's soft JPEGs have p5 17 and median 42; heavily
+    # blurred copies median 1.7, p99 3.2 (docs/BENCHMARKS.md). 10 refuses real blur, not soft images.
+    min_sharpness: NonNegFloat = 10.0
     max_yaw_deg: Annotated[float, Field(gt=0, le=90)] = 35.0
     max_roll_deg: Annotated[float, Field(gt=0, le=90)] = 30.0
     min_det_score: Fraction = 0.6
@@ -111,10 +116,13 @@ class TrackingConfig(Section):
 
 
 class MatchingConfig(Section):
-    threshold: Similarity = 0.55
-    # Below this the false-positive identification rate grows past what the deployment accepts;
-    # see docs/BENCHMARKS.md for the measured FPIR at the floor.
-    floor: Similarity = 0.5
+    # Cosine similarity of L2-normalised dlib descriptors, which sit high (mean impostor 0.834, mean
+    # genuine 0.952 on LFW). Measured by `lfr-edge eval` on the LFW developer split (docs/BENCHMARKS.md,
+    # 258-identity watchlist, mean over 10 splits): 0.957 ≈ FPIR 1e-3 (TPIR ≈ 39 %), 0.945 ≈ FPIR 1e-2
+    # (TPIR ≈ 67 %). FPIR grows with the size of the watchlist.
+    threshold: Similarity = 0.957
+    # Below the floor the false-positive identification rate passes 1 % on that benchmark.
+    floor: Similarity = 0.945
     allow_below_floor: bool = False
     below_floor_reason: str = ""
     category_thresholds: dict[str, Similarity] = Field(default_factory=dict)

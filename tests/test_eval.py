@@ -49,7 +49,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_eval_json_on_real_subset(faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["eval", "--faces", str(faces_dir / "lfw"), "--limit", "80", "--variants", "int8",
                  "--align", "ours,dlib", "--detector", DETECTOR, "--models-dir", str(models_dir),
-                 "--impostors", "2000", "--json"])  # fmt: skip
+                 "--impostors", "2000", "--id-splits", "3", "--json"])  # fmt: skip
     assert code == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("schema", "created", "machine", "dataset", "models", "detection", "quality_gate",
@@ -73,6 +73,10 @@ def test_eval_json_on_real_subset(faces_dir: Path, models_dir: Path, capsys: pyt
         assert [row["fpir"] for row in ident["tpir_at_fpir"]] == [1e-2, 1e-3, 1.0 / 6000.0]
         for row in ident["tpir_at_fpir"]:
             assert 0.0 <= row["tpir"] <= 1.0 and math.isfinite(row["threshold"])
+        spread = ident["splits"]
+        assert spread["n"] == 3
+        for row in spread["tpir_at_fpir"]:
+            assert 0.0 <= row["tpir_min"] <= row["tpir_mean"] <= row["tpir_max"] <= 1.0
         # Stricter operating points need higher thresholds and find fewer mates.
         thr = [row["threshold"] for row in ident["tpir_at_fpir"]]
         assert thr == sorted(thr)
@@ -119,3 +123,23 @@ def test_threshold_never_exceeds_the_requested_rate() -> None:
 def test_eval_refuses_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--faces", str(tmp_path / "nope")]) == 2
     assert "faces folder not found" in capsys.readouterr().err
+
+
+def test_gate_applied_counts_refused_faces_as_not_acquired(
+    faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", "--faces", str(faces_dir / "lfw"), "--limit", "80", "--variants", "int8", "--align", "ours",
+            "--detector", DETECTOR, "--models-dir", str(models_dir), "--impostors", "2000", "--id-splits", "1",
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--gate"]) == 0
+    gated = json.loads(capsys.readouterr().out)
+    assert gated["quality_gate"]["applied"] is True and plain["quality_gate"]["applied"] is False
+    refused = sum(gated["quality_gate"]["rejections_ours"].values())
+    assert refused > 0  # LFW has soft and turned faces
+    assert gated["detection"] == plain["detection"]  # detection itself is unchanged
+    g, p = gated["variants"]["int8/ours"], plain["variants"]["int8/ours"]
+    # Same probes and pairs either way: refused faces are failures, not removed from the count.
+    assert g["verification"]["genuine_pairs"] == p["verification"]["genuine_pairs"]
+    assert g["identification"]["mated_probes"] == p["identification"]["mated_probes"]

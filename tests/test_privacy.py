@@ -158,7 +158,7 @@ def write_config(tmp_path: Path, broker_uri: str) -> Path:
         "mqtt": {"brokers": [broker_uri], "status_interval_s": 0.5},
         # dlib descriptors of different people reach cosine 0.85-0.89 (tests/videogen.py), so the
         # loop's tests use a threshold the cast is known to clear; see docs/BENCHMARKS.md for FPIR.
-        "matching": {"threshold": 0.93, "min_margin": 0.02},
+        "matching": {"threshold": 0.93, "floor": 0.9, "min_margin": 0.02},
         "logging": {"level": "DEBUG", "format": "json"},
         "audit": {"checkpoint_every": 10},
     }  # fmt: skip

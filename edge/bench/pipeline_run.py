@@ -189,7 +189,8 @@ def _pair(a: F64, b: F64) -> list[tuple[int, int]]:
 
 
 def run_ours(
-    cfg: Config, stages: Stages, wl: Watchlist, uri: str, max_frames: int | None, progress: bool
+    cfg: Config, stages: Stages, wl: Watchlist, uri: str, max_frames: int | None, progress: bool,
+    labels_for_peer: bool = True,
 ) -> tuple[dict[str, Any], list[tuple[int, F64, list[str]]]]:
     capture_ms: list[float] = []
     src = _TimedSource(make_source(uri, cfg.camera), capture_ms)
@@ -211,9 +212,10 @@ def run_ours(
         invokes.append(invoke[0])
         if not size:
             size.append((int(f.image.shape[1]), int(f.image.shape[0])))
-        dets, tracks = p.last_dets, p.last_tracks
-        names = [_label(matcher, t.fused()) if t.n_kept else "" for t in tracks]
-        labels.append((f.seq, dets.boxes.astype(np.float64), names))
+        if labels_for_peer:  # per-track matching for the agreement figure: wall time, so only with a peer
+            dets, tracks = p.last_dets, p.last_tracks
+            names = [_label(matcher, t.fused()) if t.n_kept else "" for t in tracks]
+            labels.append((f.seq, dets.boxes.astype(np.float64), names))
         if progress and len(rows) % 10 == 0:
             print(f"\r  ours: {len(rows)} frames, {p.fps():.1f} fps", end="", file=sys.stderr, flush=True)
 
@@ -387,13 +389,14 @@ def bench(args: argparse.Namespace) -> int:
     stages = build_stages(cfg)
     images = _enrol_images(Path(args.enrol)) if args.enrol else None
     wl = enrol_ours(cfg, images) if images else synthetic_watchlist()
-    ours, our_labels = run_ours(cfg, stages, wl, uri, args.frames, progress)
+    ours, our_labels = run_ours(cfg, stages, wl, uri, args.frames, progress, labels_for_peer=bool(args.peer))
     report: dict[str, Any] = {
         "source": uri,
         "models": {"detector": cfg.models.detector, "embedder": cfg.models.embedder, "runtime": runtime_name(),
                    "num_threads": cfg.models.num_threads},
         "detection": {"tiles": [cfg.detection.tiles.cols, cfg.detection.tiles.rows, cfg.detection.tiles.overlap],
-                      "whole_frame": cfg.detection.whole_frame},
+                      "whole_frame": cfg.detection.whole_frame, "tiles_every_n": cfg.detection.tiles_every_n,
+                      "min_face_px": cfg.detection.min_face_px},
         "watchlist": {"subjects": len(wl.subjects), "templates": wl.n_templates,
                       "kind": "enrolled" if images else "synthetic"},
         "threshold": cfg.matching.threshold,
@@ -419,7 +422,8 @@ def _print(r: dict[str, Any]) -> None:
     print(f"source {r['source']}  {w}x{h}  {o['frames']} frames")
     m = r["models"]
     print(f"models {m['detector']} + {m['embedder']}  ({m['runtime']}, {m['num_threads']} threads); "
-          f"tiles {r['detection']['tiles']} whole_frame={r['detection']['whole_frame']}")  # fmt: skip
+          f"tiles {r['detection']['tiles']} whole_frame={r['detection']['whole_frame']} "
+          f"tiles_every_n={r['detection']['tiles_every_n']}")  # fmt: skip
     print(f"{'stage':10s} {'median ms':>10s} {'p95 ms':>8s} {'mean/frame':>11s} {'frames':>7s}")
     for name, s in o["stages"].items():
         print(f"{name:10s} {s['median_ms']:10.2f} {s['p95_ms']:8.2f} {s['mean_per_frame_ms']:11.2f} {s['frames_run']:7d}")

@@ -42,7 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--impostors", type=int, default=500_000, help="sampled impostor pairs without --pairs")
     e.add_argument("--enrol-fraction", type=float, default=0.25,
                    help="share of identities with ≥2 images put on the watchlist (default 0.25)")
+    e.add_argument("--id-splits", type=int, default=10,
+                   help="identity splits (seeds seed..seed+N-1) for the TPIR spread (default 10)")
     e.add_argument("--detector", help="detector model id (default: the config's models.detector)")
+    e.add_argument("--gate", action="store_true",
+                   help="apply the quality gate as the device does (refused faces count as not acquired)")
     e.add_argument("--models-dir", type=Path)
     e.add_argument("--config", help="config file for thresholds and models (default: built-in defaults)")
     e.add_argument("--json", action="store_true", help="print the JSON result (schema: docs/EVAL.md)")
@@ -150,6 +154,8 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else Config()
     if not 0.0 < args.enrol_fraction < 1.0:
         raise InputError(f"--enrol-fraction {args.enrol_fraction}: must be between 0 and 1 (exclusive)")
+    if args.id_splits < 1:
+        raise InputError(f"--id-splits {args.id_splits}: must be at least 1")
     if args.limit is not None and args.limit < 2:
         raise InputError(f"--limit {args.limit}: need at least 2 images")
     result = run_eval(
@@ -161,10 +167,12 @@ def _eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         impostors=args.impostors,
         enrol_fraction=args.enrol_fraction,
+        id_splits=args.id_splits,
         detector_id=args.detector,
         models_dir=args.models_dir,
         cfg=cfg,
         progress=sys.stderr.isatty() and not args.json,
+        apply_gate=args.gate,
     )
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     return EXIT_OK

@@ -15,7 +15,7 @@ the other 197 validated it. dlib's chip is not mirror-symmetric (its faces sit ~
 centre), and a symmetrised template measured worse, so the raw means are used. Weights are
 inverse residual variances (eyes ≈2 px sd, mouth ≈3, nose tip ≈5), so the noisy nose tip counts
 least; the ear tragions (8-13 px sd: they wander with yaw and are guessed when hidden) are left
-out, which measured no worse than using them. Held out: mean chip-corner displacement 5.9 px vs
+out (measured slightly better than using them). Held out: mean chip-corner displacement 5.9 px vs
 dlib's chip, dlib-descriptor cosine ours-vs-dlib-chip 0.995 (edge.vision.landmarks does better
 with the face mesh). docs/MODELS.md ("## Alignment") has the table; models/align_calibration.json
 the raw output.

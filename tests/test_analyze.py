@@ -1,0 +1,87 @@
+"""FaceAnalyzer (enrolment, eval, demo): real photos in, one judged and embedded face per person out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import Config, parse_config
+from edge.errors import InputError
+from edge.inference import default_models_dir, load_manifest
+from edge.vision.analyze import FaceAnalyzer, primary_index
+
+
+def _read(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path))
+    assert bgr is not None, path
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> FaceAnalyzer:
+    cfg = Config()
+    try:
+        manifest = load_manifest(default_models_dir())
+    except InputError as e:
+        pytest.skip(f"no model manifest: {e}")
+    missing = [m for m in (cfg.models.detector, cfg.models.embedder) if m not in manifest]
+    if missing:
+        pytest.skip(f"models not built yet: {missing}")
+    return FaceAnalyzer.from_config(cfg, whole_frame_only=True)
+
+
+def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: FaceAnalyzer) -> None:
+    lfw = faces_dir / "lfw"
+    a1 = analyzer.primary(_read(lfw / "Colin_Powell/Colin_Powell_0001.jpg"))
+    a2 = analyzer.primary(_read(lfw / "Colin_Powell/Colin_Powell_0002.jpg"))
+    b = analyzer.primary(_read(lfw / "Tony_Blair/Tony_Blair_0001.jpg"))
+    for f in (a1, a2, b):
+        assert f is not None and f.quality.accepted and f.embedding is not None
+        assert f.embedding.shape == (128,) and abs(float(np.linalg.norm(f.embedding)) - 1.0) < 1e-4
+        assert f.chip.shape == (150, 150, 3) and f.keypoints.shape == (6, 2)
+    assert a1 is not None and a2 is not None and b is not None
+    assert a1.embedding is not None and a2.embedding is not None and b.embedding is not None
+    same = float(a1.embedding @ a2.embedding)
+    other = float(a1.embedding @ b.embedding)
+    assert same > other + 0.03, (same, other)
+    # Chips are owned copies: analysing another image must not change an earlier result.
+    assert not np.array_equal(a1.chip, b.chip)
+
+
+def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
+    cfg = Config()
+    try:
+        analyzer = FaceAnalyzer.from_config(cfg)  # the config's tiling: a wide group photo
+    except InputError as e:
+        pytest.skip(f"models not available: {e}")
+    img = _read(faces_dir / "small" / "multi_face" / "face_recognition_two_people.jpg")
+    faces = analyzer.analyze(img)
+    assert len(faces) >= 2
+    primary = analyzer.primary(img)
+    assert primary is not None
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in faces]
+    # The primary face is one of the two largest (both people are in the middle of the photo).
+    assert (primary.box[2] - primary.box[0]) * (primary.box[3] - primary.box[1]) >= sorted(areas)[-2]
+
+
+def test_rejected_faces_are_not_embedded(faces_dir: Path) -> None:
+    strict = parse_config({"quality": {"min_interocular_px": 500}}, Path("."))
+    try:
+        analyzer = FaceAnalyzer.from_config(strict, whole_frame_only=True)
+    except InputError as e:
+        pytest.skip(f"models not available: {e}")
+    face = analyzer.primary(_read(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg"))
+    assert face is not None and face.quality.rejection is not None
+    assert face.quality.rejection.value == "small" and face.embedding is None
+
+
+def test_primary_index_prefers_large_and_central() -> None:
+    boxes = np.array(
+        [[0, 0, 60, 60], [200, 150, 300, 250], [520, 380, 640, 480]], np.float32
+    )  # corner small, centre medium, corner larger
+    assert primary_index(boxes, 640, 480) == 1
+    with pytest.raises(InputError):
+        primary_index(np.zeros((0, 4), np.float32), 640, 480)
