@@ -19,7 +19,13 @@ say() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
 # --- Preconditions: one clear line each ---------------------------------------------------------
-PY="${PYTHON:-python3}"
+# The appliance runs as its own user, so its venv must be built on the system Python (a Python under
+# /root or a home directory would be unreadable to that user); a dev checkout uses whatever is first.
+if [ "$MODE" = appliance ] && [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then
+  PY=/usr/bin/python3
+else
+  PY="${PYTHON:-python3}"
+fi
 command -v "$PY" >/dev/null || die "python3 not found; install it (apt-get install python3 python3-venv)"
 "$PY" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)' \
   || die "unsupported Python $("$PY" -c 'import platform; print(platform.python_version())'); need 3.10-3.13"
@@ -69,6 +75,11 @@ esac
 
 make_venv() {  # $1 = venv dir
   local venv="$1"
+  if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)' 2>/dev/null)" \
+        != "$("$PY" -c 'import sys; print(sys.base_prefix)')" ]; then
+    say "venv $venv was built on another Python; recreating it on $PY"
+    rm -rf "$venv"
+  fi
   if [ ! -x "$venv/bin/python" ]; then
     say "creating venv $venv"
     "$PY" -m venv $SYSTEM_SITE "$venv"
@@ -131,6 +142,8 @@ install -m 0640 -o root -g lfr-edge "$HERE/config/lfr-edge.example.yaml" /etc/lf
 LFR_EDGE_MODELS=/opt/lfr-edge/models /opt/lfr-edge/venv/bin/lfr-edge models verify >/dev/null \
   && say "models verified (sha256 + one inference each)" || die "model verification failed: run lfr-edge models verify"
 
+runuser -u lfr-edge -- /opt/lfr-edge/venv/bin/python -c '' 2>/dev/null \
+  || die "the service user lfr-edge cannot run $(readlink -f /opt/lfr-edge/venv/bin/python); use a system Python: PYTHON=/usr/bin/python3 ./setup.sh"
 if [ ! -f /etc/lfr-edge/keys/device_ed25519.pem ]; then
   runuser -u lfr-edge -- /opt/lfr-edge/venv/bin/lfr-edge keys init --dir /etc/lfr-edge/keys
   say "generated device keys in /etc/lfr-edge/keys (0600)"

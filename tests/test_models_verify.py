@@ -83,3 +83,30 @@ def test_build_without_the_build_extra_is_one_clear_line(capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "[build] extra" in err
     assert len(err.strip().splitlines()) == 1
+
+
+NO_TORCH = """
+import sys
+class Refuse:
+    # The appliance has none of these: importing one must fail as it would on the device.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "tensorflow", "dlib", "litert_torch", "ai_edge_quantizer"):
+            raise ImportError(f"{name} is not installed on the device")
+        return None
+sys.meta_path.insert(0, Refuse())
+from edge.cli import main
+rc = main(sys.argv[1:])
+assert not any(m.split(".")[0] in ("torch", "tensorflow", "dlib") for m in sys.modules)
+sys.exit(rc)
+"""
+
+
+def test_verify_passes_without_torch_tensorflow_or_dlib() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "models", "verify"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dlib_resnet_v1_int8" in r.stdout and "blazeface_full_range_int8" in r.stdout
