@@ -32,6 +32,7 @@ import numpy.typing as npt
 from edge.config import Config
 from edge.errors import InputError
 from edge.inference import default_models_dir, load_model, runtime_name
+from edge.sysinfo import cpu_model
 from edge.types import F32, U8, Rejection
 from edge.vision.align import Aligner
 from edge.vision.analyze import primary_index
@@ -500,7 +501,7 @@ def run_eval(
     return {
         "schema": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "runtime": runtime_name(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "runtime": runtime_name(),
                     "num_threads": cfg.models.num_threads},
         "dataset": {
             "faces": str(faces), "images": n, "identities": len(ds.names), "limit": limit, "seed": seed,
@@ -542,16 +543,6 @@ def _sha(path: Path) -> str:
     from edge.inference import sha256_file
 
     return sha256_file(path)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def format_text(r: dict[str, Any]) -> str:

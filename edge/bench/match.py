@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EXIT_OK, InputError
+from edge.sysinfo import cpu_model
 
 DIM = 128
 
@@ -203,7 +204,7 @@ def _bench(args: argparse.Namespace) -> int:
         "dim": DIM,
         "dtype": args.dtype,
         "per_subject": args.per_subject,
-        "machine": f"{os.cpu_count()} cpu, {_cpu_name()}",
+        "machine": f"{os.cpu_count()} cpu, {cpu_model()}",
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -227,12 +228,3 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB; FAISS = IndexFlatIP, faster of 1 thread (run alternately with ours) and default threads")
     return EXIT_OK
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown cpu"

@@ -53,8 +53,8 @@ def bench_model(path: Path, model_id: str, threads: int, repeats: int, warmup: i
 
 
 def run(models_dir: Path, threads: list[int], repeats: int, warmup: int, only: list[str] | None) -> dict[str, Any]:
-    from edge.eval import _cpu_model
     from edge.inference import load_manifest, runtime_name, sha256_file
+    from edge.sysinfo import cpu_model
 
     manifest = load_manifest(models_dir)
     rows: list[dict[str, Any]] = []
@@ -74,7 +74,7 @@ def run(models_dir: Path, threads: list[int], repeats: int, warmup: int, only: l
         rows.append(row)
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    return {"runtime": runtime_name(), "cpu": _cpu_model(), "models_dir": str(models_dir), "models": rows}
+    return {"runtime": runtime_name(), "cpu": cpu_model(), "models_dir": str(models_dir), "models": rows}
 
 
 def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
