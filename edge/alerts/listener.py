@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
-from edge.alerts.mqtt import BrokerURI, LinkSettings, Message, MqttLink, read_password
+from edge.alerts.mqtt import BrokerURI, LinkSettings, Message, MqttLink
 from edge.config import TLSConfig
 from edge.errors import ConfigError, InputError
 from edge.keys import check_private_file, load_backoffice_keys, load_ed25519_public
@@ -113,22 +113,9 @@ def load_backoffice_config(path: str | Path) -> BackofficeConfig:
 
 
 def link_settings(cfg: BackofficeConfig) -> LinkSettings:
-    return LinkSettings(
-        brokers=tuple(cfg.brokers),
-        client_id=cfg.client_id,
-        username=cfg.username,
-        password=read_password(cfg.password_file) if cfg.password_file else None,
-        ca_file=cfg.tls.ca_file,
-        cert_file=cfg.tls.cert_file,
-        key_file=cfg.tls.key_file,
-        insecure_no_verify=cfg.tls.insecure_no_verify,
-        protocol=cfg.protocol,
-        keepalive_s=cfg.keepalive_s,
-        reconnect_min_s=cfg.reconnect_min_s,
-        reconnect_max_s=cfg.reconnect_max_s,
-        will_topic=None,
-        clean_start=False,
-        session_expiry_s=cfg.session_expiry_s,
+    # A persistent session: the broker queues alerts for the back office while it is away.
+    return LinkSettings.from_connection(
+        cfg, cfg.client_id, None, clean_start=False, session_expiry_s=cfg.session_expiry_s
     )
 
 

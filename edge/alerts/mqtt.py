@@ -115,23 +115,30 @@ class LinkSettings:
     max_inflight: int = 20
 
     @staticmethod
+    def from_connection(conn: Any, client_id: str, will_topic: str | None, **extra: Any) -> LinkSettings:
+        """From any config section with the broker connection keys (the device's `mqtt`, the back
+        office's config): brokers, username, password_file, tls, protocol, keepalive, reconnect."""
+        return LinkSettings(
+            brokers=tuple(conn.brokers),
+            client_id=client_id,
+            username=conn.username,
+            password=read_password(conn.password_file) if conn.password_file else None,
+            ca_file=conn.tls.ca_file,
+            cert_file=conn.tls.cert_file,
+            key_file=conn.tls.key_file,
+            insecure_no_verify=conn.tls.insecure_no_verify,
+            protocol=conn.protocol,
+            keepalive_s=conn.keepalive_s,
+            reconnect_min_s=conn.reconnect_min_s,
+            reconnect_max_s=conn.reconnect_max_s,
+            will_topic=will_topic,
+            **extra,
+        )
+
+    @staticmethod
     def from_config(cfg: Config) -> LinkSettings:
         m = cfg.mqtt
-        return LinkSettings(
-            brokers=tuple(m.brokers),
-            client_id=m.client_id or f"lfr-edge-{cfg.device.id}",
-            username=m.username,
-            password=read_password(m.password_file) if m.password_file else None,
-            ca_file=m.tls.ca_file,
-            cert_file=m.tls.cert_file,
-            key_file=m.tls.key_file,
-            insecure_no_verify=m.tls.insecure_no_verify,
-            protocol=m.protocol,
-            keepalive_s=m.keepalive_s,
-            reconnect_min_s=m.reconnect_min_s,
-            reconnect_max_s=m.reconnect_max_s,
-            will_topic=f"{cfg.topic_prefix}/status",
-        )
+        return LinkSettings.from_connection(m, m.client_id or f"lfr-edge-{cfg.device.id}", f"{cfg.topic_prefix}/status")
 
 
 def read_password(path: Path) -> str:
