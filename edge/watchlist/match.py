@@ -7,13 +7,17 @@ passes give top-1 and top-2 without sorting.
 The template matrix is multiplied in blocks of rows. A single large product hands the work to
 OpenBLAS's thread pool, which on a small, busy CPU (the camera loop and TFLite already use the
 cores) spins and waits: measured here, one 100k×128 product took ~20 ms threaded against ~5 ms as
-512-row blocks, which stay on the calling thread and keep each block in cache (docs/BENCHMARKS.md).
+512-row blocks, small enough that OpenBLAS does them on the calling thread (docs/BENCHMARKS.md).
+Large lists split the blocks between the caller and one worker thread that sleeps when idle.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +26,19 @@ from edge.types import Match
 from edge.watchlist.model import Watchlist
 
 BLOCK_ROWS = 512
+# Below this a second thread's hand-off costs more than it saves (measured: 100k rows 2.0 → 1.4 ms).
+PARALLEL_MIN_ROWS = 32_768
+_N_CPUS = os.cpu_count() or 1
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfr-match")
+        return _POOL
 
 
 class Matcher:
@@ -52,15 +69,28 @@ class Matcher:
         self._starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]]) if ts.size else np.zeros(0, np.intp)
         self._seg_subject = ts[self._starts] if ts.size else np.zeros(0, np.int32)
 
+    def _dot_rows(self, p: npt.NDArray[np.float32], row: npt.NDArray[np.float32], lo: int, hi: int) -> None:
+        t = self._templates
+        for s in range(lo, hi, BLOCK_ROWS):
+            e = min(s + BLOCK_ROWS, hi)
+            np.dot(t[s:e], p, out=row[s:e])
+
     def _template_scores(self, probes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """(P, D) → (P, M) cosines, computed block by block on this thread."""
+        """(P, D) → (P, M) cosines, computed block by block."""
         t = self._templates
         m = t.shape[0]
         out = np.empty((probes.shape[0], m), np.float32)
         if probes.shape[0] == 1:
             p, row = probes[0], out[0]
-            for s in range(0, m, BLOCK_ROWS):
-                np.dot(t[s : s + BLOCK_ROWS], p, out=row[s : s + BLOCK_ROWS])
+            if m >= PARALLEL_MIN_ROWS and _N_CPUS > 1:
+                # Half the rows on a second thread (np.dot releases the GIL). Unlike BLAS's own pool,
+                # an idle worker sleeps, so it takes nothing from TFLite between matches.
+                mid = (m // 2) // BLOCK_ROWS * BLOCK_ROWS
+                other = _pool().submit(self._dot_rows, p, row, mid, m)
+                self._dot_rows(p, row, 0, mid)
+                other.result()
+            else:
+                self._dot_rows(p, row, 0, m)
         else:
             for s in range(0, m, BLOCK_ROWS):
                 out[:, s : s + BLOCK_ROWS] = probes @ t[s : s + BLOCK_ROWS].T
