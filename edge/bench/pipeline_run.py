@@ -1,12 +1,4 @@
-"""Implementation of `lfr-edge bench pipeline` (registered by edge.bench.pipeline).
-
-Runs the real loop (grabber thread, detector, aligner, quality gate, tracker, embedder, matcher)
-over a replay and reports per-stage median/p95 ms, end-to-end frames/s and faces/s, the share
-of frame time spent outside model invokes (the part tiling, pre/post-processing and Python
-decide), and peak RSS. `--peer face_recognition` runs that library (dlib HOG detector + the same
-ResNet weights) on the same frames in the same process, and reports both fps, their ratio and
-how often the two agree on who is who. The peer is a bench-only optional dependency.
-"""
+"""Implementation of `lfr-edge bench pipeline` (what it measures: see edge/bench/pipeline.py)."""
 
 from __future__ import annotations
 
