@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge.config import Config
 from edge.errors import InputError
+from edge.imageio import decode_rgb
 from edge.inference import default_models_dir, load_model, runtime_name
 from edge.sysinfo import cpu_model
 from edge.types import F32, U8, Rejection
@@ -394,12 +394,12 @@ def run_eval(
     t0 = time.monotonic()
     for i, rel in enumerate(ds.paths):
         t = time.perf_counter()
-        bgr = cv2.imread(str(ds.root / rel), cv2.IMREAD_COLOR)
-        if bgr is None:
+        decoded = decode_rgb(ds.root / rel)
+        if decoded is None:
             unreadable += 1
             _progress(i + 1, n, t0, progress)
             continue
-        rgb: U8 = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+        rgb: U8 = decoded
         t1 = time.perf_counter()
         det = detector.detect(rgb)
         t2 = time.perf_counter()

@@ -35,6 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from edge.imageio import read_rgb  # noqa: E402
 from edge.inference import TFLiteModel, sha256_file  # noqa: E402
 from edge.types import KP_LEFT_EYE, KP_RIGHT_EYE, U8  # noqa: E402
 from edge.vision.detect import FULL_RANGE, SHORT_RANGE, AnchorConfig, FaceDetector, iou_matrix  # noqa: E402
@@ -176,13 +177,6 @@ def normalise_for_quantizer(src: Path, dst: Path, fuse_relu: bool = True) -> Non
 
 
 # -------------------------------------------------------------------------------------------- data
-def read_rgb(path: Path) -> U8:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"{path}: cannot decode")
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
-
 def lfw_split(faces_dir: Path) -> tuple[list[Path], list[Path]]:
     """Seeded, disjoint calibration and evaluation selections of LFW (developer split)."""
     lines = (faces_dir / "lfw" / "labels.csv").read_text().splitlines()[1:]

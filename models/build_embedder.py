@@ -123,10 +123,9 @@ class ChipMaker:
         """(150x150x3 RGB uint8 chip, dlib full_object_detection or None)."""
         import cv2
 
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{path}: cannot decode")
-        img = np.ascontiguousarray(bgr[:, :, ::-1])
+        from edge.imageio import read_rgb
+
+        img = read_rgb(path)
         if self.method == "centre-crop":
             x0, y0, x1, y1 = FALLBACK_BOX
             crop = img[y0:y1, x0:x1]

@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edge.imageio import decode_rgb, read_rgb  # noqa: E402
 from edge.inference import TFLiteModel  # noqa: E402
 from edge.vision.align import CHIP_PADDING, CHIP_SIZE, similarity_fit, transform_points  # noqa: E402
 from edge.vision.detect import FaceDetector  # noqa: E402
@@ -105,10 +106,10 @@ def main() -> int:
 
     kps_l, dlib_m, box_rel, dlib_pts, used, mesh_l = [], [], [], [], [], []
     for i, rel in enumerate(paths):
-        bgr = cv2.imread(str(faces / rel))
-        if bgr is None:
+        decoded = decode_rgb(faces / rel)
+        if decoded is None:
             continue
-        img = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        img = decoded
         d = det.detect(img)
         if len(d) == 0:
             continue
@@ -191,7 +192,7 @@ def main() -> int:
     dlib_desc = []
     imgs = []
     for k, rel in enumerate(val_paths):
-        img = np.ascontiguousarray(cv2.cvtColor(cv2.imread(str(faces / rel)), cv2.COLOR_BGR2RGB))
+        img = read_rgb(faces / rel)
         imgs.append(img)
         chip = cv2.warpAffine(img, mats[n_cal + k], (CHIP_SIZE, CHIP_SIZE), flags=cv2.INTER_LINEAR)
         dlib_desc.append(ref.descriptor(chip))

@@ -10,6 +10,7 @@ import pytest
 
 from edge.config import QualityConfig
 from edge.errors import InputError
+from edge.imageio import read_rgb
 from edge.inference import TFLiteModel, default_models_dir, load_manifest, load_model
 from edge.types import Detections, Rejection
 from edge.vision.align import CHIP_SIZE, Aligner, invert_affine, transform_points
@@ -21,12 +22,6 @@ FRONTAL = ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Colin_Powell/Colin_Powell_0001
            "Tony_Blair/Tony_Blair_0001.jpg"]  # fmt: skip
 # Real LFW photos of heads turned well past 35° (checked by eye): a profile-like view and a ~55° turn.
 TURNED = ["Allan_Houston/Allan_Houston_0001.jpg", "Colin_Powell/Colin_Powell_0228.jpg"]
-
-
-def _read(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path))
-    assert bgr is not None, path
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def test_eyes_land_where_dlibs_chip_puts_them(faces_dir: Path, detector: FaceDet
     aligner = Aligner()
     errors = []
     for rel in FRONTAL:
-        img = _read(faces_dir / "lfw" / rel)
+        img = read_rgb(faces_dir / "lfw" / rel)
         d = _detect_one(detector, img)
         chips, ours = aligner.align(img, d.keypoints)
         assert chips.shape == (1, CHIP_SIZE, CHIP_SIZE, 3) and chips.dtype == np.uint8
@@ -100,7 +95,7 @@ def test_face_mesh_places_dlibs_five_points(faces_dir: Path, detector: FaceDetec
     ref = DlibReference()
     errors = []
     for rel in FRONTAL:
-        img = _read(faces_dir / "lfw" / rel)
+        img = read_rgb(faces_dir / "lfw" / rel)
         d = _detect_one(detector, img)
         chips, m = mesh.align(img, d.keypoints)
         assert chips.shape == (1, CHIP_SIZE, CHIP_SIZE, 3)
@@ -143,7 +138,7 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
     gate = QualityGate(QualityConfig())
     qualities = []
 
-    sharp = _read(faces_dir / "lfw" / FRONTAL[0])
+    sharp = read_rgb(faces_dir / "lfw" / FRONTAL[0])
     d = _detect_one(detector, sharp)
     chips, _ = aligner.align(sharp, d.keypoints)
     good = gate.assess(d.keypoints, d.scores, chips)[0]
@@ -161,7 +156,7 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
 
     # Real turned heads: refused for pose, with the sign of the turn.
     for rel in TURNED:
-        img = _read(faces_dir / "lfw" / rel)
+        img = read_rgb(faces_dir / "lfw" / rel)
         dt = _detect_one(detector, img)
         chips, _ = aligner.align(img, dt.keypoints)
         qt = gate.assess(dt.keypoints, dt.scores, chips)[0]

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from edge.config import Config, parse_config
 from edge.errors import InputError
+from edge.imageio import read_rgb
 from edge.inference import default_models_dir, load_manifest
 from edge.vision.analyze import FaceAnalyzer, primary_index
-
-
-def _read(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path))
-    assert bgr is not None, path
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +29,9 @@ def analyzer() -> FaceAnalyzer:
 
 def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: FaceAnalyzer) -> None:
     lfw = faces_dir / "lfw"
-    a1 = analyzer.primary(_read(lfw / "Colin_Powell/Colin_Powell_0001.jpg"))
-    a2 = analyzer.primary(_read(lfw / "Colin_Powell/Colin_Powell_0002.jpg"))
-    b = analyzer.primary(_read(lfw / "Tony_Blair/Tony_Blair_0001.jpg"))
+    a1 = analyzer.primary(read_rgb(lfw / "Colin_Powell/Colin_Powell_0001.jpg"))
+    a2 = analyzer.primary(read_rgb(lfw / "Colin_Powell/Colin_Powell_0002.jpg"))
+    b = analyzer.primary(read_rgb(lfw / "Tony_Blair/Tony_Blair_0001.jpg"))
     for f in (a1, a2, b):
         assert f is not None and f.quality.accepted and f.embedding is not None
         assert f.embedding.shape == (128,) and abs(float(np.linalg.norm(f.embedding)) - 1.0) < 1e-4
@@ -57,7 +51,7 @@ def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
         analyzer = FaceAnalyzer.from_config(cfg)  # the config's tiling: a wide group photo
     except InputError as e:
         pytest.skip(f"models not available: {e}")
-    img = _read(faces_dir / "small" / "multi_face" / "face_recognition_two_people.jpg")
+    img = read_rgb(faces_dir / "small" / "multi_face" / "face_recognition_two_people.jpg")
     faces = analyzer.analyze(img)
     assert len(faces) >= 2
     primary = analyzer.primary(img)
@@ -73,7 +67,7 @@ def test_rejected_faces_are_not_embedded(faces_dir: Path) -> None:
         analyzer = FaceAnalyzer.from_config(strict, whole_frame_only=True)
     except InputError as e:
         pytest.skip(f"models not available: {e}")
-    face = analyzer.primary(_read(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg"))
+    face = analyzer.primary(read_rgb(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg"))
     assert face is not None and face.quality.rejection is not None
     assert face.quality.rejection.value == "small" and face.embedding is None
 

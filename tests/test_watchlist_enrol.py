@@ -45,7 +45,7 @@ def _identities(faces_dir: Path, min_images: int) -> list[tuple[str, list[Path]]
 def _usable_people(analyzer: object, people: list[tuple[str, list[Path]]], n: int) -> list[tuple[str, list[Path]]]:
     """People with at least 4 photos showing exactly one face that passes the quality gate
     (many LFW photos show bystanders, which enrolment rightly refuses)."""
-    from edge.watchlist.enrol import read_image
+    from edge.imageio import decode_rgb as read_image
 
     out = []
     for name, images in people[::5]:
@@ -153,7 +153,7 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
     analyzer = enrolled["analyzer"]
 
     def probe(path: Path) -> np.ndarray:  # type: ignore[type-arg]
-        from edge.watchlist.enrol import read_image
+        from edge.imageio import decode_rgb as read_image
 
         face = analyzer.primary(read_image(path))  # type: ignore[attr-defined]
         assert face is not None and face.embedding is not None, path

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -22,6 +21,7 @@ from edge.camera.base import FrameSource
 from edge.camera.factory import make_source
 from edge.config import Config, load_config
 from edge.errors import EXIT_OK, InputError
+from edge.imageio import read_rgb
 from edge.pipeline import STAGES, Pipeline, Stages, build_stages, run_loop
 from edge.pipeline_sinks import ListSink
 from edge.types import U8, Frame, Subject
@@ -95,13 +95,6 @@ def _enrol_images(folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _load_rgb(path: Path) -> U8:
-    bgr = cv2.imread(str(path))
-    if bgr is None:
-        raise InputError(f"{path}: cannot decode image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
 def _watchlist(names: list[str], vecs: list[npt.NDArray[np.float32]]) -> Watchlist:
     subjects: list[Subject] = []
     owner: list[int] = []
@@ -121,7 +114,7 @@ def enrol_ours(cfg: Config, images: list[tuple[str, Path]]) -> Watchlist:
     analyzer = FaceAnalyzer.from_config(cfg, whole_frame_only=True)
     names, vecs = [], []
     for name, path in images:
-        face = analyzer.primary(_load_rgb(path))
+        face = analyzer.primary(read_rgb(path))
         if face is not None and face.embedding is not None:
             names.append(name)
             vecs.append(face.embedding)
@@ -278,7 +271,7 @@ def run_peer(
     if images:
         names, vecs = [], []
         for name, path in images:
-            rgb = _load_rgb(path)
+            rgb = read_rgb(path)
             enc = fr.face_encodings(rgb)
             if enc:
                 v = np.asarray(enc[0], np.float32)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-
 from edge.camera.base import FrameSource, Pacer
-from edge.camera.opencv import OpenCVSource
 from edge.errors import InputError
+from edge.imageio import decode_rgb
 from edge.types import U8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -50,11 +48,11 @@ class ImageDirSource(FrameSource):
             self._i = 0
         path = self._files[self._i]
         self._i += 1
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
+        rgb = decode_rgb(path)
+        if rgb is None:
             raise InputError(f"{self.name}: cannot decode image {path.name}")
         self._pacer.wait()
-        return OpenCVSource._to_rgb(bgr)
+        return rgb
 
     def close(self) -> None:
         self._files = []

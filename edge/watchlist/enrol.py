@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EXIT_OK, InputError
+from edge.imageio import decode_rgb
 from edge.types import F32, Subject
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -98,16 +99,6 @@ def read_meta(path: Path) -> dict[str, Subject]:
             raise InputError(f"--meta {path}:{n}: subject {sid!r} listed twice")
         out[sid] = Subject(subject_id=sid, category=category, priority=priority, threshold=threshold)
     return out
-
-
-def read_image(path: Path) -> Any:
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        return None
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 Analyse = Callable[[Any], tuple[str, str, F32 | None]]
@@ -189,7 +180,7 @@ def enrol(
     for sid, images in subjects:
         for path in images:
             rel = str(path.relative_to(root))
-            rgb = read_image(path)
+            rgb = decode_rgb(path)
             if rgb is None:
                 outcomes.append(ImageOutcome(sid, rel, "unreadable", "not a readable image"))
             else:
