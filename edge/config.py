@@ -288,7 +288,7 @@ def _check_files(cfg: Config, base: Path) -> list[str]:
         value = _get(cfg, key)
         if value is None:
             continue
-        path = value if value.is_absolute() else base / value
+        path = _under(base, value)
         if not path.is_file():
             problems.append(f"{key}: {str(value)!r} does not exist or is not a file")
             continue
@@ -296,7 +296,7 @@ def _check_files(cfg: Config, base: Path) -> list[str]:
             mode = oct(stat.S_IMODE(path.stat().st_mode))
             problems.append(f"{key}: {str(value)!r} has permissions {mode}; secrets must be 0600 (chmod 600)")
     for i, signer in enumerate(cfg.watchlist.trusted_signers):
-        path = signer if signer.is_absolute() else base / signer
+        path = _under(base, signer)
         if not path.is_file():
             problems.append(f"watchlist.trusted_signers[{i}]: {str(signer)!r} does not exist or is not a file")
     if cfg.mqtt.tls.insecure_no_verify and cfg.mqtt.tls.ca_file:
@@ -306,35 +306,30 @@ def _check_files(cfg: Config, base: Path) -> list[str]:
     return problems
 
 
-def _resolve(cfg: Config, base: Path) -> Config:
+def _under(base: Path, p: Path) -> Path:
     """Relative paths in the file are relative to the file, not to the service's working directory."""
+    return p if p.is_absolute() else base / p
 
-    def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
 
-    updates: dict[str, Any] = {}
-    device = cfg.device.model_copy(
-        update={k: fix(getattr(cfg.device, k)) for k in ("data_dir", "keys_dir")
-                if fix(getattr(cfg.device, k)) is not None}
-    )
-    updates["device"] = device
-    updates["models"] = cfg.models.model_copy(update={"dir": fix(cfg.models.dir) or cfg.models.dir})
-    tls = cfg.mqtt.tls.model_copy(
-        update={k: fix(getattr(cfg.mqtt.tls, k)) for k in ("ca_file", "cert_file", "key_file")
-                if fix(getattr(cfg.mqtt.tls, k)) is not None}
-    )
-    updates["mqtt"] = cfg.mqtt.model_copy(
-        update={"tls": tls, "password_file": fix(cfg.mqtt.password_file) or cfg.mqtt.password_file}
-    )
-    updates["alerts"] = cfg.alerts.model_copy(update={"seal_to": fix(cfg.alerts.seal_to) or cfg.alerts.seal_to})
-    updates["watchlist"] = cfg.watchlist.model_copy(
+def _resolve(cfg: Config, base: Path) -> Config:
+    def fix(section: Section, *names: str) -> Section:
+        vals = {n: getattr(section, n) for n in names}
+        return section.model_copy(update={n: _under(base, v) for n, v in vals.items() if v is not None})
+
+    wl = cfg.watchlist
+    return cfg.model_copy(
         update={
-            "store": fix(cfg.watchlist.store) or cfg.watchlist.store,
-            "inbox_dir": fix(cfg.watchlist.inbox_dir) or cfg.watchlist.inbox_dir,
-            "trusted_signers": [fix(p) or p for p in cfg.watchlist.trusted_signers],
+            "device": fix(cfg.device, "data_dir", "keys_dir"),
+            "models": fix(cfg.models, "dir"),
+            "mqtt": fix(cfg.mqtt, "password_file").model_copy(
+                update={"tls": fix(cfg.mqtt.tls, "ca_file", "cert_file", "key_file")}
+            ),
+            "alerts": fix(cfg.alerts, "seal_to"),
+            "watchlist": fix(wl, "store", "inbox_dir").model_copy(
+                update={"trusted_signers": [_under(base, p) for p in wl.trusted_signers]}
+            ),
         }
     )
-    return cfg.model_copy(update=updates)
 
 
 def parse_config(data: Any, base: Path, source: str = "<config>") -> Config:

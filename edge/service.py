@@ -92,11 +92,11 @@ def serve(
     audit = ServiceAudit(cfg, keys=keys, counters=counters, watchlist=holder.current)
 
     m = cfg.matching
-    matching_status = {
+    matching_status: dict[str, Any] = {
         "threshold": m.threshold, "floor": m.floor, "category_thresholds": dict(m.category_thresholds),
-        # An operator-accepted threshold below the floor is shown wherever the device reports itself.
-        **({"below_floor": below_floor(cfg), "below_floor_reason": m.below_floor_reason} if below_floor(cfg) else {}),
     }  # fmt: skip
+    if below := below_floor(cfg):  # an accepted override is shown wherever the device reports itself
+        matching_status.update(below_floor=below, below_floor_reason=m.below_floor_reason)
 
     def status() -> dict[str, Any]:
         base = pipeline_box[0].status() if pipeline_box else {"watchlist": "starting"}

@@ -89,14 +89,18 @@ def _device_store(config: str | None) -> Any:
     return store_from_config(load_config(config))
 
 
+def _read_bundle(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+
+
 def _install(args: argparse.Namespace) -> int:
     from edge.watchlist.store import describe
 
     path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+    data = _read_bundle(path)
     store = _device_store(args.config)
     try:
         store.load()
@@ -171,10 +175,7 @@ def _prefix(args: argparse.Namespace) -> str:
 
 def _publish(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+    data = _read_bundle(path)
     link = _link(args, "publish")
     try:
         topic = f"{_prefix(args)}/watchlist"
