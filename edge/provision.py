@@ -13,7 +13,6 @@ import grp
 import logging
 import os
 import socket
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,6 +20,7 @@ import yaml
 
 from edge.config import Config, load_config, parse_config
 from edge.errors import ConfigError
+from edge.keys import atomic_write
 
 log = logging.getLogger("lfr_edge.provision")
 
@@ -30,24 +30,11 @@ BOOT_NAME = "lfr-edge.yaml"
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        if os.geteuid() == 0:
-            with contextlib.suppress(KeyError):  # the service user reads its config through the group
-                os.chown(tmp, 0, grp.getgrnam("lfr-edge").gr_gid)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    gid = None
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError):  # the service user reads its config through the group
+            gid = grp.getgrnam("lfr-edge").gr_gid
+    atomic_write(path, data, mode, gid)
 
 
 def provision(target: Path, boot_dirs: tuple[Path, ...] = BOOT_DIRS) -> Config:

@@ -31,6 +31,7 @@ from edge.errors import InputError
 from edge.keys import (
     CryptoError,
     DeviceKeys,
+    atomic_write,
     decrypt_at_rest,
     destroy_storage_key,
     encrypt_at_rest,
@@ -211,23 +212,7 @@ class WatchlistStore:
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         ensure_private_dir(target.parent)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(target.parent)
+        atomic_write(target, data)
 
     def _clean_temps(self) -> None:
         """Temp files left by an installer that died (ciphertext only, but clutter). A temp file

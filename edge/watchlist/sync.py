@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.config import Config
 from edge.errors import InputError
-from edge.keys import DeviceKeys, key_id
+from edge.keys import DeviceKeys, atomic_write, key_id
 from edge.watchlist.bundle import BundleError, Reason, iso_utc, parse_time
 from edge.watchlist.store import WatchlistStore
 
@@ -172,14 +172,7 @@ class CommandVerifier:
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float("-inf")
 
     def _remember(self, issued: float) -> None:
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps({"last_issued_at": issued}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.state_path)
+        atomic_write(self.state_path, json.dumps({"last_issued_at": issued}).encode())
 
     def verify(self, data: bytes) -> dict[str, Any]:
         """The command body when it may be executed now; CommandError otherwise. Accepting it
