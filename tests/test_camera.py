@@ -69,6 +69,20 @@ def test_file_source_reads_every_frame_then_ends_or_loops(tmp_path: Path) -> Non
     assert all(f is not None for f in seqs)
 
 
+def test_file_source_decodes_with_the_configured_thread_count(tmp_path: Path) -> None:
+    # FFmpeg's default frame threads cost ~60 % more CPU per frame here and delay each frame;
+    # the loop needs the other core (camera.decode_threads, default 1).
+    clip = tmp_path / "c.mp4"
+    _write_mp4(clip, 3)
+    for threads in (1, 2):
+        src = open_source(f"file:{clip}", CameraConfig(decode_threads=threads))
+        try:
+            assert src.read() is not None
+            assert src._cap.get(cv2.CAP_PROP_N_THREADS) == threads  # type: ignore[attr-defined]
+        finally:
+            src.close()
+
+
 @pytest.mark.parametrize(
     ("uri", "needle"),
     [

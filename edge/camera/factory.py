@@ -38,8 +38,11 @@ def make_source(uri: str, cfg: CameraConfig | None = None) -> FrameSource:
         # Without timeouts a dead stream blocks read() for FFmpeg's default 30 s; this way a stall
         # surfaces as a failure after camera.stall_timeout_s and the grabber reconnects.
         ms = int(cfg.stall_timeout_s * 1000)
-        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-        return OpenCVSource(uri, cv2.CAP_FFMPEG, _redact(uri), open_params=timeouts)
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms,
+            cv2.CAP_PROP_N_THREADS, cfg.decode_threads,
+        ]  # fmt: skip
+        return OpenCVSource(uri, cv2.CAP_FFMPEG, _redact(uri), open_params=params)
     if uri.startswith("gst:"):
         pipeline = uri[len("gst:") :].strip()
         if not pipeline:
@@ -51,7 +54,7 @@ def make_source(uri: str, cfg: CameraConfig | None = None) -> FrameSource:
         path = Path(uri[len("file:") :]).expanduser()
         if not path.is_file():
             raise InputError(f"{uri}: video file not found")
-        return VideoFileSource(path, realtime=cfg.realtime, loop=cfg.loop)
+        return VideoFileSource(path, realtime=cfg.realtime, loop=cfg.loop, decode_threads=cfg.decode_threads)
     if uri.startswith("dir:"):
         path = Path(uri[len("dir:") :]).expanduser()
         if not path.is_dir():

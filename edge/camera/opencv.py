@@ -81,8 +81,8 @@ class VideoFileSource(OpenCVSource):
 
     live = False
 
-    def __init__(self, path: Path, realtime: bool = False, loop: bool = False) -> None:
-        super().__init__(str(path), cv2.CAP_FFMPEG, f"file:{path}")
+    def __init__(self, path: Path, realtime: bool = False, loop: bool = False, decode_threads: int = 1) -> None:
+        super().__init__(str(path), cv2.CAP_FFMPEG, f"file:{path}", open_params=[cv2.CAP_PROP_N_THREADS, decode_threads])
         self.path = path
         self.realtime = realtime
         self.loop = loop
@@ -97,7 +97,7 @@ class VideoFileSource(OpenCVSource):
         self.close()
         if not self.path.is_file():
             raise InputError(f"{self.name}: video file not found")
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, self.open_params)
         if not cap.isOpened():
             cap.release()
             raise InputError(f"{self.name}: cannot decode this file as video (mp4/avi expected)")
