@@ -178,3 +178,52 @@ def test_multi_face_photos(faces_dir: Path) -> None:
     assert counts["face_recognition_two_people.jpg"] == 2, counts
     assert counts["facenet_pytorch_multiface.jpg"] >= 5, counts
     assert counts["dlib_bald_guys.jpg"] >= 21, counts
+
+
+@pytest.mark.parametrize(("size", "tiles"), [((720, 1280), (3, 2, 0.25)), ((1080, 1920), (5, 3, 0.25))])
+def test_shared_tile_resize_feeds_the_model_the_same_bytes(size: tuple[int, int], tiles: tuple[int, int, float]) -> None:
+    # The default grids shrink their overlapping tiles in one resize; the model (and the int8
+    # calibration, which reads prepare()) must see exactly what tile-by-tile resizing gives.
+    cols, rows, overlap = tiles
+    det = _detector("blazeface_full_range_int8", cols=cols, rows=rows, overlap=overlap)
+    rng = np.random.default_rng(3)
+    frame = np.asarray(cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 1.5))
+    shared = det.prepare(frame).copy()
+    assert sum(len(g.members) for g in det._shared) == cols * rows, "default grid should share its resize"
+    det._own, det._shared = list(range(len(det._views))), []  # every view on its own, as before
+    assert np.array_equal(det.prepare(frame), shared)
+
+
+def test_post_processing_is_order_and_grouping_safe() -> None:
+    # Weighted NMS labels clusters on packed bit rows: more than 64 detections (several
+    # machine words per row) must still cluster like the plain definition says.
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(100, 900, (30, 2)).astype(np.float32)
+    boxes = np.concatenate([np.repeat(centres, 3, 0) - 20, np.repeat(centres, 3, 0) + 20], axis=1)
+    boxes += rng.normal(0, 1.5, boxes.shape).astype(np.float32)
+    scores = rng.uniform(0.5, 1.0, boxes.shape[0]).astype(np.float32)
+    kps = np.zeros((boxes.shape[0], 6, 2), np.float32)
+    mb, _, ms = weighted_nms(boxes, kps, scores, 0.3)
+    # Reference: the greedy definition, one cluster at a time.
+    order = np.argsort(-scores, kind="stable")
+    free = np.ones(len(order), bool)
+    expected = []
+    for k in range(len(order)):
+        if not free[k]:
+            continue
+        ious = np.array([_iou(boxes[order[k]], boxes[order[j]]) for j in range(len(order))])
+        members = free & (ious > 0.3)
+        members[k] = True
+        free &= ~members
+        w = scores[order][members]
+        expected.append((w[:, None] * boxes[order][members]).sum(0) / w.sum())
+    assert ms.shape[0] == len(expected) and np.all(np.diff(ms) <= 0)
+    assert np.allclose(mb, np.array(expected), atol=1e-3)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
