@@ -29,6 +29,7 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import LatestFrameGrabber
 from edge.config import Config
 from edge.types import F32, U8, Counters, Detections, Frame, Match, MatchEvent, Quality
+from edge.vision.quality import FACE_REGION
 from edge.vision.track import Track, Tracker
 from edge.watchlist.match import Matcher
 from edge.watchlist.model import Watchlist
@@ -49,7 +50,9 @@ class Detector(Protocol):
 
 
 class Aligner(Protocol):
-    def align(self, image: U8, keypoints: F32) -> tuple[U8, F32]: ...
+    def matrices(self, keypoints: F32) -> F32: ...
+    def cut(self, image: U8, matrices: F32, rows: slice, cols: slice) -> U8: ...
+    def align_with(self, image: U8, matrices: F32) -> U8: ...
 
 
 class QualityGate(Protocol):
@@ -134,10 +137,14 @@ class Pipeline:
     def _faces(self, frame: Frame, dets: Detections, tracks: list[Track]) -> None:
         ms = self.last_ms
         pc = time.perf_counter
+        al = self.stages.aligner
         t0 = pc()
-        chips, _ = self.stages.aligner.align(frame.image, dets.keypoints)
+        # Every face is judged, but only on its chip's face region (all the blur gate reads);
+        # whole chips are cut below for the few faces that are embedded this frame.
+        mats = al.matrices(dets.keypoints)
+        regions = al.cut(frame.image, mats, *FACE_REGION)
         t1 = pc()
-        quality = self.stages.quality.assess(dets.keypoints, dets.scores, chips)
+        quality = self.stages.quality.assess(dets.keypoints, dets.scores, regions)
         t2 = pc()
         ms[2] = (t1 - t0) * 1e3
         ms[3] = (t2 - t1) * 1e3
@@ -159,21 +166,22 @@ class Pipeline:
         if not sel:
             return
         t3 = pc()
-        vecs = self.stages.embedder.embed(chips[sel] if len(sel) < len(quality) else chips)
+        chips = al.align_with(frame.image, mats[sel])
         t4 = pc()
-        ms[4] = (t4 - t3) * 1e3
+        vecs = self.stages.embedder.embed(chips)
+        t5 = pc()
+        ms[2] += (t4 - t3) * 1e3
+        ms[4] = (t5 - t4) * 1e3
         self.counters.embeddings += len(sel)
         self.last_embedded = len(sel)
-        touched = []
         for j, i in enumerate(sel):
             tracks[i].add_embedding(vecs[j], quality[i].rank, fidx)
-            touched.append(i)
-        probes = np.stack([tracks[i].fused() for i in touched])
-        for k, i in enumerate(touched):
+        probes = np.stack([tracks[i].fused() for i in sel])
+        for k, i in enumerate(sel):
             m = matcher.match(probes[k], now=frame.t_wall)
             if m is not None:
                 self._on_match(frame, dets, i, tracks[i], m, matcher.watchlist.version)
-        ms[5] = (pc() - t4) * 1e3
+        ms[5] = (pc() - t5) * 1e3
 
     def _matcher(self) -> Matcher | None:
         m = self.cfg.matching

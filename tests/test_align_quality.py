@@ -180,6 +180,28 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
     assert again["blurry"] == 2
 
 
+def test_loop_judges_the_cut_face_region_like_the_whole_chip(faces_dir: Path, detector: FaceDetector) -> None:
+    # The loop cuts only each face's region for the gate (Aligner.cut) and whole chips only for
+    # the faces it embeds; the gate's figures and verdicts must be those of the whole chip.
+    from edge.vision.quality import FACE_REGION
+
+    aligner, gate = Aligner(), QualityGate(QualityConfig())
+    for rel in FRONTAL:
+        img = read_rgb(faces_dir / "lfw" / rel)
+        for variant in (img, cv2.GaussianBlur(img, (0, 0), 4.0), cv2.resize(img, (750, 750))):
+            d = _detect_one(detector, np.ascontiguousarray(variant))
+            mats = aligner.matrices(d.keypoints)
+            chips = aligner.align_with(variant, mats).copy()
+            regions = aligner.cut(variant, mats, *FACE_REGION)
+            assert regions.shape[1:] == (105, 90, 3)
+            diff = np.abs(regions.astype(int) - chips[:, FACE_REGION[0], FACE_REGION[1]])
+            assert (diff > 0).mean() < 0.01 if variant.shape[0] < 750 else diff.mean() < 2.0, (rel, diff.max())
+            whole = gate.assess(d.keypoints, d.scores, chips)[0]
+            cut = gate.assess(d.keypoints, d.scores, regions)[0]
+            assert cut.rejection == whole.rejection, (rel, cut, whole)
+            assert cut.sharpness == pytest.approx(whole.sharpness, rel=0.05), (rel, cut, whole)
+
+
 def test_roll_and_low_score_from_keypoints() -> None:
     aligner = Aligner()
     base = (aligner.template * 2.0 + 100.0).astype(np.float32)

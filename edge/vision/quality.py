@@ -42,8 +42,7 @@ from edge.types import (
 NOSE_DEPTH_PER_IOD = 0.5
 TRAGION_DEPTH_PER_HALF_BREADTH = 1.21
 # The chip's border is background and hair; blur is judged on the face itself.
-_FACE_ROI = (slice(30, 135), slice(30, 120))  # rows, cols of the 150x150 chip
-_GREY = np.array([0.299, 0.587, 0.114], np.float32)
+FACE_REGION = (slice(30, 135), slice(30, 120))  # rows, cols of the 150x150 chip
 # Keypoint checks first (they need no chip, so a loop can skip aligning hopeless faces), blur last:
 # a turned head's chip is half background, so its sharpness says nothing about focus.
 _ORDER = (Rejection.SMALL, Rejection.POSE, Rejection.LOW_SCORE, Rejection.BLURRY)
@@ -67,18 +66,23 @@ def pose_angles(keypoints: F32) -> tuple[F32, F32, F32]:
 
 
 def sharpness(chips: U8) -> F32:
-    """Variance of the Laplacian of each chip's grey face region: (N, S, S, 3) uint8 → (N,)."""
+    """Variance of the Laplacian of each face's grey face region → (N,).
+
+    `chips` are (N, 150, 150, 3) uint8 chips, whose FACE_REGION is cut here, or the regions
+    already cut (Aligner.cut(..., *FACE_REGION)), or chips of another size, used whole.
+    """
     if chips.ndim != 4 or chips.shape[3] != 3:
-        raise InputError(f"chips must be (N, S, S, 3), got {chips.shape}")
+        raise InputError(f"chips must be (N, H, W, 3), got {chips.shape}")
     n = chips.shape[0]
     if n == 0:
         return np.zeros((0,), np.float32)
-    roi = chips[:, _FACE_ROI[0], _FACE_ROI[1]] if chips.shape[1] >= 150 else chips
-    grey = (roi.astype(np.float32) @ _GREY).astype(np.float32)
-    h, w = grey.shape[1], grey.shape[2]
+    roi = chips[:, FACE_REGION[0], FACE_REGION[1]] if chips.shape[1:3] == (150, 150) else chips
+    h, w = roi.shape[1], roi.shape[2]
+    # OpenCV's float RGB→grey uses the same BT.601 weights, in one pass instead of a matmul.
+    grey = cv2.cvtColor(roi.astype(np.float32).reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY)
     # One Laplacian over the stacked faces; each face's first and last rows see its neighbour
     # through the 3x3 kernel, so they are dropped from its variance.
-    lap = cv2.Laplacian(grey.reshape(n * h, w), cv2.CV_32F, ksize=1).reshape(n, h, w)[:, 1:-1, 1:-1]
+    lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1).reshape(n, h, w)[:, 1:-1, 1:-1]
     var: F32 = lap.reshape(n, -1).var(axis=1).astype(np.float32)
     return var
 
@@ -118,19 +122,20 @@ class QualityGate:
             ],
             axis=1,
         )
-        reasons = _ORDER
-        any_fail: npt.NDArray[np.bool_] = np.asarray(failing.any(axis=1))
-        first: npt.NDArray[np.intp] = np.asarray(failing.argmax(axis=1))
+        any_fail: list[bool] = np.asarray(failing.any(axis=1)).tolist()
+        first: list[int] = failing.argmax(axis=1).tolist()
         return [
             Quality(
-                interocular_px=float(iod[i]),
-                sharpness=float(sharp[i]),
-                yaw_deg=float(yaw[i]),
-                roll_deg=float(roll[i]),
-                det_score=float(sc[i]),
-                rejection=reasons[int(first[i])] if any_fail[i] else None,
+                interocular_px=i_,
+                sharpness=sh,
+                yaw_deg=y_,
+                roll_deg=r_,
+                det_score=s_,
+                rejection=_ORDER[f_] if bad else None,
             )
-            for i in range(n)
+            for i_, sh, y_, r_, s_, f_, bad in zip(
+                iod.tolist(), sharp.tolist(), yaw.tolist(), roll.tolist(), sc.tolist(), first, any_fail, strict=True
+            )
         ]
 
 
