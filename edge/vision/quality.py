@@ -83,7 +83,10 @@ def sharpness(chips: U8) -> F32:
     # One Laplacian over the stacked faces; each face's first and last rows see its neighbour
     # through the 3x3 kernel, so they are dropped from its variance.
     lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1).reshape(n, h, w)[:, 1:-1, 1:-1]
-    var: F32 = lap.reshape(n, -1).var(axis=1).astype(np.float32)
+    # OpenCV reads each face's strided view in place (numpy's var would copy it first) and sums
+    # in double.
+    sd = np.array([cv2.meanStdDev(lap[i])[1][0, 0] for i in range(n)], np.float64)
+    var: F32 = (sd * sd).astype(np.float32)
     return var
 
 
