@@ -117,6 +117,28 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def anchor_rows(anchors: F32, input_size: int) -> F32:
+    """Anchor centres (N, 2) in input pixels, laid out like a regressor row (N, 16): added to
+    every x, y pair (box centre and keypoints), and 0 under the box's w, h."""
+    rows = np.tile(anchors * np.float32(input_size), (1, NUM_COORDS // 2))
+    rows[:, 2:4] = 0.0
+    return rows.astype(np.float32)
+
+
+def _decode_rows(rows: F32, anchor_rows: F32, scale: F32 | np.float32, offset: F32 | np.float32) -> tuple[F32, F32]:
+    """Regressor rows (M, 16) + their anchors' rows → boxes (M, 4) x0, y0, x1, y1 and keypoints
+    (M, 6, 2), in the coordinates `(input px) * scale + offset` (per row or one for all)."""
+    pts = (rows + anchor_rows) * scale + offset
+    centre, half = pts[:, 0:2], np.float32(0.5) * pts[:, 2:4]
+    boxes = np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+    return boxes, pts[:, 4:NUM_COORDS].reshape(-1, NUM_KEYPOINTS, 2).astype(np.float32)
+
+
+def _scores(logits: F32) -> F32:
+    z = np.clip(logits, -SCORE_CLIP, SCORE_CLIP)
+    return (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))).astype(np.float32)
+
+
 def decode(
     raw_boxes: F32, raw_scores: F32, anchors: F32, input_size: int, min_score: float
 ) -> tuple[F32, F32, F32, npt.NDArray[np.intp]]:
@@ -124,28 +146,18 @@ def decode(
 
     Returns boxes (M, 4) x0, y0, x1, y1 and keypoints (M, 6, 2), both normalised to the model
     input, scores (M,) and the batch index (M,) each detection came from. The threshold is
-    applied on logits first so only surviving anchors are decoded.
+    applied on logits first so only surviving anchors are decoded. (FaceDetector does the same
+    with its per-view mapping to frame pixels folded into the scale and offset.)
     """
     logits = raw_scores[..., 0]
     b, a = np.nonzero(logits > _logit(min_score))
     if b.size == 0:
-        return (
-            np.zeros((0, 4), np.float32),
-            np.zeros((0, NUM_KEYPOINTS, 2), np.float32),
-            np.zeros((0,), np.float32),
-            b,
-        )
-    r = raw_boxes[b, a].astype(np.float32) / np.float32(input_size)
-    ctr = anchors[a]
-    cx = r[:, 0] + ctr[:, 0]
-    cy = r[:, 1] + ctr[:, 1]
-    half_w = 0.5 * r[:, 2]
-    half_h = 0.5 * r[:, 3]
-    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
-    kps = r[:, 4:NUM_COORDS].reshape(-1, NUM_KEYPOINTS, 2) + ctr[:, None, :]
-    z = np.clip(logits[b, a], -SCORE_CLIP, SCORE_CLIP).astype(np.float32)
-    scores = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-    return boxes.astype(np.float32), kps.astype(np.float32), scores, b
+        return np.zeros((0, 4), np.float32), np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0,), np.float32), b
+    boxes, kps = _decode_rows(
+        raw_boxes[b, a].astype(np.float32), anchor_rows(anchors, input_size)[a], np.float32(1.0 / input_size),
+        np.float32(0.0),
+    )  # fmt: skip
+    return boxes, kps, _scores(logits[b, a]), b
 
 
 def iou_matrix(a: F32, b: F32) -> F32:
@@ -318,11 +330,7 @@ class FaceDetector:
             raise InputError(f"{model.path}: {n_boxes} boxes at {self._size}px is not a known BlazeFace")
         self.anchor_config = cfg
         self._anchors = ssd_anchor_centres(cfg)
-        # Anchor centres in input pixels laid out like a regressor row: added to every x, y pair
-        # (box centre and keypoints), not to the box's w, h.
-        a16 = np.tile(self._anchors * np.float32(self._size), (1, NUM_COORDS // 2))
-        a16[:, 2:4] = 0.0
-        self._anchors16: F32 = a16.astype(np.float32)
+        self._anchors16 = anchor_rows(self._anchors, self._size)
         self._logit_min = _logit(self.min_score)
 
         # A pixel's model value depends only on its byte, so one 256-entry table does the [-1, 1]
@@ -473,17 +481,19 @@ class FaceDetector:
                 continue
             ux0, uy0 = min(x for x, _ in origins), min(y for _, y in origins)
             ux1, uy1 = max(x for x, _ in origins) + side, max(y for _, y in origins) + side
-            members = tuple((i, (x - ux0) * size // side, (y - uy0) * size // side) for i, (x, y) in zip(idx, origins, strict=True))
+            members = tuple(
+                (i, (x - ux0) * size // side, (y - uy0) * size // side) for i, (x, y) in zip(idx, origins, strict=True)
+            )
             ow, oh = (ux1 - ux0) * size // side, (uy1 - uy0) * size // side
             g = _SharedResize(
                 j, ux0, uy0, ux1, uy1, members, np.empty((oh, ow, 3), np.uint8),
                 np.empty((oh, ow, 3), self._in_dtype),
             )  # fmt: skip
-            if self._shared_is_exact(g, side, h >> j, w >> j):
+            if self._shared_is_exact(g, h >> j, w >> j):
                 out.append(g)
         return out
 
-    def _shared_is_exact(self, g: _SharedResize, side: int, lh: int, lw: int) -> bool:
+    def _shared_is_exact(self, g: _SharedResize, lh: int, lw: int) -> bool:
         # OpenCV derives its bilinear weights from the output position in floating point, so a
         # tile's weights inside the union could in principle round differently from the tile's
         # own; noise makes any such difference show up in the bytes.
@@ -626,13 +636,8 @@ class FaceDetector:
         else:  # one array per invoke (batch 1): gather view by view, in the (view, anchor) order of vi, a
             per = self._batch
             rows = np.concatenate([raw_b[v // per][v % per, a[vi == v]] for v in np.unique(vi).tolist()])
-        pts = (rows + self._anchors16[a]) * self._scale16[vi] + self._off16[vi]
-        centre, half = pts[:, 0:2], np.float32(0.5) * pts[:, 2:4]
-        boxes = np.concatenate([centre - half, centre + half], axis=1)
-        kps = pts[:, 4:NUM_COORDS].reshape(-1, NUM_KEYPOINTS, 2)
-        z = np.clip(logits[vi, a], -SCORE_CLIP, SCORE_CLIP)
-        scores = (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))).astype(np.float32)
-        return boxes, kps, scores, vi
+        boxes, kps = _decode_rows(rows, self._anchors16[a], self._scale16[vi], self._off16[vi])
+        return boxes, kps, _scores(logits[vi, a]), vi
 
     def detect(self, image: U8) -> Detections:
         self.prepare(image)
