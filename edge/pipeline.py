@@ -29,7 +29,7 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import LatestFrameGrabber
 from edge.config import Config
 from edge.types import F32, U8, Counters, Detections, Frame, Match, MatchEvent, Quality
-from edge.vision.quality import FACE_REGION
+from edge.vision.quality import FACE_REGION, count_rejections
 from edge.vision.track import Track, Tracker
 from edge.watchlist.match import Matcher
 from edge.watchlist.model import Watchlist
@@ -132,7 +132,7 @@ class Pipeline:
             self._end(tr)
         if n:
             self._faces(frame, dets, tracks)
-        self._tick(frame.t_mono)
+        self._tick()
 
     def _faces(self, frame: Frame, dets: Detections, tracks: list[Track]) -> None:
         ms = self.last_ms
@@ -148,10 +148,7 @@ class Pipeline:
         t2 = pc()
         ms[2] = (t1 - t0) * 1e3
         ms[3] = (t2 - t1) * 1e3
-        rej = self.counters.rejections
-        for q in quality:
-            if q.rejection is not None:
-                rej[q.rejection.value] = rej.get(q.rejection.value, 0) + 1
+        count_rejections(quality, into=self.counters.rejections)
 
         matcher = self._matcher()
         if matcher is None or matcher.watchlist.expired(frame.t_wall) or not matcher.watchlist.subjects:
@@ -247,7 +244,7 @@ class Pipeline:
             self._end(tr)
         self.last_dets, self.last_tracks = Detections.empty(), []
 
-    def _tick(self, t_mono: float) -> None:
+    def _tick(self) -> None:
         self._times[self._n_times % _FPS_WINDOW] = time.monotonic()
         self._n_times += 1
 
@@ -298,18 +295,11 @@ def build_stages(cfg: Config) -> Stages:
     from edge.vision.quality import QualityGate as _Gate
 
     d, m = cfg.detection, cfg.models
-    detector = FaceDetector.from_config(
-        model_id=m.detector, models_dir=m.dir, num_threads=m.num_threads, min_score=d.min_score,
-        nms_iou=d.nms_iou, cols=d.tiles.cols, rows=d.tiles.rows, overlap=d.tiles.overlap,
-        whole_frame=d.whole_frame, min_face_px=d.min_face_px,
-    )  # fmt: skip
+    detector = FaceDetector.from_settings(load_model(m.detector, m.dir, num_threads=m.num_threads), d)
     light = None
     if d.tiles_every_n > 1:
         # Same interpreter (both run batch 1, one after the other), whole-frame view only.
-        light = FaceDetector(
-            detector.model, min_score=d.min_score, nms_iou=d.nms_iou, tiles=(1, 1, 0.0), whole_frame=True,
-            min_face_px=d.min_face_px,
-        )  # fmt: skip
+        light = FaceDetector.from_settings(detector.model, d, whole_frame_only=True)
     embedder = _Embedder(load_model(m.embedder, m.dir, num_threads=m.num_threads))
     return Stages(
         detector=detector,

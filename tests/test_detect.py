@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.inference import default_models_dir, load_manifest
+from edge.inference import default_models_dir, load_manifest, load_model
 from edge.types import KP_LEFT_EYE, KP_RIGHT_EYE, Detections
 from edge.vision.detect import (
+    DEFAULT_TILES,
     FULL_RANGE,
     SHORT_RANGE,
     FaceDetector,
@@ -34,11 +35,13 @@ ASTRONAUT_RIGHT_EYE = (203.5, 101.0)  # subject's right eye, on the image's left
 ASTRONAUT_LEFT_EYE = (247.0, 101.5)
 
 
-def _detector(model_id: str, **kw: object) -> FaceDetector:
+def _detector(
+    model_id: str, cols: int = DEFAULT_TILES[0], rows: int = DEFAULT_TILES[1], overlap: float = DEFAULT_TILES[2]
+) -> FaceDetector:
     manifest = load_manifest(MODELS) if (MODELS / "MANIFEST.json").exists() else {}
     if model_id not in manifest:
         pytest.skip(f"{model_id} not in {MODELS}/MANIFEST.json (run models/build_detector.py --manifest)")
-    return FaceDetector.from_config(model_id=model_id, models_dir=MODELS, num_threads=2, **kw)  # type: ignore[arg-type]
+    return FaceDetector(load_model(model_id, MODELS, num_threads=2), tiles=(cols, rows, overlap))
 
 
 @pytest.fixture(scope="module")

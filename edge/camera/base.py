@@ -40,10 +40,6 @@ class FrameSource(ABC):
     def close(self) -> None:
         """Release the device; safe to call twice and before open()."""
 
-    @property
-    def native_fps(self) -> float | None:
-        return None
-
     def read(self) -> Frame | None:
         image = self._grab()
         if image is None:

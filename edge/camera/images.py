@@ -28,10 +28,6 @@ class ImageDirSource(FrameSource):
         self._i = 0
         self._pacer = Pacer(None)
 
-    @property
-    def native_fps(self) -> float | None:
-        return self.fps
-
     def open(self) -> None:
         if not self.path.is_dir():
             raise InputError(f"{self.name}: not a directory")

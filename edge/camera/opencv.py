@@ -86,12 +86,7 @@ class VideoFileSource(OpenCVSource):
         self.path = path
         self.realtime = realtime
         self.loop = loop
-        self._fps: float | None = None
         self._pacer = Pacer(None)
-
-    @property
-    def native_fps(self) -> float | None:
-        return self._fps
 
     def open(self) -> None:
         self.close()
@@ -102,8 +97,8 @@ class VideoFileSource(OpenCVSource):
             cap.release()
             raise InputError(f"{self.name}: cannot decode this file as video (mp4/avi expected)")
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self._fps = fps if 0.0 < fps < 1000.0 else None
-        self._pacer = Pacer(self._fps if self.realtime else None)
+        # Pace only at a plausible rate: some containers report 0 or a timebase such as 90000.
+        self._pacer = Pacer(fps if self.realtime and 0.0 < fps < 1000.0 else None)
         self._cap = cap
 
     def _grab(self) -> U8 | None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge.config import Config
 from edge.errors import InputError
+from edge.inference import load_model
 from edge.types import F32, U8, Quality
 from edge.vision.align import Aligner
 from edge.vision.detect import FaceDetector
@@ -77,19 +78,8 @@ class FaceAnalyzer:
     ) -> FaceAnalyzer:
         """Models and thresholds from the config; `whole_frame_only` skips tiling (small stills)."""
         mdir = models_dir or cfg.models.dir
-        d = cfg.detection
-        tiles = (1, 1, 0.0) if whole_frame_only else (d.tiles.cols, d.tiles.rows, d.tiles.overlap)
-        detector = FaceDetector.from_config(
-            model_id=detector_id or cfg.models.detector,
-            models_dir=mdir,
-            num_threads=cfg.models.num_threads,
-            min_score=d.min_score,
-            nms_iou=d.nms_iou,
-            cols=tiles[0],
-            rows=tiles[1],
-            overlap=tiles[2],
-            whole_frame=d.whole_frame or whole_frame_only,
-        )
+        model = load_model(detector_id or cfg.models.detector, mdir, num_threads=cfg.models.num_threads)
+        detector = FaceDetector.from_settings(model, cfg.detection, whole_frame_only=whole_frame_only, min_face=False)
         embedder = Embedder.from_config(
             mdir, model_id=embedder_id or cfg.models.embedder, num_threads=cfg.models.num_threads
         )

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge.config import DetectionConfig
 from edge.errors import InputError
-from edge.inference import TFLiteModel, load_model
+from edge.inference import TFLiteModel
 from edge.types import F32, U8, Detections
 
 NUM_KEYPOINTS = 6
@@ -358,31 +358,23 @@ class FaceDetector:
 
     # ----------------------------------------------------------------------------------------
     @classmethod
-    def from_config(
-        cls,
-        *,
-        model_id: str = "blazeface_full_range_int8",
-        models_dir: Path | None = None,
-        num_threads: int = 2,
-        min_score: float = 0.5,
-        nms_iou: float = 0.3,
-        cols: int = DEFAULT_TILES[0],
-        rows: int = DEFAULT_TILES[1],
-        overlap: float = DEFAULT_TILES[2],
-        whole_frame: bool = True,
-        min_face_px: float = 0.0,
-        batch_tiles: bool = False,
+    def from_settings(
+        cls, model: TFLiteModel, d: DetectionConfig, *, whole_frame_only: bool = False, min_face: bool = True
     ) -> FaceDetector:
-        """Load a manifest model by id (sha256-checked) and wrap it; keywords mirror DetectionConfig."""
-        model = load_model(model_id, models_dir, num_threads=num_threads)
+        """The config's `detection` section applied to a loaded model.
+
+        `whole_frame_only`: one whole-frame pass (still images, and the loop's frames between tile
+        passes). `min_face=False` keeps faces under `min_face_px`: a still image is judged by the
+        quality gate alone.
+        """
+        tiles = (1, 1, 0.0) if whole_frame_only else (d.tiles.cols, d.tiles.rows, d.tiles.overlap)
         return cls(
             model,
-            min_score=min_score,
-            nms_iou=nms_iou,
-            tiles=(cols, rows, overlap),
-            whole_frame=whole_frame,
-            min_face_px=min_face_px,
-            batch_tiles=batch_tiles,
+            min_score=d.min_score,
+            nms_iou=d.nms_iou,
+            tiles=tiles,
+            whole_frame=d.whole_frame or whole_frame_only,
+            min_face_px=d.min_face_px if min_face else 0.0,
         )
 
     def _output_indices(self) -> tuple[int, int]:
@@ -591,12 +583,6 @@ class FaceDetector:
             rows = slice(v.py, v.py + v.rh)
             self._lookup(self._stage[i, rows], self._buf[i, rows])
         return self._buf
-
-    def raw_outputs(self, image: U8) -> tuple[F32, F32, list[_View]]:
-        """Model outputs (B, N, 16) and (B, N, 1) for every view of `image`."""
-        self.prepare(image)
-        boxes, scores = self._run()
-        return np.concatenate(boxes, axis=0), scores[..., None], self._views
 
     def _view_weights(self, vi: npt.NDArray[np.intp], boxes: F32, scores: F32) -> tuple[npt.NDArray[np.bool_], F32]:
         """Which faces (from views `vi`) enter the cross-view merge, and with what blending weight.

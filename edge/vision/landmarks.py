@@ -15,14 +15,12 @@ chip, MediaPipe's crop is the square centred at MESH_ROI_CENTRE with side MESH_R
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge.errors import InputError
-from edge.inference import TFLiteModel, load_model
+from edge.inference import TFLiteModel
 from edge.types import F32, U8
 from edge.vision.align import CHIP_SIZE, Aligner, invert_affine, similarity_fit
 
@@ -63,12 +61,6 @@ class MeshLandmarker:
         # MediaPipe feeds the mesh pixels scaled to [0, 1]; one table maps (and quantises) bytes.
         self._lut: npt.NDArray[np.generic] = self._q.quantize(np.arange(256, dtype=np.float32) / np.float32(255.0))
         self._buf = np.zeros((1, MESH_INPUT, MESH_INPUT, 3), np.dtype(self._q.dtype))
-
-    @classmethod
-    def from_config(
-        cls, model_id: str = "face_mesh_fp32", models_dir: Path | None = None, num_threads: int = 2
-    ) -> MeshLandmarker:
-        return cls(load_model(model_id, models_dir, num_threads=num_threads))
 
     def landmarks(self, image: U8, crop_matrices: F32) -> F32:
         """(N, 2, 3) frame→192 crop matrices → (N, 468, 2) landmarks in frame px."""

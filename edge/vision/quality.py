@@ -23,7 +23,6 @@ from collections.abc import Iterable
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from edge.config import QualityConfig
 from edge.errors import InputError
@@ -43,8 +42,8 @@ NOSE_DEPTH_PER_IOD = 0.5
 TRAGION_DEPTH_PER_HALF_BREADTH = 1.21
 # The chip's border is background and hair; blur is judged on the face itself.
 FACE_REGION = (slice(30, 135), slice(30, 120))  # rows, cols of the 150x150 chip
-# Keypoint checks first (they need no chip, so a loop can skip aligning hopeless faces), blur last:
-# a turned head's chip is half background, so its sharpness says nothing about focus.
+# Keypoint checks first, blur last: a turned head's chip is half background, so its sharpness says
+# nothing about focus.
 _ORDER = (Rejection.SMALL, Rejection.POSE, Rejection.LOW_SCORE, Rejection.BLURRY)
 
 
@@ -95,18 +94,6 @@ class QualityGate:
 
     def __init__(self, cfg: QualityConfig | None = None) -> None:
         self.cfg = cfg or QualityConfig()
-
-    def geometry_ok(self, keypoints: F32, scores: F32) -> npt.NDArray[np.bool_]:
-        """Cheap pre-check without chips (size, pose, score): lets a loop skip aligning hopeless faces."""
-        iod, yaw, roll = pose_angles(keypoints)
-        c = self.cfg
-        ok: npt.NDArray[np.bool_] = (
-            (iod >= c.min_interocular_px)
-            & (np.abs(yaw) <= c.max_yaw_deg)
-            & (np.abs(roll) <= c.max_roll_deg)
-            & (np.asarray(scores) >= c.min_det_score)
-        )
-        return ok
 
     def assess(self, keypoints: F32, scores: F32, chips: U8) -> list[Quality]:
         n = int(np.asarray(scores).shape[0])
