@@ -106,14 +106,8 @@ def write_private_file(path: Path, data: bytes) -> None:
     a crash can never leave a half-written key under the real name.
     """
     tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have narrowed it further, never widened; be exact
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_exclusive(tmp, data)
         try:
             os.link(tmp, path)  # FileExistsError when someone else's key is already there
         except FileExistsError:
@@ -128,7 +122,7 @@ def write_private_file(path: Path, data: bytes) -> None:
 def _write_exclusive(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, 0o600)  # the umask may have narrowed it further, never widened; be exact
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -246,48 +240,40 @@ def load_x25519_public(path: str | Path) -> X25519PublicKey:
 # --------------------------------------------------------------------------- key sets
 
 
+class _KeyPairIds:
+    """Public halves and key ids, shared by the device and back-office key sets."""
+
+    __slots__ = ()
+    x25519: X25519PrivateKey
+    ed25519: Ed25519PrivateKey
+
+    @property
+    def x25519_public(self) -> X25519PublicKey:
+        return self.x25519.public_key()
+
+    @property
+    def ed25519_public(self) -> Ed25519PublicKey:
+        return self.ed25519.public_key()
+
+    @property
+    def x25519_id(self) -> str:
+        return key_id(self.x25519_public)
+
+    @property
+    def ed25519_id(self) -> str:
+        return key_id(self.ed25519_public)
+
+
 @dataclass(frozen=True, slots=True)
-class DeviceKeys:
+class DeviceKeys(_KeyPairIds):
     x25519: X25519PrivateKey  # receives watchlist bundles
     ed25519: Ed25519PrivateKey  # signs alerts and audit records
 
-    @property
-    def x25519_public(self) -> X25519PublicKey:
-        return self.x25519.public_key()
-
-    @property
-    def ed25519_public(self) -> Ed25519PublicKey:
-        return self.ed25519.public_key()
-
-    @property
-    def x25519_id(self) -> str:
-        return key_id(self.x25519_public)
-
-    @property
-    def ed25519_id(self) -> str:
-        return key_id(self.ed25519_public)
-
 
 @dataclass(frozen=True, slots=True)
-class BackofficeKeys:
+class BackofficeKeys(_KeyPairIds):
     ed25519: Ed25519PrivateKey  # signs watchlist bundles and device commands
     x25519: X25519PrivateKey  # receives sealed alerts
-
-    @property
-    def ed25519_public(self) -> Ed25519PublicKey:
-        return self.ed25519.public_key()
-
-    @property
-    def x25519_public(self) -> X25519PublicKey:
-        return self.x25519.public_key()
-
-    @property
-    def ed25519_id(self) -> str:
-        return key_id(self.ed25519_public)
-
-    @property
-    def x25519_id(self) -> str:
-        return key_id(self.x25519_public)
 
 
 def _generate_pair(
@@ -300,12 +286,9 @@ def _generate_pair(
     x, e = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     write_private_file(d / x_name, _private_pem(x))
     write_private_file(d / e_name, _private_pem(e))
-    for name, pub in ((x_pub, x.public_key()), (e_pub, e.public_key())):
-        tmp = d / f".{name}.tmp"
-        tmp.write_bytes(public_pem(pub))
-        tmp.chmod(0o644)
-        os.replace(tmp, d / name)
-    fsync_dir(d)
+    # atomic_write syncs the directory, which also makes the private keys' links above durable.
+    atomic_write(d / x_pub, public_pem(x.public_key()), mode=0o644)
+    atomic_write(d / e_pub, public_pem(e.public_key()), mode=0o644)
     return x, e
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +149,9 @@ def _status(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- back office
 
 
-def _link(args: argparse.Namespace, name: str) -> Any:
+@contextlib.contextmanager
+def _link(args: argparse.Namespace, name: str) -> Iterator[Any]:
+    """A connected back-office MQTT link for the duration of the block."""
     from edge.alerts.mqtt import LinkSettings, MqttLink, read_password
 
     if not args.broker:
@@ -163,10 +167,12 @@ def _link(args: argparse.Namespace, name: str) -> Any:
         reconnect_max_s=2.0,
     )
     link = MqttLink(settings, name=name).start()
-    if not link.wait_connected(15.0):
+    try:
+        if not link.wait_connected(15.0):
+            raise RuntimeFailure(f"cannot connect to {args.broker} within 15 s")
+        yield link
+    finally:
         link.stop(timeout=2.0, offline_status=False)
-        raise RuntimeFailure(f"cannot connect to {args.broker} within 15 s")
-    return link
 
 
 def _prefix(args: argparse.Namespace) -> str:
@@ -176,14 +182,11 @@ def _prefix(args: argparse.Namespace) -> str:
 def _publish(args: argparse.Namespace) -> int:
     path = Path(args.file)
     data = _read_bundle(path)
-    link = _link(args, "publish")
-    try:
+    with _link(args, "publish") as link:
         topic = f"{_prefix(args)}/watchlist"
         if not link.publish(topic, data, qos=1, retain=True).wait(30.0):
             raise RuntimeFailure(f"the broker did not acknowledge the bundle on {topic}")
         print(f"published {len(data)} bytes, retained, on {topic}")
-    finally:
-        link.stop(timeout=2.0, offline_status=False)
     return EXIT_OK
 
 
@@ -224,8 +227,7 @@ def _wipe(args: argparse.Namespace) -> int:
             result.update(body)
             got.set()
 
-    link = _link(args, "wipe")
-    try:
+    with _link(args, "wipe") as link:
         if args.wait > 0:
             link.subscribe(f"{prefix}/cmd/ack", on_ack, 1)
             time.sleep(0.3)  # let the SUBACK land before the device can answer
@@ -246,8 +248,6 @@ def _wipe(args: argparse.Namespace) -> int:
         if result.get("result") != "wiped":
             raise RuntimeFailure(f"device refused the wipe: {result.get('reason')} ({verified})")
         print(f"device {args.device} confirmed: wiped version {result.get('watchlist_version')} ({verified})")
-    finally:
-        link.stop(timeout=2.0, offline_status=False)
     return EXIT_OK
 
 

@@ -372,24 +372,25 @@ def _check_policy(
         )
 
 
-def _content_key(header: BundleHeader, device: DeviceKeys) -> bytes:
+def _wrapped_key(header: BundleHeader, device: DeviceKeys) -> str:
+    """The content key as wrapped for this device; NOT_ADDRESSED when the bundle names it nowhere."""
     mine = device.x25519_id
     for entry in header.raw["recipients"]:
-        if entry["key_id"] != mine:
-            continue
-        try:
-            wrapped = base64.b64decode(entry["wrapped_key"], validate=True)
-            cek = unseal(device.x25519, wrapped, WRAP_INFO)
-        except (binascii.Error, ValueError, CryptoError):
-            raise BundleError(
-                Reason.CORRUPT, "the content key wrapped for this device cannot be opened"
-            ) from None
-        _need(len(cek) == 32, Reason.CORRUPT, "the content key is not 32 bytes")
-        return cek
+        if entry["key_id"] == mine:
+            return str(entry["wrapped_key"])
     raise BundleError(
         Reason.NOT_ADDRESSED,
         f"not addressed to this device (key {mine}); recipients: {', '.join(header.recipients) or 'none'}",
     )
+
+
+def _content_key(wrapped_b64: str, device: DeviceKeys) -> bytes:
+    try:
+        cek = unseal(device.x25519, base64.b64decode(wrapped_b64, validate=True), WRAP_INFO)
+    except (binascii.Error, ValueError, CryptoError):
+        raise BundleError(Reason.CORRUPT, "the content key wrapped for this device cannot be opened") from None
+    _need(len(cek) == 32, Reason.CORRUPT, "the content key is not 32 bytes")
+    return cek
 
 
 def _str_list(meta: Mapping[str, Any], name: str, n: int) -> list[str]:
@@ -478,8 +479,8 @@ def _decode_payload(
     return subjects, templates, ts, metadata if isinstance(metadata, dict) else {}
 
 
-def _open(auth: _Authentic, device: DeviceKeys) -> Watchlist:
-    cek = _content_key(auth.header, device)
+def _open(auth: _Authentic, device: DeviceKeys, wrapped_b64: str) -> Watchlist:
+    cek = _content_key(wrapped_b64, device)
     payload = auth.payload
     try:
         plaintext = AESGCM(cek).decrypt(bytes(payload[:12]), payload[12:], auth.head)
@@ -535,10 +536,9 @@ def verify_bundle(
 
     def run() -> Watchlist:
         auth = _authenticate(bytes(data), list(trusted_signers), max_bytes)
-        if device_keys.x25519_id not in auth.header.recipients:
-            _content_key(auth.header, device_keys)  # raises not_addressed with the recipient list
+        wrapped = _wrapped_key(auth.header, device_keys)
         _check_policy(auth.header, current_version, embedder_sha256, time.time() if now is None else now)
-        return _open(auth, device_keys)
+        return _open(auth, device_keys, wrapped)
 
     result: Watchlist = _guarded(run)
     return result
@@ -557,7 +557,7 @@ def open_stored_bundle(
     def run() -> Watchlist:
         auth = _authenticate(bytes(data), list(trusted_signers), max_bytes)
         _check_policy(auth.header, None, embedder_sha256, None)
-        return _open(auth, device_keys)
+        return _open(auth, device_keys, _wrapped_key(auth.header, device_keys))
 
     result: Watchlist = _guarded(run)
     return result

@@ -68,6 +68,9 @@ class Matcher:
         self._identity = bool(ts.size == n_subjects and np.array_equal(ts, np.arange(n_subjects)))
         self._starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]]) if ts.size else np.zeros(0, np.intp)
         self._seg_subject = ts[self._starts] if ts.size else np.zeros(0, np.int32)
+        # Segment k is subject k (every subject has templates, grouped in subject order, as built
+        # bundles are): the segmented max is already the (P, S) answer, no scatter per probe.
+        self._dense = bool(np.array_equal(self._seg_subject, np.arange(n_subjects)))
 
     def _dot_rows(self, p: npt.NDArray[np.float32], row: npt.NDArray[np.float32], lo: int, hi: int) -> None:
         t = self._templates
@@ -106,6 +109,8 @@ class Matcher:
         if self._identity:
             return sims
         seg = np.maximum.reduceat(sims, self._starts, axis=1)
+        if self._dense:
+            return seg
         out = np.full((probes.shape[0], n_subjects), -1.0, np.float32)
         out[:, self._seg_subject] = seg
         return out

@@ -42,7 +42,7 @@ from edge.keys import (
     storage_key,
     storage_key_path,
 )
-from edge.watchlist.bundle import BundleError, Reason, iso_utc, open_stored_bundle, verify_bundle
+from edge.watchlist.bundle import BundleError, iso_utc, open_stored_bundle, verify_bundle
 from edge.watchlist.match import Matcher
 from edge.watchlist.model import Watchlist
 
@@ -75,13 +75,13 @@ class WatchlistHolder:
     def __init__(self, watchlist: Watchlist | None = None) -> None:
         self._lock = threading.Lock()
         self._watchlist = watchlist
-        self._generation = 0
-        self._matcher: tuple[int, tuple[Any, ...], Matcher] | None = None
+        # (list, parameters, matcher); keyed on the list object itself, so a swap between building
+        # a matcher and caching it can never leave a matcher for the wrong list in the cache.
+        self._matcher: tuple[Watchlist, tuple[Any, ...], Matcher] | None = None
         self._listeners: list[Callable[[Watchlist | None], None]] = []
 
     def subscribe(self, fn: Callable[[Watchlist | None], None]) -> None:
-        """Call `fn` now with the list in force and after every swap (e.g. the loop's
-        MatcherHolder.set), on the thread that swapped."""
+        """Call `fn` now with the list in force and after every swap, on the thread that swapped."""
         with self._lock:
             self._listeners.append(fn)
             wl = self._watchlist
@@ -91,18 +91,11 @@ class WatchlistHolder:
         with self._lock:
             return self._watchlist
 
-    @property
-    def generation(self) -> int:
-        """Increases on every swap; lets readers notice a change cheaply."""
-        with self._lock:
-            return self._generation
-
     def swap(self, watchlist: Watchlist | None) -> Watchlist | None:
         """Put `watchlist` in force (None: no list); returns the one it replaced."""
         with self._lock:
             old, self._watchlist = self._watchlist, watchlist
-            self._generation += 1
-            self._matcher = None
+            self._matcher = None  # let the old list's matrix go now, not at the next matcher() call
             listeners = list(self._listeners)
         for fn in listeners:
             try:
@@ -120,15 +113,15 @@ class WatchlistHolder:
         """Matcher for the list in force (None when there is none), cached until the next swap."""
         params = (threshold, tuple(sorted((category_thresholds or {}).items())), min_margin)
         with self._lock:
-            wl, gen, cached = self._watchlist, self._generation, self._matcher
+            wl, cached = self._watchlist, self._matcher
         if wl is None:
             return None
-        if cached is not None and cached[0] == gen and cached[1] == params:
+        if cached is not None and cached[0] is wl and cached[1] == params:
             return cached[2]
         m = Matcher(wl, threshold, category_thresholds, min_margin)
         with self._lock:
-            if self._generation == gen:
-                self._matcher = (gen, params, m)
+            if self._watchlist is wl:
+                self._matcher = (wl, params, m)
         return m
 
 
@@ -331,10 +324,6 @@ class WatchlistStore:
 
     def status(self) -> dict[str, Any]:
         return describe(self.holder.current(), self.clock())
-
-
-def refusal_reason(err: InputError) -> str:
-    return err.reason if isinstance(err, BundleError) else Reason.CORRUPT
 
 
 def embedder_sha256_for(cfg: Config) -> str:
