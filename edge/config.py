@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, InputError
 
 CONFIG_ENV = "LFR_EDGE_CONFIG"
 DEFAULT_CONFIG = Path("/etc/lfr-edge/lfr-edge.yaml")
@@ -164,6 +165,33 @@ class TLSConfig(Section):
     insecure_no_verify: bool = False  # only for lab brokers; refused together with a CA
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerURI:
+    """One mqtt:// or mqtts:// broker address: the one parse that config checks, the MQTT link
+    dials and the egress allow-list resolves, so all three agree on every URI."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @staticmethod
+    def parse(uri: str, error: type[Exception] = InputError) -> BrokerURI:
+        scheme, _, rest = uri.partition("://")
+        if scheme not in ("mqtt", "mqtts") or not rest:
+            raise error(f"{uri!r} is not a broker URI (mqtt://host:port or mqtts://host:port)")
+        tls = scheme == "mqtts"
+        host, sep, port = rest.rpartition(":")
+        bracketed = rest.endswith("]")  # "[::1]": an IPv6 address without a port
+        if port and host and not bracketed and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise error(f"{uri!r} has an invalid port (1-65535)")
+        if not sep or not port.isdigit() or bracketed:
+            host, port = rest, str(8883 if tls else 1883)
+        return BrokerURI(host=host.strip("[]"), port=int(port), tls=tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
 class MQTTConfig(Section):
     # mqtt://host:port or mqtts://host:port; several for failover, tried in order.
     brokers: list[str] = Field(default_factory=lambda: ["mqtts://localhost:8883"], min_length=1)
@@ -182,12 +210,7 @@ class MQTTConfig(Section):
     @classmethod
     def _broker_uris(cls, v: list[str]) -> list[str]:
         for uri in v:
-            scheme, _, rest = uri.partition("://")
-            if scheme not in ("mqtt", "mqtts") or not rest:
-                raise ValueError(f"{uri!r} is not a broker URI (mqtt://host:port or mqtts://host:port)")
-            host, _, port = rest.rpartition(":")
-            if port and host and not (port.isdigit() and 1 <= int(port) <= 65535):
-                raise ValueError(f"{uri!r} has an invalid port (1-65535)")
+            BrokerURI.parse(uri, ValueError)
         return v
 
 

@@ -14,11 +14,10 @@ import logging
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 
-from edge.config import Config, load_config, parse_config
+from edge.config import BrokerURI, Config, load_config, parse_config
 from edge.errors import ConfigError
 from edge.keys import atomic_write
 
@@ -68,13 +67,11 @@ def broker_addresses(cfg: Config) -> list[str]:
     """IP addresses of every configured broker, for systemd's IPAddressAllow=."""
     out: list[str] = []
     for uri in cfg.mqtt.brokers:
-        parts = urlsplit(uri)
-        host = parts.hostname or ""
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        b = BrokerURI.parse(uri)
         try:
-            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+            infos = socket.getaddrinfo(b.host, b.port, proto=socket.IPPROTO_TCP)
         except socket.gaierror as e:
-            raise ConfigError([f"mqtt.brokers: cannot resolve {host!r} ({e.strerror}); egress list not written"]) from None
+            raise ConfigError([f"mqtt.brokers: cannot resolve {b.host!r} ({e.strerror}); egress list not written"]) from None
         for info in infos:
             addr = str(info[4][0])
             if addr not in out:

@@ -66,11 +66,11 @@ def serve(
     from edge.audit.runtime import ServiceAudit
     from edge.audit.service import below_floor
     from edge.camera.factory import make_source
-    from edge.keys import load_device_keys, load_ed25519_public
+    from edge.keys import load_device_keys
     from edge.pipeline import Pipeline, build_stages, run_loop
     from edge.sdnotify import Notifier
     from edge.watchlist.store import WatchlistHolder, store_from_config
-    from edge.watchlist.sync import WatchlistSync
+    from edge.watchlist.sync import sync_from_config
 
     stop = stop or threading.Event()
     notifier = notifier or Notifier()
@@ -103,17 +103,14 @@ def serve(
         # "watchlist" stays the pipeline's one-word state ("active", "watchlist expired", ...).
         return {**base, "watchlist_detail": store.status(), "matching": matching_status}
 
-    publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook())
+    publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook(), keys=keys)
     audit.attach_spool(publisher.enqueue)
     store = store_from_config(cfg, keys, holder=holder, on_event=audit.watchlist_hook())
     try:
         store.load()
     except InputError as e:  # a stored list that cannot be opened: run, count faces, alert nobody
         log.error("installed watchlist not usable: %s", e)
-    signers = [load_ed25519_public(p) for p in cfg.watchlist.trusted_signers]
-    sync = WatchlistSync(store, cfg.device.id, cfg.topic_prefix, keys, signers, inbox_dir=cfg.watchlist.inbox_dir)
-    if cfg.watchlist.mqtt_sync:
-        sync.attach(publisher.link)
+    sync = sync_from_config(cfg, store, publisher.link)
 
     pipeline = Pipeline(cfg, stages, holder, _Fanout(publisher, *extra_sinks, audit=audit))
     pipeline_box.append(pipeline)

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
-from edge.alerts.mqtt import BrokerURI, LinkSettings, Message, MqttLink
-from edge.config import TLSConfig
+from edge.alerts.mqtt import LinkSettings, Message, MqttLink
+from edge.config import BrokerURI, TLSConfig
 from edge.errors import ConfigError, InputError
 from edge.keys import check_private_file, load_backoffice_keys, load_ed25519_public
 
@@ -64,10 +64,7 @@ class BackofficeConfig(_Section):
     @classmethod
     def _uris(cls, v: list[str]) -> list[str]:
         for uri in v:
-            try:
-                BrokerURI.parse(uri)
-            except InputError as e:
-                raise ValueError(str(e)) from None
+            BrokerURI.parse(uri, ValueError)
         return v
 
 

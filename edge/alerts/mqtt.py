@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import Config
+from edge.config import BrokerURI, Config
 from edge.errors import InputError
 
 log = logging.getLogger("lfr_edge.mqtt")
@@ -59,28 +59,6 @@ CONNECT_TIMEOUT_S = 10.0
 _AUTH_CODES_V5 = {134, 135}  # Bad user name or password, Not authorized
 _AUTH_CODES_V3 = {4, 5}
 _UNSUPPORTED_PROTOCOL = {132, 1}  # v5 "Unsupported Protocol Version", v3 "unacceptable protocol version"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerURI:
-    host: str
-    port: int
-    tls: bool
-
-    @staticmethod
-    def parse(uri: str) -> BrokerURI:
-        scheme, _, rest = uri.partition("://")
-        if scheme not in ("mqtt", "mqtts") or not rest:
-            raise InputError(f"{uri!r} is not a broker URI (mqtt://host:port or mqtts://host:port)")
-        tls = scheme == "mqtts"
-        host, sep, port = rest.rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = rest, str(8883 if tls else 1883)
-        host = host.strip("[]")  # [::1]:8883
-        return BrokerURI(host=host, port=int(port), tls=tls)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from edge.alerts.message import build_alert, iso_utc
 from edge.alerts.mqtt import MqttLink, PublishHandle
 from edge.alerts.spool import DropCallback, Spool
 from edge.config import Config
-from edge.keys import load_device_keys, load_x25519_public, storage_key
+from edge.keys import DeviceKeys, load_device_keys, load_x25519_public, storage_key
 from edge.types import MatchEvent
 
 log = logging.getLogger("lfr_edge.alerts")
@@ -97,9 +97,10 @@ class AlertPublisher:
         status_provider: StatusProvider | None = None,
         on_drop: DropCallback | None = None,
         link: MqttLink | None = None,
+        keys: DeviceKeys | None = None,
     ) -> AlertPublisher:
-        """Device keys from device.keys_dir, spool in device.data_dir, seal_to from alerts.seal_to."""
-        keys = load_device_keys(cfg.device.keys_dir)
+        """Device keys from device.keys_dir (unless given), spool in device.data_dir, seal_to from alerts.seal_to."""
+        keys = keys if keys is not None else load_device_keys(cfg.device.keys_dir)
         spool = Spool(
             cfg.device.data_dir / SPOOL_FILE,
             storage_key(cfg.device.keys_dir, STORAGE_KEY),

@@ -9,15 +9,14 @@ spirit of the deployment records UK police forces publish after each live facial
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from edge.audit import log as al
-from edge.audit.log import AuditLog, Record, iter_records, list_segments, parse_iso
+from edge.audit.log import AuditLog, Record, iter_records, iter_segment, list_segments, parse_iso
 from edge.audit.service import thresholds, watchlist_fields
 from edge.config import Config
 from edge.types import Counters
@@ -161,28 +160,13 @@ def _records_of_last_run(directory: Path) -> list[Record]:
     """The records since the last service_start, reading segments newest first (no full scan)."""
     chunks: list[list[Record]] = []
     for seg in reversed(list_segments(directory)):
-        recs = list(_iter_segment(seg))
+        recs = list(iter_segment(seg))
         starts = [i for i, r in enumerate(recs) if r.kind == al.SERVICE_START]
         if starts:
             chunks.append(recs[starts[-1]:])
             break
         chunks.append(recs)
     return [r for chunk in reversed(chunks) for r in chunk]
-
-
-def _iter_segment(path: Path) -> Iterator[Record]:
-    with path.open("rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                d = json.loads(raw)
-                yield Record(
-                    int(d["seq"]), str(d["time"]), str(d["kind"]), dict(d["fields"]),
-                    str(d["prev_hash"]), str(d["hash"]),
-                )
-            except (ValueError, KeyError, TypeError):
-                continue
 
 
 def record_deployment(

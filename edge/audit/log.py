@@ -415,11 +415,12 @@ class AuditLog:
     # ----------------------------------------------------------------- rotation and pruning
 
     def _rotate_if_needed(self) -> None:
-        if self._segment is None or not self._segment.exists() or self._segment.stat().st_size == 0:
+        # _sync_tail has just brought _size up to date with the segment on disk: no stat needed.
+        if self._segment is None or self._size <= 0:
             return
         # Age counts too: retention can only drop whole segments, so none may span much of it.
         too_old = self._clock() - self._segment_t0 > self.retention_s / 10
-        if self._segment.stat().st_size < self.segment_bytes and not too_old:
+        if self._size < self.segment_bytes and not too_old:
             return
         self.checkpoint()  # each closed segment ends signed
         previous = self._segment
@@ -494,19 +495,27 @@ class AuditLog:
         self.close()
 
 
+def iter_segment(path: Path) -> Iterator[Record]:
+    """Every parseable record of one segment file, up to a torn last line."""
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                d = json.loads(raw)
+                rec = Record(
+                    int(d["seq"]), str(d["time"]), str(d["kind"]), dict(d["fields"]),
+                    str(d["prev_hash"]), str(d["hash"]),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+            yield rec
+
+
 def iter_records(directory: str | Path) -> Iterator[Record]:
     """Every parseable record in order (for reports; `verify` is what judges integrity)."""
     for seg in list_segments(Path(directory)):
-        with seg.open("rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    d = json.loads(raw)
-                    yield Record(
-                        int(d["seq"]), str(d["time"]), str(d["kind"]), dict(d["fields"]),
-                        str(d["prev_hash"]), str(d["hash"]),
-                    )
+        yield from iter_segment(seg)
 
 
 def verify_signature(pub: Ed25519PublicKey, covers_seq: int, covers_hash: str, signature_b64: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.audit import log as al
-from edge.audit.service import open_audit
+from edge.audit.service import open_audit, watchlist_hook
 from edge.config import Config
 from edge.errors import InputError
 from edge.keys import DeviceKeys, destroy_storage_key, load_device_keys
@@ -74,11 +74,8 @@ def mqtt_publisher(cfg: Config, timeout_s: float) -> PublishLines:
     def publish(lines: list[bytes]) -> str:
         from edge.alerts.mqtt import LinkSettings, MqttLink
 
-        settings = dataclasses.replace(
-            LinkSettings.from_config(cfg),
-            client_id=f"{cfg.mqtt.client_id or 'lfr-edge-' + cfg.device.id}-wipe",
-            will_topic=None,
-        )
+        base = LinkSettings.from_config(cfg)
+        settings = dataclasses.replace(base, client_id=f"{base.client_id}-wipe", will_topic=None)
         link = MqttLink(settings, name="wipe").start()
         try:
             if not link.wait_connected(timeout_s):
@@ -111,7 +108,6 @@ def wipe_all(cfg: Config, publish: PublishLines | None, keys: DeviceKeys | None 
     audit.publish = final.append  # everything written from here on is the final word
     if keys is not None:
         # The watchlist store's own wipe (crypto-shred) first, so the log records it as such.
-        from edge.audit.service import watchlist_hook
         from edge.watchlist.store import WatchlistStore
 
         wl_store = WatchlistStore(cfg.watchlist_store, keys, [], None, on_event=watchlist_hook(audit))
