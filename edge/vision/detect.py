@@ -117,26 +117,22 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def anchor_rows(anchors: F32, input_size: int) -> F32:
-    """Anchor centres (N, 2) in input pixels, laid out like a regressor row (N, 16): added to
-    every x, y pair (box centre and keypoints), and 0 under the box's w, h."""
-    rows = np.tile(anchors * np.float32(input_size), (1, NUM_COORDS // 2))
-    rows[:, 2:4] = 0.0
-    return rows.astype(np.float32)
-
-
-def _decode_rows(rows: F32, anchor_rows: F32, scale: F32 | np.float32, offset: F32 | np.float32) -> tuple[F32, F32]:
-    """Regressor rows (M, 16) + their anchors' rows → boxes (M, 4) x0, y0, x1, y1 and keypoints
-    (M, 6, 2), in the coordinates `(input px) * scale + offset` (per row or one for all)."""
-    pts = (rows + anchor_rows) * scale + offset
-    centre, half = pts[:, 0:2], np.float32(0.5) * pts[:, 2:4]
-    boxes = np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
-    return boxes, pts[:, 4:NUM_COORDS].reshape(-1, NUM_KEYPOINTS, 2).astype(np.float32)
+def _normalised(rows: F32, anchors: F32, input_size: int) -> tuple[F32, F32]:
+    """Regressor rows (M, 16) and their anchor centres (M, 2) → boxes (M, 4) x0, y0, x1, y1 and
+    keypoints (M, 6, 2), normalised to the model input."""
+    r = rows.astype(np.float32) / np.float32(input_size)
+    cx = r[:, 0] + anchors[:, 0]
+    cy = r[:, 1] + anchors[:, 1]
+    half_w = 0.5 * r[:, 2]
+    half_h = 0.5 * r[:, 3]
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    kps = r[:, 4:NUM_COORDS].reshape(-1, NUM_KEYPOINTS, 2) + anchors[:, None, :]
+    return boxes.astype(np.float32), kps.astype(np.float32)
 
 
 def _scores(logits: F32) -> F32:
-    z = np.clip(logits, -SCORE_CLIP, SCORE_CLIP)
-    return (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))).astype(np.float32)
+    z = np.clip(logits, -SCORE_CLIP, SCORE_CLIP).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
 def decode(
@@ -146,17 +142,13 @@ def decode(
 
     Returns boxes (M, 4) x0, y0, x1, y1 and keypoints (M, 6, 2), both normalised to the model
     input, scores (M,) and the batch index (M,) each detection came from. The threshold is
-    applied on logits first so only surviving anchors are decoded. (FaceDetector does the same
-    with its per-view mapping to frame pixels folded into the scale and offset.)
+    applied on logits first so only surviving anchors are decoded.
     """
     logits = raw_scores[..., 0]
     b, a = np.nonzero(logits > _logit(min_score))
     if b.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0,), np.float32), b
-    boxes, kps = _decode_rows(
-        raw_boxes[b, a].astype(np.float32), anchor_rows(anchors, input_size)[a], np.float32(1.0 / input_size),
-        np.float32(0.0),
-    )  # fmt: skip
+    boxes, kps = _normalised(raw_boxes[b, a], anchors[a], input_size)
     return boxes, kps, _scores(logits[b, a]), b
 
 
@@ -330,7 +322,6 @@ class FaceDetector:
             raise InputError(f"{model.path}: {n_boxes} boxes at {self._size}px is not a known BlazeFace")
         self.anchor_config = cfg
         self._anchors = ssd_anchor_centres(cfg)
-        self._anchors16 = anchor_rows(self._anchors, self._size)
         self._logit_min = _logit(self.min_score)
 
         # A pixel's model value depends only on its byte, so one 256-entry table does the [-1, 1]
@@ -349,10 +340,7 @@ class FaceDetector:
         self._shared: list[_SharedResize] = []
         self._own: list[int] = []  # views resized on their own (not part of a shared resize)
         self._vgeo: F32 = np.zeros((0, 9), np.float32)
-        # Per view, what turns a raw regressor row (plus its anchor) into frame pixels: row-wise
-        # scale and offset over the 16 values (x, y pairs; box w, h get no offset).
-        self._scale16: F32 = np.zeros((0, NUM_COORDS), np.float32)
-        self._off16: F32 = np.zeros((0, NUM_COORDS), np.float32)
+        self._map: F32 = np.zeros((0, 6), np.float32)
         self._batch = 1
         self._min_resolution = 1.0
 
@@ -427,15 +415,9 @@ class FaceDetector:
                 views.append(self._letterbox_view(x0, y0, x1, y1, w, h))
         self._views = views
         self._min_resolution = min(v.rw / (v.x1 - v.x0) for v in views)
-        # frame = (input px - pad) * scale + view origin, for every x, y pair of a regressor row.
-        sx = np.array([(v.x1 - v.x0) / v.rw for v in views], np.float32)
-        sy = np.array([(v.y1 - v.y0) / v.rh for v in views], np.float32)
-        ox = np.array([v.x0 - v.px * (v.x1 - v.x0) / v.rw for v in views], np.float32)
-        oy = np.array([v.y0 - v.py * (v.y1 - v.y0) / v.rh for v in views], np.float32)
-        self._scale16 = np.tile(np.stack([sx, sy], axis=1), (1, NUM_COORDS // 2))
-        off = np.tile(np.stack([ox, oy], axis=1), (1, NUM_COORDS // 2))
-        off[:, 2:4] = 0.0
-        self._off16 = off.astype(np.float32)
+        self._map = np.array(
+            [[v.x0, v.y0, v.px, v.py, (v.x1 - v.x0) / v.rw, (v.y1 - v.y0) / v.rh] for v in views], dtype=np.float32
+        )
         self._vgeo = np.array(
             [[v.x0, v.y0, v.x1, v.y1, v.rw / (v.x1 - v.x0), *v.inner] for v in views], dtype=np.float32
         )
@@ -613,7 +595,7 @@ class FaceDetector:
         return keep, weight
 
     def _decode_frame(self, raw_b: list[F32], logits: F32) -> tuple[F32, F32, F32, npt.NDArray[np.intp]]:
-        """decode() and the mapping to frame pixels in one pass over the surviving anchors only."""
+        """decode(), reading only the surviving anchors' rows, and the mapping to frame pixels."""
         vi, a = np.nonzero(logits > self._logit_min)
         if vi.size == 0:
             return np.zeros((0, 4), np.float32), np.zeros((0, NUM_KEYPOINTS, 2), np.float32), logits[vi, a], vi
@@ -622,8 +604,16 @@ class FaceDetector:
         else:  # one array per invoke (batch 1): gather view by view, in the (view, anchor) order of vi, a
             per = self._batch
             rows = np.concatenate([raw_b[v // per][v % per, a[vi == v]] for v in np.unique(vi).tolist()])
-        boxes, kps = _decode_rows(rows, self._anchors16[a], self._scale16[vi], self._off16[vi])
-        return boxes, kps, _scores(logits[vi, a]), vi
+        nb, nk = _normalised(rows, self._anchors[a], self._size)
+        # Normalised input coordinates → frame pixels, per view (vectorised over detections).
+        geo = self._map[vi]
+        off = geo[:, 0:2]
+        pad = geo[:, 2:4]
+        scale = geo[:, 4:6]
+        size = np.float32(self._size)
+        fb = ((nb.reshape(-1, 2, 2) * size - pad[:, None, :]) * scale[:, None, :] + off[:, None, :]).reshape(-1, 4)
+        fk = (nk * size - pad[:, None, :]) * scale[:, None, :] + off[:, None, :]
+        return fb, fk, _scores(logits[vi, a]), vi
 
     def detect(self, image: U8) -> Detections:
         self.prepare(image)
@@ -645,8 +635,8 @@ class FaceDetector:
         np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
         np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
         if self.min_face_px > 0:
-            side_sq = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-            big = side_sq >= np.float32(self.min_face_px) ** 2
+            side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+            big = side >= self.min_face_px
             if not big.all():
                 boxes, kps, scores = boxes[big], kps[big], scores[big]
         # weighted_nms returns clusters best score first, and the size filter keeps that order.
