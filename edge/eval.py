@@ -21,7 +21,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy.typing as npt
 from edge.config import Config
 from edge.errors import InputError
 from edge.imageio import decode_rgb
-from edge.inference import default_models_dir, load_model, runtime_name
+from edge.inference import TFLiteModel, default_models_dir, load_manifest, load_model, runtime_name, sha256_file
 from edge.sysinfo import cpu_model
 from edge.types import F32, U8, Rejection
 from edge.vision.align import Aligner
@@ -226,7 +226,6 @@ class IdentSplit:
     non_mated: npt.NDArray[np.int64]
     enrolled_identities: int
     failed_to_enrol: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def identification_split(
@@ -246,7 +245,6 @@ def identification_split(
     g_ident: list[int] = []
     mated: list[int] = []
     failed = 0
-    enrolled_set: set[int] = set()
     for ident in enrolled:
         idx = [int(i) for i in np.flatnonzero(identity == ident)]
         usable = [i for i in idx if has_face[i]]
@@ -257,8 +255,8 @@ def identification_split(
         gallery.append(g)
         g_ident.append(ident)
         mated += [i for i in idx if i != g]
-        enrolled_set.add(ident)
-    not_enrolled = np.array([int(i) not in enrolled_set and int(i) not in enrolled for i in identity])
+    # Identities that failed to enrol are neither mated nor non-mated: they were meant to be listed.
+    not_enrolled = ~np.isin(identity, enrolled)
     return IdentSplit(
         np.array(gallery, np.int64), np.array(g_ident, np.int64), np.array(mated, np.int64),
         np.flatnonzero(not_enrolled).astype(np.int64), len(gallery), failed,
@@ -302,7 +300,6 @@ def identification(
 
 def _mesh_aligner(models_dir: Path, num_threads: int, notes: list[str]) -> Any:
     """The face-mesh aligner: the manifest's face_mesh model, else MediaPipe's file (dev checkouts)."""
-    from edge.inference import TFLiteModel, load_manifest
     from edge.vision.landmarks import MeshAligner, MeshLandmarker
 
     if "face_mesh_fp32" in load_manifest(models_dir):
@@ -373,9 +370,9 @@ def run_eval(
     if pairs is not None:
         load_pairs(ds, pairs)
     det_id = detector_id or cfg.models.detector
-    detector = FaceDetector(
-        load_model(det_id, mdir, num_threads=cfg.models.num_threads),
-        min_score=cfg.detection.min_score, nms_iou=cfg.detection.nms_iou, tiles=(1, 1, 0.0), whole_frame=True,
+    detector = FaceDetector.from_settings(
+        load_model(det_id, mdir, num_threads=cfg.models.num_threads), cfg.detection, whole_frame_only=True,
+        min_face=False,
     )  # fmt: skip
     embedders = {
         v: Embedder(load_model(_model_id(v), mdir, num_threads=cfg.models.num_threads)) for v in variants
@@ -509,7 +506,7 @@ def run_eval(
             "enrol_fraction": enrol_fraction, "identification_splits": id_splits,
         },
         "models": {"detector": det_id, "embedders": {v: _model_id(v) for v in variants},
-                   "sha256": {m.id: _sha(m.path) for m in (detector.model,
+                   "sha256": {m.id: sha256_file(m.path) for m in (detector.model,
                               *(e.model for e in embedders.values()))}},
         "detection": {
             "images": n, "face_found": with_face, "no_face": n - with_face - unreadable,
@@ -522,7 +519,7 @@ def run_eval(
         "variants": results,
         "comparisons": comparisons,
         "timing_s": {"wall": round(wall, 2), **{k: round(v, 2) for k, v in timing.items()}},
-        "notes": notes + split.notes,
+        "notes": notes,
     }  # fmt: skip
 
 
@@ -537,12 +534,6 @@ def _with_spread(first: dict[str, Any], others: list[dict[str, Any]]) -> dict[st
                        "tpir_max": float(t.max()), "threshold_mean": float(thr.mean())})  # fmt: skip
     first["splits"] = {"n": len(runs), "tpir_at_fpir": spread}
     return first
-
-
-def _sha(path: Path) -> str:
-    from edge.inference import sha256_file
-
-    return sha256_file(path)
 
 
 def format_text(r: dict[str, Any]) -> str:

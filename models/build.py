@@ -53,6 +53,14 @@ def merge_manifest(path: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
     return {"models": sorted([*kept, *new], key=lambda m: str(m["id"]))}
 
 
+def write_manifest(out_dir: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the entries into out_dir/MANIFEST.json (see merge_manifest), write it, return it."""
+    path = out_dir / MANIFEST
+    manifest = merge_manifest(path, new)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["embedder", "detector"], help="build just one family")
@@ -79,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if not new:
         print("[build] nothing built; manifest left unchanged")
         return 1
-    manifest = merge_manifest(out / MANIFEST, new)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = write_manifest(out, new)
     print(f"[build] {out / MANIFEST}: {', '.join(m['id'] for m in manifest['models'])}")
     return 0
 

@@ -19,10 +19,9 @@ import argparse
 import json
 import random
 import shutil
-import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from edge.bench.models import time_ms  # noqa: E402
 from edge.imageio import read_rgb  # noqa: E402
 from edge.inference import TFLiteModel, sha256_file  # noqa: E402
 from edge.types import KP_LEFT_EYE, KP_RIGHT_EYE, U8  # noqa: E402
@@ -345,7 +345,7 @@ SMALL_FACE_FRAMES = 48
 
 
 def small_face_frames(
-    faces_dir: Path, size: tuple[int, int] = (1920, 1080)
+    faces_dir: Path, size: tuple[int, int] = (1920, 1080), n_frames: int = SMALL_FACE_FRAMES
 ) -> list[tuple[U8, npt.NDArray[np.float32]]]:
     """Synthetic camera frames with LFW faces pasted at known small sizes, and their true boxes.
 
@@ -364,7 +364,7 @@ def small_face_frames(
     cols = 3
     rows = (n + cols - 1) // cols
     cw, ch = w // cols, h // rows
-    for f in range(SMALL_FACE_FRAMES):
+    for f in range(n_frames):
         bg = cv2.resize(backgrounds[f % len(backgrounds)], (w, h), interpolation=cv2.INTER_AREA)
         frame = cv2.GaussianBlur(bg, (0, 0), 25)
         boxes = []
@@ -414,19 +414,16 @@ def _load() -> float:
         return -1.0
 
 
+def _median_min(ms: npt.NDArray[np.float64], ndigits: int) -> dict[str, float]:
+    return {"median": round(float(np.median(ms)), ndigits), "min": round(float(ms.min()), ndigits)}
+
+
 def time_invoke(path: Path, threads: int, reps: int = 60) -> dict[str, float]:
     """ms per invoke: median, and min (the best estimate of the uncontended cost on a shared box)."""
     m = TFLiteModel(path, threads)
     q = m.input_quant[0]
     x = q.quantize(np.random.default_rng(1).uniform(-1, 1, m.input_shape).astype(np.float32))
-    for _ in range(5):
-        m.invoke(x)
-    t: list[float] = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        m.invoke(x)
-        t.append((time.perf_counter() - t0) * 1000.0)
-    return {"median": round(statistics.median(t), 2), "min": round(min(t), 2)}
+    return _median_min(time_ms(lambda: m.invoke(x), reps, warmup=5), 2)
 
 
 def time_frames(path: Path, threads: int, batch: bool, reps: int = 8) -> dict[str, dict[str, float]]:
@@ -436,14 +433,7 @@ def time_frames(path: Path, threads: int, batch: bool, reps: int = 8) -> dict[st
     rng = np.random.default_rng(SEED)
     for w, h in ((1280, 720), (1920, 1080)):
         frame: U8 = np.asarray(cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (0, 0), 2), np.uint8)
-        for _ in range(2):
-            det.detect(frame)
-        t: list[float] = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            det.detect(frame)
-            t.append((time.perf_counter() - t0) * 1000.0)
-        out[f"{w}x{h}"] = {"median": round(statistics.median(t), 1), "min": round(min(t), 1)}
+        out[f"{w}x{h}"] = _median_min(time_ms(partial(det.detect, frame), reps, warmup=2), 1)
     return out
 
 
@@ -453,10 +443,6 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "absent"
-
-
-def _sha(p: Path) -> str:
-    return sha256_file(p)
 
 
 def _entry(
@@ -491,7 +477,7 @@ def _entry(
     return {
         "id": model_id,
         "file": out.name,
-        "sha256": _sha(out),
+        "sha256": sha256_file(out),
         "role": "detector",
         "precision": precision,
         "input": {
@@ -505,7 +491,7 @@ def _entry(
             "package": PACKAGE,
             "version": version,
             "file": rel,
-            "sha256": _sha(src),
+            "sha256": sha256_file(src),
             "origin": "Google MediaPipe BlazeFace (mediapipe/modules/face_detection)",
         },
         "build_command": BUILD_COMMAND,
@@ -612,17 +598,6 @@ def build(out_dir: Path, faces_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def merge_manifest(models_dir: Path, entries: list[dict[str, Any]]) -> Path:
-    """Replace our ids in MANIFEST.json, leaving every other engineer's entries alone."""
-    path = models_dir / "MANIFEST.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"models": []}
-    ours = {e["id"] for e in entries}
-    kept = [m for m in data.get("models", []) if m.get("id") not in ours]
-    data["models"] = sorted([*kept, *entries], key=lambda m: str(m["id"]))  # same order as models/build.py
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--out", type=Path, default=ROOT / "models")
@@ -631,7 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     entries = build(args.out, args.faces)
     if args.manifest:
-        print(f"wrote {merge_manifest(args.out, entries)}")
+        from models.build import MANIFEST, write_manifest
+
+        write_manifest(args.out, entries)
+        print(f"wrote {args.out / MANIFEST}")
     else:
         print(json.dumps(entries, indent=2))
     return 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import importlib.util
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from edge.inference import TFLiteModel, sha256_file
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -62,12 +63,6 @@ def source_dir() -> Path:
 
 def source_version() -> str:
     return importlib.metadata.version(SOURCE_PACKAGE)
-
-
-def sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,20 +158,11 @@ def _interpreter(path: Path, threads: int = 2) -> Any:
 
 def run_tflite(path: Path, chips: npt.NDArray[Any], threads: int = 2) -> F32:
     """Raw descriptors from a TFLite embedder, honouring its input/output quantisation."""
-    it = _interpreter(path, threads)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    res = np.empty((len(chips), int(out["shape"][-1])), np.float32)
+    m = TFLiteModel(path, threads)
+    q_in, q_out = m.input_quant[0], m.output_quant[0]
+    res = np.empty((len(chips), int(m.outputs[0]["shape"][-1])), np.float32)
     for i, c in enumerate(chips):
-        x = c[None].astype(np.float32)
-        scale, zp = inp["quantization"]
-        if scale:
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.rint(x / scale) + zp, info.min, info.max)
-        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        it.invoke()
-        y = it.get_tensor(out["index"])[0]
-        oscale, ozp = out["quantization"]
-        res[i] = (y.astype(np.float32) - ozp) * oscale if oscale else y
+        res[i] = q_out.dequantize(m.invoke(q_in.quantize(c[None].astype(np.float32)))[0][0])
     return res
 
 
@@ -189,17 +175,12 @@ def cosines(a: F32, b: F32) -> F32:
 
 def ms_per_embedding(path: Path, threads: int = 2, n: int = 60) -> float:
     """Median wall time of one invoke on a fixed input (after warm-up), in milliseconds."""
+    from edge.bench.models import time_ms
+
     it = _interpreter(path, threads)
     inp = it.get_input_details()[0]
     it.set_tensor(inp["index"], np.full(inp["shape"], 100, dtype=inp["dtype"]))
-    for _ in range(5):
-        it.invoke()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        it.invoke()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
+    return float(np.median(time_ms(it.invoke, n, warmup=5)))
 
 
 def convert_fp32(model: Any, out: Path) -> None:
@@ -351,7 +332,7 @@ def build(
         "package": SOURCE_PACKAGE,
         "version": source_version(),
         "file": MODEL_FILE,
-        "sha256": sha256(src),
+        "sha256": sha256_file(src),
     }
     calib_desc = (
         f"{N_CALIB} LFW deep-funneled images ({faces_dir.name}/lfw, read in place), one per identity; "
@@ -386,7 +367,7 @@ def build(
         entry: dict[str, Any] = {
             "id": mid,
             "file": path.name,
-            "sha256": sha256(path),
+            "sha256": sha256_file(path),
             "role": "embedder",
             "precision": prec,
             "input": inp,

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from edge.imageio import decode_rgb, read_rgb  # noqa: E402
 from edge.inference import TFLiteModel  # noqa: E402
 from edge.vision.align import CHIP_PADDING, CHIP_SIZE, similarity_fit, transform_points  # noqa: E402
-from edge.vision.detect import FaceDetector  # noqa: E402
+from edge.vision.analyze import primary_index  # noqa: E402
+from edge.vision.detect import FaceDetector, iou_matrix  # noqa: E402
 from edge.vision.dlib_ref import DlibReference, chip_matrix, package_file  # noqa: E402
 from edge.vision.landmarks import MeshAligner, MeshLandmarker  # noqa: E402
 
@@ -59,14 +60,6 @@ def huber_mean(x: np.ndarray, k: float = 1.345, iters: int = 20) -> np.ndarray:
         w = np.minimum(1.0, k * s / np.maximum(np.abs(r), 1e-12))
         mu = (w * x).sum(axis=0) / w.sum(axis=0)
     return mu
-
-
-def pick(boxes: np.ndarray, w: int, h: int) -> int:
-    """The largest, most central face (same rule as FaceAnalyzer.primary)."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    c = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - w / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - h / 2], 1)
-    dist = np.hypot(c[:, 0], c[:, 1]) / max(w, h)
-    return int(np.argmax(area * (1.0 - dist) ** 2))
 
 
 def corner_disp(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -113,22 +106,16 @@ def main() -> int:
         d = det.detect(img)
         if len(d) == 0:
             continue
-        j = pick(d.boxes, img.shape[1], img.shape[0])
+        j = primary_index(d.boxes, img.shape[1], img.shape[0])
         box = d.boxes[j]
         rects = ref.hog(img)
         if not rects:
             continue
         # The HOG face that overlaps BlazeFace's most (same person, not a bystander).
-        best, best_iou = None, 0.0
-        for r in rects:
-            ix = max(0.0, min(box[2], r[2]) - max(box[0], r[0]))
-            iy = max(0.0, min(box[3], r[3]) - max(box[1], r[1]))
-            inter = ix * iy
-            u = (box[2] - box[0]) * (box[3] - box[1]) + (r[2] - r[0]) * (r[3] - r[1]) - inter
-            if inter / u > best_iou:
-                best, best_iou = r, inter / u
-        if best is None or best_iou < 0.3:
+        ious = iou_matrix(box[None], np.asarray(rects, np.float32))[0]
+        if ious.max() < 0.3:
             continue
+        best = rects[int(np.argmax(ious))]
         pts, details = ref.landmarks(img, best)
         kps_l.append(d.keypoints[j])
         mesh_l.append(mesh.dlib5(img, d.keypoints[j : j + 1])[0])

@@ -121,25 +121,26 @@ def _split_params(params: F32, views: list[tuple[int, int, int, int]]) -> list[F
     return out
 
 
+def _read_window(r: _Reader) -> dict[str, Any]:
+    """Kernel size, stride and padding, in the order con_ and the pools write them."""
+    return {k: r.read_int() for k in ("nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")}
+
+
+def _read_mults(r: _Reader) -> dict[str, Any]:
+    """The learning-rate / weight-decay multipliers con_ and fc_ write after their parameters."""
+    return {k: r.read_float() for k in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult")}
+
+
 def _read_details(r: _Reader) -> Layer:
     """One layer's own serialisation (what `serialize(item.details)` writes)."""
     version = r.read_string()
     kind = version.rstrip("0123456789").rstrip("_")
     if version == "con_4":
         params = r.read_tensor()
-        f: dict[str, Any] = {
-            "num_filters": r.read_int(),
-            "nr": r.read_int(),
-            "nc": r.read_int(),
-            "stride_y": r.read_int(),
-            "stride_x": r.read_int(),
-            "padding_y": r.read_int(),
-            "padding_x": r.read_int(),
-        }
+        f: dict[str, Any] = {"num_filters": r.read_int(), **_read_window(r)}
         filt_shape = r.read_alias()
         bias_shape = r.read_alias()
-        for name in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult"):
-            f[name] = r.read_float()
+        f.update(_read_mults(r))
         filters, biases = _split_params(params, [filt_shape, bias_shape])
         # filters are (out, in, kh, kw) like PyTorch; biases (1, out, 1, 1)
         return Layer("con", version, f, {"filters": filters, "biases": biases.reshape(-1)})
@@ -151,15 +152,7 @@ def _read_details(r: _Reader) -> Layer:
         gamma, beta = _split_params(params, [g_shape, b_shape])
         return Layer("affine", version, {"mode": mode}, {"gamma": gamma, "beta": beta})
     if version in ("max_pool_2", "avg_pool_2"):
-        f = {
-            "nr": r.read_int(),
-            "nc": r.read_int(),
-            "stride_y": r.read_int(),
-            "stride_x": r.read_int(),
-            "padding_y": r.read_int(),
-            "padding_x": r.read_int(),
-        }
-        return Layer(kind, version, f)
+        return Layer(kind, version, _read_window(r))
     if version in ("relu_", "add_prev_"):
         return Layer(kind, version)
     if version == "fc_2":
@@ -168,8 +161,7 @@ def _read_details(r: _Reader) -> Layer:
         w_shape = r.read_alias()
         b_shape = r.read_alias()
         f["bias_mode"] = r.read_int()  # 0 = FC_HAS_BIAS, 1 = FC_NO_BIAS
-        for name in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult"):
-            f[name] = r.read_float()
+        f.update(_read_mults(r))
         views = [w_shape] + ([b_shape] if f["bias_mode"] == 0 else [])
         parts = _split_params(params, views)
         # params are (num_inputs [+1 bias row], num_outputs) row-major: y = x @ W (+ b)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,28 @@ def _input(detail: dict[str, Any], rng: np.random.Generator) -> npt.NDArray[Any]
     return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
 
 
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int) -> npt.NDArray[np.float64]:
+    """Wall time of each of `repeats` calls of fn, in ms, after `warmup` untimed calls.
+
+    The one timing loop for this bench and the model build scripts (models/build_*.py).
+    """
+    for _ in range(warmup):
+        fn()
+    ms = np.empty(repeats, np.float64)
+    for i in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ms[i] = (time.perf_counter() - t) * 1000.0
+    return ms
+
+
 def bench_model(path: Path, model_id: str, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
     from edge.inference import TFLiteModel
 
     model = TFLiteModel(path, num_threads=threads, model_id=model_id)
     rng = np.random.default_rng(0)
     xs = [_input(d, rng) for d in model.inputs]
-    for _ in range(warmup):
-        model.invoke(*xs)
-    times = np.empty(repeats, np.float64)
-    for i in range(repeats):
-        t = time.perf_counter()
-        model.invoke(*xs)
-        times[i] = time.perf_counter() - t
-    ms = times * 1000.0
+    ms = time_ms(lambda: model.invoke(*xs), repeats, warmup)
     return {
         "threads": threads,
         "median_ms": round(float(np.median(ms)), 3),

@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.faces, "lfw").is_dir():
         raise InputError(f"--faces {args.faces}: no lfw/ folder (public face data)")
     width, height = (int(v) for v in args.size.lower().split("x"))
-    bd.SMALL_FACE_FRAMES = args.frames  # the generator reads this module constant
-    frames = bd.small_face_frames(Path(args.faces), (width, height))
+    frames = bd.small_face_frames(Path(args.faces), (width, height), args.frames)
     cls = _detector_class(args.detect_module)
     model = load_model(args.detector, None, num_threads=args.threads)
     for cols, rows, overlap, whole in _grids(args.grids):
