@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.errors import ConfigError, InputError
 
@@ -192,9 +192,19 @@ class BrokerURI:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+def _check_brokers(uris: list[str]) -> list[str]:
+    for uri in uris:
+        BrokerURI.parse(uri, ValueError)
+    return uris
+
+
+# A list of broker URIs checked by the one parse (device and back-office configs alike).
+BrokerList = Annotated[list[str], AfterValidator(_check_brokers)]
+
+
 class MQTTConfig(Section):
     # mqtt://host:port or mqtts://host:port; several for failover, tried in order.
-    brokers: list[str] = Field(default_factory=lambda: ["mqtts://localhost:8883"], min_length=1)
+    brokers: BrokerList = Field(default_factory=lambda: ["mqtts://localhost:8883"], min_length=1)
     client_id: str | None = None  # default: lfr-edge-<device_id>
     topic_prefix: str = "lfr/{device_id}"
     username: str | None = None
@@ -205,13 +215,6 @@ class MQTTConfig(Section):
     reconnect_min_s: PosFloat = 1.0
     reconnect_max_s: PosFloat = 60.0
     status_interval_s: PosFloat = 30.0
-
-    @field_validator("brokers")
-    @classmethod
-    def _broker_uris(cls, v: list[str]) -> list[str]:
-        for uri in v:
-            BrokerURI.parse(uri, ValueError)
-        return v
 
 
 class SpoolConfig(Section):

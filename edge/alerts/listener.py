@@ -23,11 +23,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
 from edge.alerts.mqtt import LinkSettings, Message, MqttLink
-from edge.config import BrokerURI, TLSConfig
+from edge.config import BrokerList, TLSConfig
 from edge.errors import ConfigError, InputError
 from edge.keys import check_private_file, load_backoffice_keys, load_ed25519_public
 
@@ -43,7 +43,7 @@ class DeviceEntry(_Section):
 
 
 class BackofficeConfig(_Section):
-    brokers: list[str] = Field(min_length=1)
+    brokers: BrokerList = Field(min_length=1)
     client_id: str = "lfr-backoffice"
     username: str | None = None
     password_file: Path | None = None
@@ -59,13 +59,6 @@ class BackofficeConfig(_Section):
     # Where accepted alert ids are remembered, so duplicates stay dropped across listener restarts.
     state_dir: Path | None = None
     devices: dict[str, DeviceEntry] = Field(default_factory=dict)
-
-    @field_validator("brokers")
-    @classmethod
-    def _uris(cls, v: list[str]) -> list[str]:
-        for uri in v:
-            BrokerURI.parse(uri, ValueError)
-        return v
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
