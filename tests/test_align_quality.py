@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,8 +51,18 @@ def _detect_one(detector: FaceDetector, img: np.ndarray) -> Detections:
     return Detections(d.boxes[j : j + 1], d.keypoints[j : j + 1], d.scores[j : j + 1])
 
 
+def _worse_eye_vs_dlib(ref: Any, img: np.ndarray, rect: Any, matrices: np.ndarray) -> float:
+    """Chip px between where `matrices` and dlib's own chip put dlib's two eye centres (worse eye)."""
+    from edge.vision.dlib_ref import chip_matrix
+
+    pts, details = ref.landmarks(img, rect)
+    eyes = np.stack([pts[0:2].mean(0), pts[2:4].mean(0)])[None]  # dlib's two eye centres, frame px
+    dlib_pos = transform_points(chip_matrix(details)[None], eyes)
+    return float(np.linalg.norm(transform_points(matrices, eyes) - dlib_pos, axis=2).max())
+
+
 def test_eyes_land_where_dlibs_chip_puts_them(faces_dir: Path, detector: FaceDetector) -> None:
-    from edge.vision.dlib_ref import DlibReference, chip_matrix, dlib_available
+    from edge.vision.dlib_ref import DlibReference, dlib_available
 
     if not dlib_available():
         pytest.skip("dlib-bin / face-recognition-models not installed: no dlib reference")
@@ -65,11 +76,7 @@ def test_eyes_land_where_dlibs_chip_puts_them(faces_dir: Path, detector: FaceDet
         assert chips.shape == (1, CHIP_SIZE, CHIP_SIZE, 3) and chips.dtype == np.uint8
         rects = ref.hog(img)
         assert rects, f"dlib found no face in {rel}"
-        pts, details = ref.landmarks(img, rects[0])
-        eyes = np.stack([pts[0:2].mean(0), pts[2:4].mean(0)])[None]  # dlib's two eye centres, frame px
-        dlib_pos = transform_points(chip_matrix(details)[None], eyes)
-        our_pos = transform_points(ours, eyes)
-        errors.append(np.linalg.norm(our_pos - dlib_pos, axis=2).max())
+        errors.append(_worse_eye_vs_dlib(ref, img, rects[0], ours))
     errors_a = np.array(errors)
     # Chip is 150 px, the eyes ~55 px apart: a few px is what the embedder tolerates.
     assert errors_a.max() < 6.0, errors_a
@@ -78,7 +85,7 @@ def test_eyes_land_where_dlibs_chip_puts_them(faces_dir: Path, detector: FaceDet
 
 def test_face_mesh_places_dlibs_five_points(faces_dir: Path, detector: FaceDetector) -> None:
     """The optional mesh refinement lands dlib's own landmarks where dlib's chip puts them."""
-    from edge.vision.dlib_ref import DlibReference, chip_matrix, dlib_available, package_file
+    from edge.vision.dlib_ref import DlibReference, dlib_available, package_file
     from edge.vision.landmarks import MeshAligner, MeshLandmarker
 
     if not dlib_available():
@@ -99,10 +106,7 @@ def test_face_mesh_places_dlibs_five_points(faces_dir: Path, detector: FaceDetec
         d = _detect_one(detector, img)
         chips, m = mesh.align(img, d.keypoints)
         assert chips.shape == (1, CHIP_SIZE, CHIP_SIZE, 3)
-        pts, details = ref.landmarks(img, ref.hog(img)[0])
-        eyes = np.stack([pts[0:2].mean(0), pts[2:4].mean(0)])[None]
-        dlib_pos = transform_points(chip_matrix(details)[None], eyes)
-        errors.append(np.linalg.norm(transform_points(m, eyes) - dlib_pos, axis=2).max())
+        errors.append(_worse_eye_vs_dlib(ref, img, ref.hog(img)[0], m))
     assert max(errors) < 6.0 and float(np.mean(errors)) < 3.0, errors
 
 
