@@ -7,6 +7,7 @@ permissions are checked.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import stat
@@ -120,31 +121,30 @@ class TrackingConfig(Section):
     max_tracks: Annotated[int, Field(ge=1, le=1000)] = 64
 
 
+class OperatingPoint(str, enum.Enum):
+    """Named thresholds, calibrated per embedder (models/MANIFEST.json, `lfr-edge eval --calibrate`)."""
+
+    STRICT = "strict"  # per-face FPIR ≤ 1/6000 with the reference list: the default
+    BALANCED = "balanced"  # per-face FPIR ≤ 1e-3 with the same list: more found, more false alerts
+
+
+# A score in the embedder's units (S-norm for the shipped embedders, cosine for one without a cohort).
+Score = Annotated[float, Field(ge=-100.0, le=100.0)]
+
+
 class MatchingConfig(Section):
-    # Cosine similarity of L2-normalised dlib descriptors, which sit high (mean impostor 0.834, mean
-    # genuine 0.952 on LFW). Measured by `lfr-edge eval` on the LFW developer split (docs/BENCHMARKS.md,
-    # 258-identity watchlist, mean over 10 splits): 0.957 ≈ FPIR 1e-3 (TPIR ≈ 39 %), 0.945 ≈ FPIR 1e-2
-    # (TPIR ≈ 67 %). FPIR grows with the size of the watchlist.
-    threshold: Similarity = 0.957
-    # Below the floor the false-positive identification rate passes 1 % on that benchmark.
-    floor: Similarity = 0.945
+    # The threshold comes from the embedder's calibration unless `threshold` is set; the floor is
+    # the embedder's too (edge/watchlist/policy.py). Measured figures: docs/BENCHMARKS.md.
+    operating_point: OperatingPoint = OperatingPoint.STRICT
+    threshold: Score | None = None
     allow_below_floor: bool = False
     below_floor_reason: str = ""
-    category_thresholds: dict[str, Similarity] = Field(default_factory=dict)
+    category_thresholds: dict[str, Score] = Field(default_factory=dict)
     min_margin: NonNegFloat = 0.0
     cooldown_s: NonNegFloat = 60.0
 
     @model_validator(mode="after")
-    def _floor(self) -> MatchingConfig:
-        below = [("threshold", self.threshold)] + [
-            (f"category_thresholds.{k}", v) for k, v in self.category_thresholds.items()
-        ]
-        for key, value in below:
-            if value < self.floor and not self.allow_below_floor:
-                raise ValueError(
-                    f"{key} {value} is below the floor {self.floor}; set allow_below_floor: true "
-                    "and below_floor_reason to accept the higher false-match rate"
-                )
+    def _reason(self) -> MatchingConfig:
         if self.allow_below_floor and not self.below_floor_reason.strip():
             raise ValueError("allow_below_floor: true needs a below_floor_reason (it is audited)")
         return self

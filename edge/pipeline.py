@@ -33,6 +33,7 @@ from edge.vision.quality import FACE_REGION, count_rejections
 from edge.vision.track import Track, Tracker
 from edge.watchlist.match import Matcher
 from edge.watchlist.model import Watchlist
+from edge.watchlist.policy import MatchingPolicy
 from edge.watchlist.store import WatchlistHolder
 
 log = logging.getLogger("lfr_edge.pipeline")
@@ -70,6 +71,7 @@ class Stages:
     quality: QualityGate
     embedder: Embedder
     model_ids: dict[str, str]
+    policy: MatchingPolicy
     # Whole-frame pass only, for the frames between tile passes (detection.tiles_every_n > 1).
     detector_light: Detector | None = None
     tiles_every_n: int = 1
@@ -181,8 +183,7 @@ class Pipeline:
         ms[5] = (pc() - t5) * 1e3
 
     def _matcher(self) -> Matcher | None:
-        m = self.cfg.matching
-        return self.watchlists.matcher(m.threshold, m.category_thresholds, m.min_margin)
+        return self.watchlists.matcher(*self.stages.policy.matcher_args())
 
     def _on_match(self, frame: Frame, dets: Detections, i: int, tr: Track, m: Match, version: int) -> None:
         sid = m.subject.subject_id
@@ -293,20 +294,23 @@ def build_stages(cfg: Config) -> Stages:
     from edge.vision.detect import FaceDetector
     from edge.vision.embed import Embedder as _Embedder
     from edge.vision.quality import QualityGate as _Gate
+    from edge.watchlist.policy import policy_for
 
     d, m = cfg.detection, cfg.models
+    policy = policy_for(cfg)  # a threshold below the floor fails here, before any model loads
     detector = FaceDetector.from_settings(load_model(m.detector, m.dir, num_threads=m.num_threads), d)
     light = None
     if d.tiles_every_n > 1:
         # Same interpreter (both run batch 1, one after the other), whole-frame view only.
         light = FaceDetector.from_settings(detector.model, d, whole_frame_only=True)
-    embedder = _Embedder(load_model(m.embedder, m.dir, num_threads=m.num_threads))
+    embedder = _Embedder(load_model(m.embedder, m.dir, num_threads=m.num_threads), flip=policy.scoring.flip)
     return Stages(
         detector=detector,
         aligner=_Aligner(),
         quality=_Gate(cfg.quality),
         embedder=embedder,
         model_ids={"detector": m.detector, "embedder": m.embedder},
+        policy=policy,
         detector_light=light,
         tiles_every_n=d.tiles_every_n,
     )

@@ -64,7 +64,6 @@ def serve(
     """Run the whole appliance until `stop` is set, the replay ends, or `max_frames` frames."""
     from edge.alerts.publisher import AlertPublisher
     from edge.audit.runtime import ServiceAudit
-    from edge.audit.service import below_floor
     from edge.camera.factory import make_source
     from edge.keys import load_device_keys
     from edge.pipeline import Pipeline, build_stages, run_loop
@@ -91,17 +90,15 @@ def serve(
 
     audit = ServiceAudit(cfg, keys=keys, counters=counters, watchlist=holder.current)
 
-    m = cfg.matching
-    matching_status: dict[str, Any] = {
-        "threshold": m.threshold, "floor": m.floor, "category_thresholds": dict(m.category_thresholds),
-    }  # fmt: skip
-    if below := below_floor(cfg):  # an accepted override is shown wherever the device reports itself
-        matching_status.update(below_floor=below, below_floor_reason=m.below_floor_reason)
+    policy = stages.policy
 
     def status() -> dict[str, Any]:
         base = pipeline_box[0].status() if pipeline_box else {"watchlist": "starting"}
         # "watchlist" stays the pipeline's one-word state ("active", "watchlist expired", ...).
-        return {**base, "watchlist_detail": store.status(), "matching": matching_status}
+        wl = holder.current()
+        # The expected false-alert rate is stated for the list in force (or the reference list).
+        size = len(wl.subjects) if wl is not None else policy.scoring.reference_list_size
+        return {**base, "watchlist_detail": store.status(), "matching": policy.describe(size)}
 
     publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook(), keys=keys)
     audit.attach_spool(publisher.enqueue)

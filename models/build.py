@@ -42,12 +42,24 @@ def _load_builder(name: str) -> Builder | None:
     return fn  # type: ignore[no-any-return]
 
 
+# Written by calibration (`lfr-edge eval --calibrate`), not by the builders: a rebuild that
+# reproduces the same file keeps them, a rebuild that changes the file drops them (recalibrate).
+CALIBRATION_KEYS = ("scoring",)
+
+
 def merge_manifest(path: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
     """Replace entries whose id was rebuilt, keep the rest, order by id for stable diffs."""
     try:
         old = json.loads(path.read_text()).get("models", [])
     except FileNotFoundError:
         old = []
+    by_id = {m.get("id"): m for m in old}
+    for m in new:
+        prev = by_id.get(m["id"])
+        if prev is not None and prev.get("sha256") == m.get("sha256"):
+            for k in CALIBRATION_KEYS:
+                if k in prev:
+                    m.setdefault(k, prev[k])
     built = {m["id"] for m in new}
     kept = [m for m in old if m.get("id") not in built]
     return {"models": sorted([*kept, *new], key=lambda m: str(m["id"]))}
@@ -63,7 +75,7 @@ def write_manifest(out_dir: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["embedder", "detector"], help="build just one family")
+    ap.add_argument("--only", choices=["embedder", "detector", "cohort"], help="build just one family")
     ap.add_argument("--faces", type=Path, default=_default_faces(), help="public face data (has lfw/)")
     ap.add_argument("--out", type=Path, default=ROOT / "models", help="where .tflite + MANIFEST.json go")
     args = ap.parse_args(argv)
@@ -72,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python models/build.py" + (f" --only {args.only}" if args.only else "")
     new: list[dict[str, Any]] = []
-    for name in ("embedder", "detector"):
+    # The cohort is described by the embedders, so it comes after them.
+    for name in ("embedder", "detector", "cohort"):
         if args.only and args.only != name:
             continue
         fn = _load_builder(name)

@@ -24,6 +24,7 @@ from edge.cli import main
 from edge.config import load_config
 from edge.keys import generate_device_keys, public_pem
 from edge.types import Counters, Subject
+from edge.vision.scoring import load_scoring
 from edge.watchlist.model import Watchlist
 from tests.broker import broker_factory, plain_broker  # noqa: F401  (pytest fixtures)
 from tests.mqtt_collect import Collector
@@ -447,9 +448,9 @@ def watchlist(version: int, n: int) -> Watchlist:
 
 
 def test_start_records_config_models_thresholds_and_below_floor_override(tmp_path: Path) -> None:
-    path = write_config(
-        tmp_path, threshold=0.42, floor=0.5, allow_below_floor=True, below_floor_reason="trial approved by DCI X"
-    )
+    floor = load_scoring("dlib_resnet_v1_int8").floor
+    low = round(floor - 1.0, 3)  # S-norm units, a full unit below the embedder's floor
+    path = write_config(tmp_path, threshold=low, allow_below_floor=True, below_floor_reason="trial approved by DCI X")
     cfg = load_config(path)
     generate_device_keys(cfg.device.keys_dir)
     log = open_audit(cfg)
@@ -460,10 +461,12 @@ def test_start_records_config_models_thresholds_and_below_floor_override(tmp_pat
 
     assert recs[al.CONFIG]["config_hash"] == config_hash(cfg)
     assert recs[al.MODELS]["embedder"]["id"] == cfg.models.embedder
-    assert recs[al.THRESHOLDS]["threshold"] == 0.42 and recs[al.THRESHOLDS]["floor"] == 0.5
+    th = recs[al.THRESHOLDS]
+    assert th["threshold"] == low and th["floor"] == round(floor, 4) and th["units"] == "snorm"
+    assert th["operating_point"] == "explicit" and th["expected_false_alerts_per_10k_faces"] > 1.0
     override = recs[al.BELOW_FLOOR_OVERRIDE]
     assert override["in_use"] is True and override["reason"] == "trial approved by DCI X"
-    assert override["below"] == {"threshold": 0.42}
+    assert override["below"] == {"threshold": low}
     # verified with the config alone: the key comes from device.keys_dir
     assert main(["audit", "verify", "--config", str(path)]) == 0
 
@@ -487,7 +490,7 @@ def run_deployment(
 def test_deployment_report_counts_a_synthetic_sequence(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_config(tmp_path, threshold=0.96, category_thresholds={"missing": 0.97})
+    path = write_config(tmp_path, threshold=9.5, category_thresholds={"missing": 9.0})
     cfg = load_config(path)
     generate_device_keys(cfg.device.keys_dir)
     c1 = Counters(frames=1500, frames_dropped=7, faces_seen=420, embeddings=96, matches=2, non_match_discarded=94)
@@ -509,7 +512,10 @@ def test_deployment_report_counts_a_synthetic_sequence(
     assert a["faces_rejected_quality"]["blurry"] == 30 and a["faces_rejected_quality"]["small"] == 12
     assert (a["alerts_raised"], a["alert_records"]) == (2, 2)
     assert a["non_match_templates_discarded"] == 94 and a["non_match_templates_retained"] == 0
-    assert a["thresholds"]["threshold"] == 0.96 and a["thresholds"]["category_thresholds"] == {"missing": 0.97}
+    assert a["thresholds"]["threshold"] == 9.5 and a["thresholds"]["category_thresholds"] == {"missing": 9.0}
+    # The record states what the threshold means for the list in force: expected false alerts.
+    assert a["thresholds"]["expected_for_list_size"] == 40
+    assert 0.0 <= a["thresholds"]["expected_false_alerts_per_10k_faces"] < 1.0
     assert a["models"]["detector"]["id"] == cfg.models.detector
     assert a["watchlist_events"]["refused"] == 1 and a["below_floor_override"] is None
     assert (b["watchlist_version"], b["watchlist_size"], b["alerts_raised"]) == (3, 55, 1)

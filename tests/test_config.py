@@ -106,16 +106,18 @@ def test_missing_referenced_file_is_named(tmp_path: Path) -> None:
     assert e.value.problems == ["alerts.seal_to: 'nowhere.pem' does not exist or is not a file"]
 
 
-def test_threshold_below_floor_needs_a_reason() -> None:
+def test_accepting_a_threshold_below_the_floor_needs_a_reason() -> None:
+    # The floor itself is the embedder's (tests/test_scoring.py); the config only insists on a reason.
     with pytest.raises(ConfigError) as e:
-        parse_config({"matching": {"threshold": 0.4, "floor": 0.5}}, ROOT)
-    assert "threshold 0.4 is below the floor 0.5" in e.value.problems[0]
-    with pytest.raises(ConfigError):
         parse_config({"matching": {"threshold": 0.4, "allow_below_floor": True}}, ROOT)
+    assert "below_floor_reason" in e.value.problems[0]
     ok = parse_config(
         {"matching": {"threshold": 0.4, "allow_below_floor": True, "below_floor_reason": "missing child"}}, ROOT
     )
     assert ok.matching.threshold == 0.4
+    with pytest.raises(ConfigError) as e:
+        parse_config({"matching": {"operating_point": "lenient"}}, ROOT)
+    assert e.value.problems[0].startswith("matching.operating_point:")
 
 
 def test_config_path_from_environment(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from edge.cli import main
 from edge.errors import InputError
-from edge.eval import _threshold_at, all_pairs, identification_split, load_dataset
+from edge.eval import _threshold_at, all_pairs, identification_split, identity_half, load_dataset
 from edge.inference import default_models_dir, load_manifest
 
 DETECTOR = "blazeface_full_range_fp32"
@@ -59,7 +59,9 @@ def test_eval_json_on_real_subset(faces_dir: Path, models_dir: Path, capsys: pyt
     assert det["images"] >= 80 and det["face_found"] >= 0.95 * det["images"]
     assert det["exactly_one_face"] + det["several_faces_primary_chosen"] == det["face_found"]
     assert set(r["quality_gate"]["rejections_ours"]) == {"small", "blurry", "pose", "low_score"}
-    assert "int8/ours" in r["variants"]
+    assert {"int8/ours/raw", "int8/ours/device"} <= set(r["variants"])
+    assert r["variants"]["int8/ours/device"]["units"] == "snorm" and r["variants"]["int8/ours/raw"]["units"] == "cosine"
+    assert r["dataset"]["half"] == "eval"
     for name, v in r["variants"].items():
         ver = v["verification"]
         assert ver["genuine_pairs"] > 20 and ver["impostor_pairs"] == 2000
@@ -80,8 +82,8 @@ def test_eval_json_on_real_subset(faces_dir: Path, models_dir: Path, capsys: pyt
         # Stricter operating points need higher thresholds and find fewer mates.
         thr = [row["threshold"] for row in ident["tpir_at_fpir"]]
         assert thr == sorted(thr)
-    if "int8/dlib" in r["variants"]:
-        assert "dlib_minus_ours_tar_at_far_1e-3_points/int8" in r["comparisons"]
+    if "int8/dlib/device" in r["variants"]:
+        assert "dlib_minus_ours_tar_at_far_1e-3_points/int8/device" in r["comparisons"]
 
 
 def test_limit_keeps_whole_identities_and_is_seeded(faces_dir: Path) -> None:
@@ -139,7 +141,49 @@ def test_gate_applied_counts_refused_faces_as_not_acquired(
     refused = sum(gated["quality_gate"]["rejections_ours"].values())
     assert refused > 0  # LFW has soft and turned faces
     assert gated["detection"] == plain["detection"]  # detection itself is unchanged
-    g, p = gated["variants"]["int8/ours"], plain["variants"]["int8/ours"]
+    g, p = gated["variants"]["int8/ours/raw"], plain["variants"]["int8/ours/raw"]
     # Same probes and pairs either way: refused faces are failures, not removed from the count.
     assert g["verification"]["genuine_pairs"] == p["verification"]["genuine_pairs"]
     assert g["identification"]["mated_probes"] == p["identification"]["mated_probes"]
+
+
+def test_halves_split_identities_and_known_label_errors_are_mended(faces_dir: Path) -> None:
+    fit = load_dataset(faces_dir / "lfw", half="fit")
+    ev = load_dataset(faces_dir / "lfw", half="eval")
+    everything = load_dataset(faces_dir / "lfw", half="all")
+    assert not set(fit.names) & set(ev.names)  # nothing fitted on the people figures are reported on
+    assert len(fit.paths) + len(ev.paths) == len(everything.paths)
+    assert all(identity_half(n) == "eval" for n in ev.names)
+    # One person filed under two spellings is one identity; a photo of someone else is left out.
+    assert "Hasan_Wirayuda" not in everything.names and "Hassan_Wirajuda" in everything.names
+    hassan = everything.names.index("Hassan_Wirajuda")
+    assert int((everything.identity == hassan).sum()) == 3
+    assert not any(p.startswith("Carlos_Ruckauf/Carlos_Ruckauf_0001") for p in everything.paths)
+    with pytest.raises(InputError, match="--half"):
+        load_dataset(faces_dir / "lfw", half="train")
+
+
+def test_calibrate_writes_operating_points_that_the_device_then_uses(
+    faces_dir: Path, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "models"
+    out.mkdir()
+    data = json.loads((models_dir / "MANIFEST.json").read_text())
+    for m in data["models"]:
+        (out / m["file"]).symlink_to((models_dir / m["file"]).resolve())
+        if m["role"] == "embedder":
+            m["scoring"] = {k: m["scoring"][k] for k in ("flip", "cohort", "top_k")}  # the recipe only
+    (out / "MANIFEST.json").write_text(json.dumps(data))
+    code = main(["eval", "--faces", str(faces_dir / "lfw"), "--limit", "1700", "--variants", "int8",
+                 "--align", "ours", "--scoring", "device", "--models-dir", str(out), "--impostors", "5000",
+                 "--id-splits", "2", "--calibrate", "--json"])  # fmt: skip
+    assert code == 0
+    assert "calibration written" in capsys.readouterr().err
+    from edge.vision.scoring import load_scoring
+
+    s = load_scoring("dlib_resnet_v1_int8", out)
+    assert s.operating_point("strict").threshold > s.operating_point("balanced").threshold > s.floor
+    assert s.fmr_thresholds.size > 5 and s.reference_list_size == 500
+    # The recipe survives; the command that measured it is recorded for anyone to rerun.
+    entry = next(m for m in json.loads((out / "MANIFEST.json").read_text())["models"] if m["id"] == "dlib_resnet_v1_int8")
+    assert entry["scoring"]["cohort"] == "cohort_dlib_resnet_v1_int8" and "--calibrate" in entry["scoring"]["calibrated"]["command"]

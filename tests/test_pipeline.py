@@ -29,15 +29,17 @@ from edge.pipeline_sinks import JsonlSink, ListSink
 from edge.types import U8, Subject
 from edge.watchlist.model import Watchlist
 from edge.watchlist.store import WatchlistHolder
+from edge.watchlist.templates import fuse_subject_templates
 
 sys.path.insert(0, str(Path(__file__).parent))
 import videogen
 
 ROOT = Path(__file__).resolve().parent.parent
-# dlib descriptors are not centred: after L2 normalisation different people still score ~0.85-0.9
-# cosine, the same person >= 0.95 (see docs/BENCHMARKS.md); the clip's cast keeps a clear gap.
-# A test operating point for a clip cast with clear separation: below the shipped floor, so it sets its own.
-TEST_MATCHING = {"threshold": 0.93, "floor": 0.9, "min_margin": 0.02, "cooldown_s": 60.0}
+# These tests check the loop (tracking, fusion, one event per person, cooldown), not the embedder's
+# accuracy (`lfr-edge eval`, `lfr-edge bench recognition`). The clip's enrolled people score 5.4-11
+# S-norm units on their shown photo, its strangers -3.8 at most: a threshold just above the
+# embedder's floor (4.35) separates them with room for the video's blur and small faces.
+TEST_MATCHING: dict[str, Any] = {"threshold": 4.5, "min_margin": 0.5, "cooldown_s": 60.0}
 
 
 def _cfg(**matching: Any) -> Config:
@@ -65,21 +67,20 @@ def enrol(faces_dir: Path, identities: list[str]) -> Watchlist:
     from edge.vision.analyze import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(_cfg(), whole_frame_only=True)
-    subjects: list[Subject] = []
-    rows: list[np.ndarray] = []
-    owner: list[int] = []
+    per_subject: list[list[np.ndarray]] = []
     for ident in identities:
+        descs = []
         for path in videogen.enrolment_images(faces_dir / "lfw", ident, n=3):
             face = analyzer.primary(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
-            if face is None or face.embedding is None:
-                continue
-            if not subjects or subjects[-1].subject_id != ident:
-                subjects.append(Subject(ident, category="wanted"))
-            rows.append(face.embedding)
-            owner.append(len(subjects) - 1)
-    assert [s.subject_id for s in subjects] == identities, "every enrolled person needs a template"
+            if face is not None and face.embedding is not None:
+                descs.append(face.embedding)
+        per_subject.append(descs)
+    # Photos of one person fused into one template, as `watchlist build` does.
+    templates, owner = fuse_subject_templates(per_subject)
+    assert owner.tolist() == list(range(len(identities))), "every enrolled person needs a template"
     now = time.time()
-    return Watchlist(7, now, now + 3600, tuple(subjects), np.stack(rows).astype(np.float32), np.array(owner, np.int32))
+    subjects = tuple(Subject(ident, category="wanted") for ident in identities)
+    return Watchlist(7, now, now + 3600, subjects, templates, owner)
 
 
 @pytest.fixture(scope="module")

@@ -156,9 +156,7 @@ def write_config(tmp_path: Path, broker_uri: str) -> Path:
                    "keys_dir": str(tmp_path / "keys")},
         "camera": {"source": "file:/dev/null"},
         "mqtt": {"brokers": [broker_uri], "status_interval_s": 0.5},
-        # dlib descriptors of different people reach cosine 0.85-0.89 (tests/videogen.py), so the
-        # loop's tests use a threshold the cast is known to clear; see docs/BENCHMARKS.md for FPIR.
-        "matching": {"threshold": 0.93, "floor": 0.9, "min_margin": 0.02},
+        "matching": {"threshold": 4.5, "min_margin": 0.5},  # as tests/test_pipeline.py
         "logging": {"level": "DEBUG", "format": "json"},
         "audit": {"checkpoint_every": 10},
     }  # fmt: skip
@@ -352,7 +350,7 @@ def test_non_matching_people_leave_no_trace(
         assert d["location"] == "Privacy Test Square"
         assert (d["watchlist_version"], d["watchlist_size"]) == (7, len(wl.subjects))
         assert d["models"]["embedder"]["id"] == cfg.models.embedder
-        assert d["thresholds"]["threshold"] == cfg.matching.threshold
+        assert d["thresholds"]["threshold"] == 4.5 and d["thresholds"]["units"] == "snorm"
 
 
 def test_lfr_edge_run_records_the_deployment_at_stop(

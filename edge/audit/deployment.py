@@ -198,6 +198,13 @@ def record_deployment(
     return dep
 
 
+def _expected(th: dict[str, Any]) -> str:
+    rate = th.get("expected_false_alerts_per_10k_faces")
+    if rate is None:
+        return "not stated by this device version"
+    return f"{rate} per 10,000 faces with a {th.get('expected_for_list_size')}-subject list (model estimate)"
+
+
 def _publishable(dep: dict[str, Any]) -> dict[str, Any]:
     """The record as an audit record: bounded lists (a run may see many watchlists)."""
     out = dict(dep)
@@ -218,7 +225,12 @@ def format_text(deps: list[dict[str, Any]]) -> str:
         models = ", ".join(f"{role} {m.get('id')}" for role, m in d["models"].items() if isinstance(m, dict))
         th = d["thresholds"]
         cats = th.get("category_thresholds") or {}
-        thr = f"{th.get('threshold')} (floor {th.get('floor')})" if th else "unknown"
+        thr = (
+            f"{th.get('threshold')} {th.get('units', 'cosine')} ({th.get('operating_point', 'explicit')}; "
+            f"floor {th.get('floor')})"
+            if th
+            else "unknown"
+        )
         if cats:
             thr += "; " + ", ".join(f"{k} {v}" for k, v in cats.items())
         wl = (
@@ -238,6 +250,7 @@ def format_text(deps: list[dict[str, Any]]) -> str:
             f"  faces compared        {d['faces_compared']}",
             f"  alerts raised         {d['alerts_raised']}",
             f"  threshold             {thr}",
+            f"  expected false alerts {_expected(th)}",
             f"  models                {models or 'unknown'}",
             f"  non-match templates   {d['non_match_templates_discarded']} discarded at once, "
             f"{d['non_match_templates_retained']} retained",

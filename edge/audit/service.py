@@ -73,23 +73,21 @@ def model_info(cfg: Config) -> dict[str, dict[str, str]]:
     return out
 
 
-def thresholds(cfg: Config) -> dict[str, Any]:
-    m = cfg.matching
-    return {
-        "threshold": m.threshold,
-        "floor": m.floor,
-        "category_thresholds": dict(m.category_thresholds),
-        "min_margin": m.min_margin,
-        "cooldown_s": m.cooldown_s,
-    }
+def thresholds(cfg: Config, list_size: int | None = None) -> dict[str, Any]:
+    """The matching policy in force (threshold, units, operating point, floor, the expected false
+    alerts per 10,000 faces for `list_size` subjects or the calibration's reference list), plus cooldown."""
+    from edge.watchlist.policy import policy_for
+
+    policy = policy_for(cfg)
+    size = list_size if list_size is not None else policy.scoring.reference_list_size
+    return {**policy.describe(size), "cooldown_s": cfg.matching.cooldown_s}
 
 
 def below_floor(cfg: Config) -> dict[str, float]:
     """Every threshold that is set below the floor (only possible with allow_below_floor)."""
-    m = cfg.matching
-    out = {"threshold": m.threshold} if m.threshold < m.floor else {}
-    out.update({f"category_thresholds.{k}": v for k, v in m.category_thresholds.items() if v < m.floor})
-    return out
+    from edge.watchlist.policy import policy_for
+
+    return dict(policy_for(cfg).below_floor)
 
 
 def watchlist_fields(wl: Any) -> dict[str, Any]:
@@ -119,13 +117,16 @@ def audit_config_start(audit: AuditLog, cfg: Config, watchlist: Any = None) -> N
     )
     audit.append(al.CONFIG, {"config_hash": config_hash(cfg)})
     audit.append(al.MODELS, model_info(cfg))
-    audit.append(al.THRESHOLDS, thresholds(cfg))
+    audit.append(al.THRESHOLDS, thresholds(cfg, len(watchlist.subjects) if watchlist is not None else None))
     low = below_floor(cfg)
     if cfg.matching.allow_below_floor:
+        from edge.watchlist.policy import policy_for
+
+        floor = policy_for(cfg).floor
         audit.append(
             al.BELOW_FLOOR_OVERRIDE,
             {
-                "floor": cfg.matching.floor,
+                "floor": floor,
                 "below": low,
                 "in_use": bool(low),
                 "reason": cfg.matching.below_floor_reason[: al.MAX_STRING],
@@ -134,7 +135,7 @@ def audit_config_start(audit: AuditLog, cfg: Config, watchlist: Any = None) -> N
         if low:
             logger.warning(
                 "threshold below the floor %.3f (%s): %s",
-                cfg.matching.floor, ", ".join(low), cfg.matching.below_floor_reason,
+                floor, ", ".join(low), cfg.matching.below_floor_reason,
             )
     if watchlist is not None:
         audit.append("watchlist_loaded", watchlist_fields(watchlist))

@@ -14,11 +14,12 @@ BENCH_MODULES = (
     "edge.bench.models",
     "edge.bench.match",
     "edge.bench.alerts",
+    "edge.bench.recognition",
 )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench", help="benchmarks: pipeline (default), models, match, alerts")
+    p = sub.add_parser("bench", help="benchmarks: pipeline (default), models, match, alerts, recognition")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
     for name in BENCH_MODULES:
         try:

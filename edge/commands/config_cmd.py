@@ -16,8 +16,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from edge.watchlist.policy import policy_for, warnings_for
+
     path = config_path(args.config)
-    load_config(path)  # ConfigError → every problem printed by the CLI, exit 2
+    cfg = load_config(path)  # ConfigError → every problem printed by the CLI, exit 2
+    # The threshold is checked against the embedder's calibration as `run` checks it.
+    policy = policy_for(cfg)
+    for w in warnings_for(policy, policy.scoring.reference_list_size):
+        print(f"warning: {w}", file=sys.stderr)
     print(f"OK: {path}")
     sys.stdout.flush()
     return EXIT_OK

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.set_defaults(handler=_verify)
 
     b = msub.add_parser("build", help="rebuild the models from public weights (checkout + the [build] extra)")
-    b.add_argument("--only", choices=["embedder", "detector"], help="build just one family")
+    b.add_argument("--only", choices=["embedder", "detector", "cohort"], help="build just one family")
     b.add_argument("--faces", type=Path, help="public face data for calibration (has lfw/)")
     b.add_argument("--out", type=Path, help="where .tflite files and MANIFEST.json go (default models/)")
     b.set_defaults(handler=_build)
@@ -37,6 +37,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--pairs", type=Path, help="pairs CSV fold,is_same,path_a,path_b (default: all genuine + sampled impostors)")
     e.add_argument("--variants", default="int8,fp32", help="embedder precisions, comma-separated (default int8,fp32)")
     e.add_argument("--align", default="ours,dlib", help="alignments: ours (detector keypoints), mesh (face-mesh refined), dlib (5-point); default ours,dlib")
+    e.add_argument("--scoring", default="raw,device",
+                   help="scoring modes: raw (cosine), flip (chip + mirror), snorm (cohort S-norm), device "
+                        "(flip + snorm, what the appliance does); default raw,device")
+    e.add_argument("--half", default="eval", choices=["eval", "fit", "all"],
+                   help="identities to use: eval (default; never fitted on), fit (built the cohort), all")
+    e.add_argument("--calibrate", action="store_true",
+                   help="write the measured operating points of each embedder's device scoring into "
+                        "MANIFEST.json (needs --half eval and the device scoring with our alignment)")
     e.add_argument("--limit", type=int, help="seeded subset of about N images (whole identities)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--impostors", type=int, default=500_000, help="sampled impostor pairs without --pairs")
@@ -73,6 +81,17 @@ def verify_models(models_dir: Path) -> dict[str, Any]:
         row["sha256"] = digest
         if digest != entry.sha256:
             row.update(ok=False, problem=f"sha256 {digest[:12]}… does not match the manifest ({entry.sha256[:12]}…)")
+            rows.append(row)
+            continue
+        if entry.role == "cohort":
+            # Not a network: the score-normalisation cohort loads through the scoring module.
+            from edge.vision.scoring import load_cohort
+
+            try:
+                shape = list(load_cohort(entry, models_dir).shape)
+                row.update(ok=True, inference={"inputs": [], "outputs": [shape]})
+            except InputError as e:
+                row.update(ok=False, problem=str(e))
             rows.append(row)
             continue
         try:
@@ -120,7 +139,8 @@ def _build(args: argparse.Namespace) -> int:
             "lfr-edge models build runs models/build.py from a source checkout; this install has none "
             "(clone the repository and run it there)"
         )
-    missing = [m for m in BUILD_MODULES if importlib.util.find_spec(m) is None]
+    # The cohort is made by the device's own runtime: it needs no torch.
+    missing = [m for m in BUILD_MODULES if importlib.util.find_spec(m) is None] if args.only != "cohort" else []
     if missing:
         raise InputError(
             f"the [build] extra is missing ({', '.join(missing)}): pip install -e '.[build]' in the checkout"
@@ -158,11 +178,17 @@ def _eval(args: argparse.Namespace) -> int:
         raise InputError(f"--id-splits {args.id_splits}: must be at least 1")
     if args.limit is not None and args.limit < 2:
         raise InputError(f"--limit {args.limit}: need at least 2 images")
+    scorings = [s.strip() for s in args.scoring.split(",") if s.strip()]
+    aligns = [a.strip() for a in args.align.split(",") if a.strip()]
+    if args.calibrate and (args.half != "eval" or "device" not in scorings or "ours" not in aligns):
+        raise InputError("--calibrate needs --half eval, device in --scoring and ours in --align")
     result = run_eval(
         args.faces,
         pairs=args.pairs,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-        aligns=[a.strip() for a in args.align.split(",") if a.strip()],
+        aligns=aligns,
+        scorings=scorings,
+        half=args.half,
         limit=args.limit,
         seed=args.seed,
         impostors=args.impostors,
@@ -173,6 +199,41 @@ def _eval(args: argparse.Namespace) -> int:
         cfg=cfg,
         progress=sys.stderr.isatty() and not args.json,
         apply_gate=args.gate,
+        calibrate=args.calibrate,
     )
     print(json.dumps(result, indent=2) if args.json else format_text(result))
+    if args.calibrate:
+        from edge.inference import default_models_dir
+
+        mdir = args.models_dir or cfg.models.dir or default_models_dir()
+        written = write_calibration(mdir, result["calibration"], _eval_command(args))
+        print(f"calibration written to {mdir / 'MANIFEST.json'}: {', '.join(written)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _eval_command(args: argparse.Namespace) -> str:
+    parts = ["lfr-edge eval", f"--faces {args.faces}", f"--variants {args.variants}", f"--align {args.align}",
+             f"--scoring {args.scoring}", f"--half {args.half}", f"--seed {args.seed}",
+             f"--id-splits {args.id_splits}", "--calibrate"]  # fmt: skip
+    if args.limit is not None:
+        parts.append(f"--limit {args.limit}")
+    return " ".join(parts)
+
+
+def write_calibration(models_dir: Path, calibration: dict[str, Any], command: str) -> list[str]:
+    """Merge each embedder's measured scoring into its manifest entry, keeping the recipe."""
+    path = models_dir / "MANIFEST.json"
+    data = json.loads(path.read_text())
+    written = []
+    for m in data["models"]:
+        measured = calibration.get(m["id"])
+        if measured is None:
+            continue
+        recipe = {k: v for k, v in (m.get("scoring") or {}).items() if k in ("flip", "cohort", "top_k", "cohort_sha256")}
+        measured["calibrated"]["command"] = command
+        m["scoring"] = {**recipe, **measured}
+        written.append(m["id"])
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return written

@@ -30,13 +30,16 @@ EMBED_DIM = 128
 class Embedder:
     """Wraps a loaded embedder model; `embed` is the only per-frame call."""
 
-    def __init__(self, model: TFLiteModel) -> None:
+    def __init__(self, model: TFLiteModel, *, flip: bool = False) -> None:
         shape = model.input_shape
         if len(shape) != 4 or tuple(shape[1:]) != (CHIP_SIZE, CHIP_SIZE, 3):
             raise InputError(f"{model.path}: embedder input {shape} is not [1,{CHIP_SIZE},{CHIP_SIZE},3] NHWC")
         if shape[0] != 1:
             model.resize_batch(1)  # see module docstring: batch 1 is the only size that works
         self.model = model
+        # Test-time flip: each face is described by the mean of its chip's and its mirror's
+        # descriptors (the embedder's manifest scoring block decides; measured in docs/BENCHMARKS.md).
+        self.flip = flip
         self._in_q = model.input_quant[0]
         self._out_q = model.output_quant[0]
         in_dtype = np.dtype(self._in_q.dtype)
@@ -51,8 +54,11 @@ class Embedder:
     def from_config(
         cls, models_dir: Path | None = None, model_id: str = "dlib_resnet_v1_int8", num_threads: int = 2
     ) -> Embedder:
-        """Load a manifest model by id (sha256-checked) and wrap it; arguments mirror ModelsConfig."""
-        return cls(load_model(model_id, models_dir, num_threads=num_threads))
+        """Load a manifest model by id (sha256-checked) and wrap it with its scoring's flip setting."""
+        from edge.vision.scoring import load_scoring
+
+        flip = load_scoring(model_id, models_dir).flip
+        return cls(load_model(model_id, models_dir, num_threads=num_threads), flip=flip)
 
     def _fill(self, chip: U8) -> None:
         if self._xor_path:
@@ -71,14 +77,26 @@ class Embedder:
             raise InputError(f"chips must be (N,{CHIP_SIZE},{CHIP_SIZE},3), got {chips.shape}")
         if chips.dtype != np.uint8:
             raise InputError(f"chips must be uint8 RGB, got {chips.dtype}")
+        out = self._describe(chips)
+        if self.flip:
+            # Both views normalised before the mean, so neither outweighs the other.
+            out += self._describe(chips[:, :, ::-1])
+            _normalise(out)
+        return out
+
+    def _describe(self, chips: U8) -> F32:
         n = int(chips.shape[0])
         out = np.empty((n, self.dim), np.float32)
         for i in range(n):
             self._fill(chips[i])
             raw = self.model.invoke(self._buf)[0]
             out[i] = self._out_q.dequantize(raw).reshape(-1)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        # A zero descriptor cannot occur for a real chip; guard anyway rather than emit NaN.
-        np.maximum(norms, np.float32(1e-12), out=norms)
-        out /= norms
+        _normalise(out)
         return out
+
+
+def _normalise(rows: F32) -> None:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    # A zero descriptor cannot occur for a real chip; guard anyway rather than emit NaN.
+    np.maximum(norms, np.float32(1e-12), out=norms)
+    rows /= norms

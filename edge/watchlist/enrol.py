@@ -24,6 +24,7 @@ import numpy as np
 from edge.errors import EXIT_OK, InputError
 from edge.imageio import decode_rgb
 from edge.types import F32, Subject
+from edge.watchlist.templates import fuse_subject_templates
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OK = "ok"
@@ -243,14 +244,9 @@ def run_build(args: argparse.Namespace) -> int:
         )
 
     subjects = [meta.get(sid, Subject(subject_id=sid)) for sid, _ in subjects_dirs]
-    rows = [
-        (i, o.embedding)
-        for i, (sid, _) in enumerate(subjects_dirs)
-        for o in by_subject[sid]
-        if o.status == OK
-    ]
-    templates = np.stack([e for _, e in rows if e is not None]).astype(np.float32)
-    template_subject = np.array([i for i, _ in rows], dtype=np.int32)
+    templates, template_subject = fuse_subject_templates(
+        [[o.embedding for o in by_subject[sid] if o.status == OK and o.embedding is not None] for sid, _ in subjects_dirs]
+    )
     bundle = build_bundle(
         subjects=subjects,
         templates=templates,

@@ -2,7 +2,9 @@
 
 Matrix products give every template's cosine; a segmented max (templates are grouped by subject)
 gives each subject's best score, skipped when every subject has exactly one template; two argmax
-passes give top-1 and top-2 without sorting.
+passes give top-1 and top-2 without sorting. With a cohort (edge.vision.scoring.CohortNorm) the
+template cosines are S-normalised before the segmented max: gallery statistics once per list,
+probe statistics once per probe.
 
 The template matrix is multiplied in blocks of rows. A single large product hands the work to
 OpenBLAS's thread pool, which on a small, busy CPU (the camera loop and TFLite already use the
@@ -23,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.types import Match
+from edge.vision.scoring import CohortNorm
 from edge.watchlist.model import Watchlist
 
 BLOCK_ROWS = 512
@@ -48,8 +51,11 @@ class Matcher:
         threshold: float,
         category_thresholds: Mapping[str, float] | None = None,
         min_margin: float = 0.0,
+        norm: CohortNorm | None = None,
+        floor: float = -np.inf,
     ) -> None:
         self.watchlist = watchlist
+        self.norm = norm
         self.threshold = threshold
         self.min_margin = min_margin
         cats = dict(category_thresholds or {})
@@ -61,6 +67,9 @@ class Matcher:
             ],
             dtype=np.float32,
         )
+        # A per-subject threshold in a bundle cannot take the device below its floor: that
+        # needs the operator's audited override (the caller then passes no floor).
+        np.maximum(self._thresholds, np.float32(floor), out=self._thresholds)
         self._templates = np.ascontiguousarray(watchlist.templates, dtype=np.float32)
         ts = watchlist.template_subject
         n_subjects = len(watchlist.subjects)
@@ -71,6 +80,10 @@ class Matcher:
         # Segment k is subject k (every subject has templates, grouped in subject order, as built
         # bundles are): the segmented max is already the (P, S) answer, no scatter per probe.
         self._dense = bool(np.array_equal(self._seg_subject, np.arange(n_subjects)))
+        if norm is not None and self._templates.shape[0]:
+            if norm.dim != self._templates.shape[1]:
+                raise ValueError(f"cohort dim {norm.dim} != template dim {self._templates.shape[1]}")
+            self._g_mu, self._g_sd = norm.stats(self._templates)
 
     def _dot_rows(self, p: npt.NDArray[np.float32], row: npt.NDArray[np.float32], lo: int, hi: int) -> None:
         t = self._templates
@@ -106,6 +119,9 @@ class Matcher:
         if self._templates.shape[0] == 0:
             return np.full((probes.shape[0], n_subjects), -1.0, np.float32)
         sims = self._template_scores(probes)
+        if self.norm is not None:
+            p_mu, p_sd = self.norm.stats(probes)
+            sims = CohortNorm.apply(sims, self._g_mu, self._g_sd, p_mu, p_sd)
         if self._identity:
             return sims
         seg = np.maximum.reduceat(sims, self._starts, axis=1)

@@ -42,6 +42,7 @@ from edge.keys import (
     storage_key,
     storage_key_path,
 )
+from edge.vision.scoring import CohortNorm
 from edge.watchlist.bundle import BundleError, iso_utc, open_stored_bundle, verify_bundle
 from edge.watchlist.match import Matcher
 from edge.watchlist.model import Watchlist
@@ -109,16 +110,18 @@ class WatchlistHolder:
         threshold: float,
         category_thresholds: Mapping[str, float] | None = None,
         min_margin: float = 0.0,
+        norm: CohortNorm | None = None,
+        floor: float = float("-inf"),
     ) -> Matcher | None:
         """Matcher for the list in force (None when there is none), cached until the next swap."""
-        params = (threshold, tuple(sorted((category_thresholds or {}).items())), min_margin)
+        params = (threshold, tuple(sorted((category_thresholds or {}).items())), min_margin, id(norm), floor)
         with self._lock:
             wl, cached = self._watchlist, self._matcher
         if wl is None:
             return None
         if cached is not None and cached[0] is wl and cached[1] == params:
             return cached[2]
-        m = Matcher(wl, threshold, category_thresholds, min_margin)
+        m = Matcher(wl, threshold, category_thresholds, min_margin, norm, floor)
         with self._lock:
             if self._watchlist is wl:
                 self._matcher = (wl, params, m)
