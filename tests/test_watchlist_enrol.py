@@ -1,8 +1,9 @@
 """Build → install → match with real face images (LFW developer split), through the CLI.
 
 Enrolment runs the device's own detector, aligner, quality gate and embedder; images with no face,
-several faces or poor quality are refused with a per-image report; held-out photos of enrolled
-people match the right subject and nobody else's.
+two faces of similar size or poor quality are refused with a per-image report; held-out photos of
+enrolled people match the right subject and nobody else's. Custody folders with bystanders, wrong
+photos and unusable subjects are in test_watchlist_enrol_custody.py.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _identities(faces_dir: Path, min_images: int) -> list[tuple[str, list[Path]]
 
 def _usable_people(analyzer: object, people: list[tuple[str, list[Path]]], n: int) -> list[tuple[str, list[Path]]]:
     """People with at least 4 photos showing exactly one face that passes the quality gate
-    (many LFW photos show bystanders, which enrolment rightly refuses)."""
+    (single-face photos keep this round trip about matching; bystanders are
+    test_watchlist_enrol_custody.py's business)."""
     from edge.imageio import decode_rgb as read_image
 
     out = []
@@ -176,7 +178,7 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
         assert matcher.match(probe(img)) is None
 
 
-def test_build_report_table_and_failure_for_empty_subject(
+def test_build_report_table_and_failure_when_no_subject_is_usable(
     enrolled: dict[str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:
     root: Path = enrolled["root"]  # type: ignore[assignment]
@@ -196,5 +198,5 @@ def test_build_report_table_and_failure_for_empty_subject(
     captured = capsys.readouterr()
     assert rc == 2
     assert "only_blank/a.png" in captured.out and "no_face" in captured.out  # the table
-    assert "no usable image for subject(s) only_blank" in captured.err
+    assert "no subject has a usable image (only_blank)" in captured.err
     assert not (root / "bad.wl").exists()
