@@ -10,7 +10,8 @@ image judged exactly as enrolment judges it (whole-frame detection, the primary-
 device's quality gate, the embedder under test); pairs with a refused image are left out, because
 enrolment never compares a refused image. The different-person pairs of the same lists say how many
 wrong photos the figure would catch. --write adds or replaces the `enrolment` key of the dlib
-embedder entries and leaves the rest of the manifest as it is.
+embedder entries and leaves the rest of the manifest as it is. models/build.py writes fresh entries,
+so run this again after rebuilding an embedder (until then enrolment warns that it cannot cross-check).
 """
 
 from __future__ import annotations

@@ -200,8 +200,8 @@ def judge_subject(
         n_dropped = sum(o.status is ImageStatus.INCONSISTENT for o in usable)
         if n_dropped:
             warnings.append(f"{n_dropped} image(s) left out for not matching the others")
-    elif len(usable) == 1 and len(images) > 1:
-        warnings.append("one usable image: nothing to cross-check it against")
+    elif len(usable) == 1:
+        warnings.append("one usable image: not cross-checked (nothing to compare it with)")
     elif min_cosine is None and len(usable) >= 2:
         warnings.append("not cross-checked: the embedder has no enrolment.consistency_min_cosine")
     templates = sum(o.status is ImageStatus.OK for o in images)
