@@ -255,12 +255,11 @@ def test_no_bundle_when_no_subject_is_usable(office: dict[str, Any], capsys: pyt
     assert not out.exists()
 
 
-def test_a_malformed_consistency_figure_in_the_manifest_is_named(
-    office: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
+def _models_with_enrolment(root: Path, name: str, enrolment: object | None) -> Path:
+    """The shipped models (symlinked) under a manifest whose embedders carry `enrolment` (None: no key)."""
     from edge.inference import default_models_dir
 
-    models = office["root"] / "models-bad"
+    models = root / name
     models.mkdir()
     src = default_models_dir()
     for f in src.glob("*.tflite"):
@@ -268,10 +267,35 @@ def test_a_malformed_consistency_figure_in_the_manifest_is_named(
     manifest = json.loads((src / "MANIFEST.json").read_text())
     for entry in manifest["models"]:
         if entry["role"] == "embedder":
-            entry["enrolment"] = {"consistency_min_cosine": "high"}
+            entry.pop("enrolment", None)
+            if enrolment is not None:
+                entry["enrolment"] = enrolment
     (models / "MANIFEST.json").write_text(json.dumps(manifest))
+    return models
+
+
+def test_a_malformed_consistency_figure_in_the_manifest_is_named(
+    office: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = _models_with_enrolment(office["root"], "models-bad", {"consistency_min_cosine": "high"})
     out = office["root"] / "list-bad.wl"
     assert main(_build(office, out, "--models-dir", str(models))) == 2
     err = capsys.readouterr().err
     assert ".enrolment.consistency_min_cosine: 'high' is not a cosine in [-1, 1]" in err
     assert str(models / "MANIFEST.json") in err
+    assert not out.exists()
+
+
+def test_an_embedder_without_a_consistency_figure_builds_with_a_warning_and_no_cross_check(
+    office: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = _models_with_enrolment(office["root"], "models-unmeasured", None)
+    out = office["root"] / "list-unchecked.wl"
+    assert main(_build(office, out, "--json", "--models-dir", str(models))) == 0
+    captured = capsys.readouterr()
+    assert "images were not cross-checked for a wrong photo" in captured.err
+    report = json.loads(captured.out)
+    assert report["consistency_min_cosine"] is None
+    a = _subjects(report)["wanted_a"]
+    assert not a["cross_checked"] and a["templates"] == 4  # nothing flagged the other person's photo
+    assert any("not cross-checked" in w for w in a["warnings"])
