@@ -1,8 +1,9 @@
 """Build → install → match with real face images (LFW developer split), through the CLI.
 
 Enrolment runs the device's own detector, aligner, quality gate and embedder; images with no face,
-several faces or poor quality are refused with a per-image report; held-out photos of enrolled
-people match the right subject and nobody else's.
+two faces of similar size or poor quality are refused with a per-image report; held-out photos of
+enrolled people match the right subject and nobody else's. Custody folders with bystanders, wrong
+photos and unusable subjects are in test_watchlist_enrol_custody.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from edge.errors import InputError
 from tests.watchlist_kit import make_kit
 
 N_SUBJECTS = 4
-THRESHOLD = 0.925
 
 
 def _analyzer_or_skip(cfg_path: Path) -> object:
@@ -44,7 +44,8 @@ def _identities(faces_dir: Path, min_images: int) -> list[tuple[str, list[Path]]
 
 def _usable_people(analyzer: object, people: list[tuple[str, list[Path]]], n: int) -> list[tuple[str, list[Path]]]:
     """People with at least 4 photos showing exactly one face that passes the quality gate
-    (many LFW photos show bystanders, which enrolment rightly refuses)."""
+    (single-face photos keep this round trip about matching; bystanders are
+    test_watchlist_enrol_custody.py's business)."""
     from edge.imageio import decode_rgb as read_image
 
     out = []
@@ -95,7 +96,7 @@ def enrolled(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     (first / "notes.txt").write_text("not an image")  # ignored: not an image extension
     (first / "broken.jpg").write_bytes(b"not really a jpeg")
     meta = root / "meta.csv"
-    meta.write_text(f"subject_id,category,priority,threshold\n{enrol[1][0]},missing,2,0.93\n")
+    meta.write_text(f"subject_id,category,priority,threshold\n{enrol[1][0]},missing,2,7.5\n")
     return {
         "kit": kit,
         "root": root,
@@ -137,18 +138,21 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
         assert name.encode() not in data  # subject ids only inside the ciphertext
 
     assert main(["watchlist", "install", str(out), "--config", str(enrolled["cfg"])]) == 0
-    assert f"{N_SUBJECTS} subjects, {2 * N_SUBJECTS} templates" in capsys.readouterr().out
+    assert f"{N_SUBJECTS} subjects, {N_SUBJECTS} templates" in capsys.readouterr().out  # photos fused
 
     from edge.watchlist.store import store_from_config
 
     store = store_from_config(load_config(enrolled["cfg"]))  # type: ignore[arg-type]
     wl = store.load()
-    assert wl is not None and wl.n_templates == 2 * N_SUBJECTS
+    assert wl is not None and wl.n_templates == N_SUBJECTS
     by_id = {s.subject_id: s for s in wl.subjects}
-    assert by_id[enrol[1][0]].category == "missing" and by_id[enrol[1][0]].threshold == 0.93
-    # dlib's descriptors, L2-normalised, put different people at cosine ~0.85 (99.9th percentile
-    # ~0.92 on LFW here) and the same person at ~0.95, so the threshold sits between.
-    matcher = store.holder.matcher(threshold=THRESHOLD)
+    assert by_id[enrol[1][0]].category == "missing" and by_id[enrol[1][0]].threshold == 7.5
+    # Scored as the device scores (flip, cohort S-norm) at the balanced operating point.
+    from edge.watchlist.policy import policy_for
+
+    cfg = load_config(enrolled["cfg"])  # type: ignore[arg-type]
+    matcher = store.holder.matcher(*policy_for(cfg.model_copy(update={"matching": cfg.matching.model_copy(
+        update={"operating_point": "balanced"})})).matcher_args())  # fmt: skip
     assert matcher is not None
     analyzer = enrolled["analyzer"]
 
@@ -169,14 +173,15 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
             m = matcher.match(p)
             assert m is None or m.subject.subject_id == name
             right += m is not None
-    assert right >= N_SUBJECTS  # most held-out photos clear the threshold
+    # The balanced point finds about half of single held-out photos on LFW (docs/BENCHMARKS.md).
+    assert right >= N_SUBJECTS // 2
     # Someone not on the list is not matched.
     stranger = enrolled["stranger"]
     for img in stranger[1][:2]:  # type: ignore[index]
         assert matcher.match(probe(img)) is None
 
 
-def test_build_report_table_and_failure_for_empty_subject(
+def test_build_report_table_and_failure_when_no_subject_is_usable(
     enrolled: dict[str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:
     root: Path = enrolled["root"]  # type: ignore[assignment]
@@ -196,5 +201,5 @@ def test_build_report_table_and_failure_for_empty_subject(
     captured = capsys.readouterr()
     assert rc == 2
     assert "only_blank/a.png" in captured.out and "no_face" in captured.out  # the table
-    assert "no usable image for subject(s) only_blank" in captured.err
+    assert "no subject has a usable image (only_blank)" in captured.err
     assert not (root / "bad.wl").exists()

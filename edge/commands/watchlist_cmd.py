@@ -41,7 +41,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--embedder", help="embedder model id, as on the devices (default: from --config)")
     b.add_argument("--detector", help="detector model id (default: from --config)")
     b.add_argument("--config", help="device-style config for quality gates and models (optional)")
-    b.add_argument("--json", action="store_true", help="per-image report as JSON on stdout")
+    b.add_argument("--json", action="store_true", help="per-image and per-subject report as JSON on stdout")
+    b.add_argument(
+        "--strict",
+        action="store_true",
+        help="build nothing (exit 2) unless every subject has a usable template; "
+        "default: build from the usable subjects and report the rest",
+    )
+    b.add_argument(
+        "--keep-inconsistent",
+        action="append",
+        metavar="SUBJECT/IMAGE",
+        help="keep this image although it does not match its subject's other images "
+        "(after a person has checked it); repeat for each image",
+    )
     b.set_defaults(handler=_build)
 
     i = ws.add_parser("install", help="verify a bundle and install it on this device")

@@ -7,6 +7,7 @@ probe are made the same way.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,50 @@ def primary_index(boxes: F32, width: int, height: int) -> int:
     cy = (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
     dist = np.hypot(cx, cy) / max(width, height)
     return int(np.argmax(area * np.clip(1.0 - dist, 0.0, 1.0) ** 2))
+
+
+# A second face counts as background only when its box has under half the primary's area (under
+# ~0.71 of its width) and it sits farther from the image centre: then "largest and most central"
+# names one person. Anything closer is two candidates of similar standing, and guessing between
+# them could enrol a bystander.
+BACKGROUND_MAX_AREA_RATIO = 0.5
+
+
+class PrimaryChoice(enum.Enum):
+    """How clearly a still image is of one person."""
+
+    NO_FACE = "no_face"
+    ONE_FACE = "one_face"
+    WITH_BACKGROUND = "with_background"  # the primary face dominates; the others are background
+    AMBIGUOUS = "ambiguous"  # another face is of similar size or more central
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryFace:
+    choice: PrimaryChoice
+    index: int | None  # the primary face (primary_index's choice); None when there is no face
+    n_faces: int
+    runner_up_area_ratio: float  # largest other face's area / the primary's; 0 when alone
+
+
+def choose_primary(
+    boxes: F32, width: int, height: int, *, max_area_ratio: float = BACKGROUND_MAX_AREA_RATIO
+) -> PrimaryFace:
+    """primary_index's face, and whether every other face is clearly background to it: smaller
+    than `max_area_ratio` of its area and farther from the image centre."""
+    n = int(boxes.shape[0])
+    if n == 0:
+        return PrimaryFace(PrimaryChoice.NO_FACE, None, 0, 0.0)
+    i = primary_index(boxes, width, height)
+    if n == 1:
+        return PrimaryFace(PrimaryChoice.ONE_FACE, i, 1, 0.0)
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    dist = np.hypot((boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2)
+    others = np.arange(n) != i
+    ratio = float(area[others].max() / max(float(area[i]), 1e-6))
+    background = ratio < max_area_ratio and bool(np.all(dist[others] > dist[i]))
+    choice = PrimaryChoice.WITH_BACKGROUND if background else PrimaryChoice.AMBIGUOUS
+    return PrimaryFace(choice, i, n, ratio)
 
 
 class FaceAnalyzer:

@@ -1,50 +1,43 @@
 """Back-office enrolment: custody images → templates → a signed, encrypted bundle.
 
 Runs the same detector, aligner, quality gate and embedder as the device (edge.vision.analyze),
-so a template is made exactly the way the van will make its probes. An image with no face,
-several faces or a face the quality gate refuses is reported and left out; several good images of
-one subject become several templates. No image, chip or crop ever goes into the bundle.
+so a template is made exactly the way the van will make its probes. Each image is judged
+(edge.watchlist.enrol_image), each subject's usable images are cross-checked against each other
+(edge.watchlist.consistency), and the bundle is built from the subjects left with a template; the
+others are reported (edge.watchlist.enrol_report), and `--strict` refuses to build without them.
+No image, chip or crop ever goes into the bundle.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge.errors import EXIT_OK, InputError
 from edge.imageio import decode_rgb
-from edge.types import F32, Subject
+from edge.types import Subject
+from edge.watchlist.consistency import consistency_min_cosine, inconsistent
+from edge.watchlist.enrol_image import Analyse, ImageStatus, analyzer_adapter
+from edge.watchlist.enrol_report import (
+    BundleSummary,
+    EnrolReport,
+    ImageOutcome,
+    SubjectOutcome,
+    SubjectStatus,
+    fmt_cosine,
+)
 from edge.watchlist.templates import fuse_subject_templates
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-OK = "ok"
-
-
-@dataclass(slots=True)
-class ImageOutcome:
-    subject_id: str
-    image: str  # path relative to the faces folder
-    status: str  # ok | no_face | several_faces | poor_quality | unreadable
-    detail: str = ""
-    embedding: F32 | None = field(default=None, repr=False)
-
-    def report(self) -> dict[str, str]:
-        return {
-            "subject_id": self.subject_id,
-            "image": self.image,
-            "status": self.status,
-            "detail": self.detail,
-        }
 
 
 def scan_faces(root: Path) -> list[tuple[str, list[Path]]]:
@@ -94,20 +87,27 @@ def read_meta(path: Path) -> dict[str, Subject]:
                 threshold = float(raw_thr)
             except ValueError:
                 threshold = math.nan
-            if not -1.0 <= threshold <= 1.0:
-                raise InputError(f"--meta {path}:{n}: threshold {raw_thr!r} is not a cosine in [-1, 1]")
+            # In the embedder's score units (S-norm for the shipped embedders), like matching.threshold;
+            # a device never applies one below its own floor.
+            if not -100.0 <= threshold <= 100.0:
+                raise InputError(f"--meta {path}:{n}: threshold {raw_thr!r} is not a score in [-100, 100]")
         if sid in out:
             raise InputError(f"--meta {path}:{n}: subject {sid!r} listed twice")
         out[sid] = Subject(subject_id=sid, category=category, priority=priority, threshold=threshold)
     return out
 
 
-Analyse = Callable[[Any], tuple[str, str, F32 | None]]
+@dataclass(frozen=True, slots=True)
+class EnrolModel:
+    """What enrolment needs from the embedder besides the analyser itself."""
+
+    embedder_id: str
+    sha256: str  # goes into the bundle header: devices running another embedder refuse the list
+    consistency_min_cosine: float | None  # None: the manifest has no figure, images are not cross-checked
 
 
-def face_analyser(args: argparse.Namespace) -> tuple[Analyse, str]:
-    """(image → (status, detail, embedding)) using the device's own vision stack and thresholds,
-    and the embedder's sha256 that goes into the bundle header."""
+def face_analyser(args: argparse.Namespace) -> tuple[Analyse, EnrolModel]:
+    """(image → verdict) using the device's own vision stack and thresholds, and the embedder facts."""
     from edge.config import Config, load_config
     from edge.inference import default_models_dir, load_manifest
     from edge.vision.analyze import FaceAnalyzer
@@ -118,6 +118,7 @@ def face_analyser(args: argparse.Namespace) -> tuple[Analyse, str]:
     entry = load_manifest(models_dir).get(embedder_id)
     if entry is None:
         raise InputError(f"--embedder {embedder_id!r} is not in {models_dir}/MANIFEST.json")
+    model = EnrolModel(embedder_id, entry.sha256, consistency_min_cosine(entry, models_dir))
     analyzer = FaceAnalyzer.from_config(
         cfg,
         models_dir=models_dir,
@@ -125,28 +126,7 @@ def face_analyser(args: argparse.Namespace) -> tuple[Analyse, str]:
         embedder_id=embedder_id,
         whole_frame_only=True,  # custody images are portraits; tiling is for wide camera frames
     )
-    return analyzer_adapter(analyzer), entry.sha256
-
-
-def analyzer_adapter(analyzer: Any) -> Analyse:
-    def run(rgb: Any) -> tuple[str, str, F32 | None]:
-        faces = analyzer.analyze(rgb)
-        if len(faces) == 0:
-            return "no_face", "no face found", None
-        if len(faces) > 1:
-            return "several_faces", f"{len(faces)} faces found; custody images must show one", None
-        face = faces[0]
-        if not face.quality.accepted:
-            q = face.quality
-            return (
-                "poor_quality",
-                f"{q.rejection.value} (interocular {q.interocular_px:.0f} px, "
-                f"sharpness {q.sharpness:.0f}, yaw {q.yaw_deg:.0f}°, roll {q.roll_deg:.0f}°)",
-                None,
-            )
-        return OK, "", np.asarray(face.embedding, dtype=np.float32)
-
-    return run
+    return analyzer_adapter(analyzer), model
 
 
 class Progress:
@@ -177,26 +157,83 @@ class Progress:
 def enrol(
     root: Path, subjects: Sequence[tuple[str, list[Path]]], analyse: Analyse, progress: Progress
 ) -> list[ImageOutcome]:
+    """Every image judged on its own, in folder order."""
     outcomes = []
     for sid, images in subjects:
         for path in images:
-            rel = str(path.relative_to(root))
+            rel = path.relative_to(root).as_posix()
             rgb = decode_rgb(path)
             if rgb is None:
-                outcomes.append(ImageOutcome(sid, rel, "unreadable", "not a readable image"))
+                outcomes.append(ImageOutcome(sid, rel, ImageStatus.UNREADABLE, "not a readable image"))
             else:
-                status, detail, emb = analyse(rgb)
-                outcomes.append(ImageOutcome(sid, rel, status, detail, emb))
+                v = analyse(rgb)
+                outcomes.append(ImageOutcome(sid, rel, v.status, v.detail, list(v.warnings), embedding=v.embedding))
             progress.step(rel)
     progress.close()
     return outcomes
 
 
-def print_table(outcomes: Sequence[ImageOutcome]) -> None:
-    w_img = max([5, *(len(o.image) for o in outcomes)])
-    print(f"{'image':<{w_img}}  {'status':<13}  detail")
-    for o in outcomes:
-        print(f"{o.image:<{w_img}}  {o.status:<13}  {o.detail}")
+def judge_subject(
+    sid: str, images: list[ImageOutcome], min_cosine: float | None, keep: frozenset[str]
+) -> SubjectOutcome:
+    """Cross-check a subject's usable images and say whether it goes into the bundle.
+
+    An image that does not match the subject's other images is left out unless the operator named it
+    in `keep` (--keep-inconsistent) after looking at it: a wrong photo would put an innocent person on
+    the watchlist, while a real change of appearance costs only that one template when the subject
+    has others.
+    """
+    usable = [o for o in images if o.status is ImageStatus.OK and o.embedding is not None]
+    warnings: list[str] = []
+    cross_checked = min_cosine is not None and len(usable) >= 2
+    if min_cosine is not None and cross_checked:
+        best, flagged = inconsistent(np.stack([o.embedding for o in usable if o.embedding is not None]), min_cosine)
+        for o, b, f in zip(usable, best.tolist(), flagged.tolist(), strict=True):
+            o.best_cosine = float(b)
+            if not f:
+                continue
+            what = (
+                f"does not match the subject's other images (best cosine {fmt_cosine(b)} < {min_cosine:.3f}): "
+                "a wrong photo, or a large change of appearance"
+            )
+            if o.image in keep:
+                o.warnings.append(f"{what}; kept by --keep-inconsistent")
+            else:
+                o.status, o.detail = ImageStatus.INCONSISTENT, f"{what}; check it, then --keep-inconsistent {o.image}"
+        n_dropped = sum(o.status is ImageStatus.INCONSISTENT for o in usable)
+        if n_dropped:
+            warnings.append(f"{n_dropped} image(s) left out for not matching the others")
+    elif len(usable) == 1:
+        warnings.append("one usable image: not cross-checked (nothing to compare it with)")
+    elif min_cosine is None and len(usable) >= 2:
+        warnings.append("not cross-checked: the embedder has no enrolment.consistency_min_cosine")
+    templates = sum(o.status is ImageStatus.OK for o in images)
+    if templates:
+        return SubjectOutcome(sid, SubjectStatus.ENROLLED, len(images), templates, cross_checked, "", warnings)
+    if not images:
+        reason = "no image in the folder"
+    elif usable:
+        reason = "its usable images do not match each other; check them (a wrong photo?) and name the right ones with --keep-inconsistent"
+    else:
+        counts = Counter(o.status.value for o in images)
+        reason = "no usable image (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
+    return SubjectOutcome(sid, SubjectStatus.LEFT_OUT, len(images), 0, cross_checked, reason, warnings)
+
+
+def _keep_list(root: Path, subjects_dirs: Sequence[tuple[str, list[Path]]], keep: Sequence[str]) -> frozenset[str]:
+    known = {p.relative_to(root).as_posix() for _, imgs in subjects_dirs for p in imgs}
+    for k in keep:
+        if Path(k).as_posix() not in known:
+            raise InputError(f"--keep-inconsistent {k}: no such image under --faces {root} (give SUBJECT/IMAGE)")
+    return frozenset(Path(k).as_posix() for k in keep)
+
+
+def _print_report(report: EnrolReport, as_json: bool) -> None:
+    if as_json:
+        report.dump_json(sys.stdout)
+    else:
+        report.print_tables(sys.stdout)
+    sys.stdout.flush()
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -205,6 +242,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     root = Path(args.faces)
     subjects_dirs = scan_faces(root)
+    keep = _keep_list(root, subjects_dirs, args.keep_inconsistent or [])
     meta = read_meta(Path(args.meta)) if args.meta else {}
     expires = parse_time(args.expires, "--expires")
     if expires <= time.time():
@@ -214,39 +252,45 @@ def run_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: directory {out.parent} does not exist")
-    analyse, embedder_sha = face_analyser(args)
+    analyse, model = face_analyser(args)
 
     total = sum(len(imgs) for _, imgs in subjects_dirs)
     outcomes = enrol(root, subjects_dirs, analyse, Progress(total, enabled=not args.json))
     by_subject: dict[str, list[ImageOutcome]] = {sid: [] for sid, _ in subjects_dirs}
     for o in outcomes:
         by_subject[o.subject_id].append(o)
-    empty = [sid for sid, os_ in by_subject.items() if not any(o.status == OK for o in os_)]
-    unknown_meta = sorted(set(meta) - set(by_subject))
-
-    report: dict[str, Any] = {
-        "images": [o.report() for o in outcomes],
-        "accepted": sum(o.status == OK for o in outcomes),
-        "refused": sum(o.status != OK for o in outcomes),
-        "subjects_without_template": empty,
-        "meta_without_folder": unknown_meta,
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(outcomes)
-        print(f"{report['accepted']} image(s) accepted, {report['refused']} refused")
-        for sid in unknown_meta:
-            print(f"warning: --meta lists {sid!r}, which has no folder under {root}", file=sys.stderr)
-    if empty:
+    report = EnrolReport(
+        images=outcomes,
+        subjects=[judge_subject(sid, by_subject[sid], model.consistency_min_cosine, keep) for sid, _ in subjects_dirs],
+        consistency_min_cosine=model.consistency_min_cosine,
+        meta_without_folder=sorted(set(meta) - set(by_subject)),
+    )
+    for sid in report.meta_without_folder:
+        print(f"warning: --meta lists {sid!r}, which has no folder under {root}", file=sys.stderr)
+    if model.consistency_min_cosine is None:
+        print(
+            f"warning: {model.embedder_id} has no enrolment.consistency_min_cosine in its manifest entry; "
+            "images were not cross-checked for a wrong photo",
+            file=sys.stderr,
+        )
+    left_out = [s.subject_id for s in report.left_out]
+    if not report.enrolled:
+        _print_report(report, args.json)
+        raise InputError(f"no subject has a usable image ({', '.join(left_out)}); no bundle written (report above)")
+    if left_out and args.strict:
+        _print_report(report, args.json)
         raise InputError(
-            f"no usable image for subject(s) {', '.join(empty)}; fix or remove their folders (report above)"
+            f"--strict: {len(left_out)} subject(s) without a usable template: {', '.join(left_out)}; "
+            "no bundle written (report above)"
         )
 
-    subjects = [meta.get(sid, Subject(subject_id=sid)) for sid, _ in subjects_dirs]
+    enrolled = [sid for sid, _ in subjects_dirs if sid not in set(left_out)]
+    subjects = [meta.get(sid, Subject(subject_id=sid)) for sid in enrolled]
+    # Each subject's usable photos become one fused template (edge/watchlist/templates.py).
     templates, template_subject = fuse_subject_templates(
-        [[o.embedding for o in by_subject[sid] if o.status == OK and o.embedding is not None] for sid, _ in subjects_dirs]
-    )
+        [[o.embedding for o in by_subject[sid] if o.status is ImageStatus.OK and o.embedding is not None]
+         for sid in enrolled]
+    )  # fmt: skip
     bundle = build_bundle(
         subjects=subjects,
         templates=templates,
@@ -255,16 +299,24 @@ def run_build(args: argparse.Namespace) -> int:
         recipients=recipients,
         version=args.version,
         expires_at=expires,
-        embedder_sha256=embedder_sha,
+        embedder_sha256=model.sha256,
         dtype=args.dtype,
         metadata={"built_by": "lfr-edge watchlist build"},
     )
     tmp = out.with_name(f".{out.name}.part")
     tmp.write_bytes(bundle)
     tmp.replace(out)
+    report.bundle = BundleSummary(str(out), args.version, len(subjects), len(template_subject), len(recipients), len(bundle))
+    _print_report(report, args.json)
     msg = (
         f"wrote {out}: version {args.version}, {len(subjects)} subjects, {len(template_subject)} templates, "
         f"{len(recipients)} recipient(s), {len(bundle)} bytes"
     )
     print(msg, file=sys.stderr if args.json else sys.stdout)
+    if left_out:
+        print(
+            f"warning: {len(left_out)} subject(s) left out of the bundle (no usable template): "
+            f"{', '.join(left_out)}; see the report (--strict makes this an error)",
+            file=sys.stderr,
+        )
     return EXIT_OK

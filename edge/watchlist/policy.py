@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.config import Config, MatchingConfig
+from edge.config import Config, MatchingConfig, OperatingPoint
 from edge.errors import InputError
 from edge.vision.scoring import FACES_PER_REPORT, CohortNorm, Scoring, load_scoring
 
@@ -74,7 +74,9 @@ def resolve_policy(m: MatchingConfig, scoring: Scoring) -> MatchingPolicy:
     if m.threshold is not None:
         threshold, point = float(m.threshold), None
     else:
-        threshold, point = scoring.operating_point(m.operating_point.value).threshold, m.operating_point.value
+        # OperatingPoint() also takes a plain string: model_copy(update=...) does not validate.
+        point = OperatingPoint(m.operating_point).value
+        threshold = scoring.operating_point(point).threshold
     below = {"threshold": threshold} if threshold < scoring.floor else {}
     below.update({f"category_thresholds.{k}": v for k, v in m.category_thresholds.items() if v < scoring.floor})
     if below and not m.allow_below_floor:
