@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from edge.errors import InputError
 from edge.types import F32
+from edge.vision.scoring import CohortNorm
 
 REFERENCE_LIST_SIZE = 500
 # (name, per-face FPIR with the reference list); the floor is the 1e-2 point.
@@ -104,6 +105,7 @@ def calibrate_scoring(
     has_face: npt.NDArray[np.bool_],
     identity: npt.NDArray[np.int64],
     stats: tuple[F32, F32] | None,
+    norm: CohortNorm | None,
     splits: list[Any],
     result: dict[str, Any],
     list_size: int = REFERENCE_LIST_SIZE,
@@ -123,10 +125,10 @@ def calibrate_scoring(
     for p in points.values():
         tpir, fpir_meas, gal = [], [], []
         for sp in splits:
-            r = identification_at(emb, has_face, identity, sp, stats, p["threshold"])
+            r = identification_at(emb, has_face, identity, sp, stats, norm, p["threshold"])
             tpir.append(r[0])
             fpir_meas.append(r[1])
-            gal.append(sp.gallery.size)
+            gal.append(sp.gallery.shape[0])
         g = int(np.mean(gal))
         p["measured_tpir"] = round(float(np.mean(tpir)), 4)
         p["evidence"] = {
@@ -159,24 +161,13 @@ def identification_at(
     identity: npt.NDArray[np.int64],
     split: Any,
     stats: tuple[F32, F32] | None,
+    norm: CohortNorm | None,
     threshold: float,
 ) -> tuple[float, float]:
     """(TPIR, FPIR) of one identity split at a fixed threshold."""
-    from edge.vision.scoring import CohortNorm
+    from edge.eval import top1_scores
 
-    gal = emb[split.gallery]
-
-    def top1(probes: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        s = emb[probes] @ gal.T
-        if stats is not None:
-            mu, sd = stats
-            s = CohortNorm.apply(s, mu[split.gallery], sd[split.gallery], mu[probes], sd[probes])
-        best = np.argmax(s, axis=1)
-        score = s[np.arange(probes.size), best].astype(np.float32)
-        score[~has_face[probes]] = -np.inf
-        return score, split.gallery_identity[best]
-
-    ms, mi = top1(split.mated)
-    ns, _ = top1(split.non_mated)
+    ms, mi = top1_scores(emb, has_face, split, split.mated, stats, norm)
+    ns, _ = top1_scores(emb, has_face, split, split.non_mated, stats, norm)
     hit = mi == identity[split.mated]
     return float(np.mean(hit & (ms > threshold))), float(np.mean(ns > threshold))

@@ -258,7 +258,7 @@ def _eer(gen: F32, imp: F32) -> tuple[float, float]:
 
 @dataclass
 class IdentSplit:
-    gallery: npt.NDArray[np.int64]  # image index per enrolled identity
+    gallery: npt.NDArray[np.int64]  # (G, n) image indices per enrolled identity, fused into one template
     gallery_identity: npt.NDArray[np.int64]
     mated: npt.NDArray[np.int64]
     non_mated: npt.NDArray[np.int64]
@@ -267,38 +267,71 @@ class IdentSplit:
 
 
 def identification_split(
-    identity: npt.NDArray[np.int64], has_face: npt.NDArray[np.bool_], seed: int, enrol_fraction: float = 0.25
+    identity: npt.NDArray[np.int64],
+    has_face: npt.NDArray[np.bool_],
+    seed: int,
+    enrol_fraction: float = 0.25,
+    gallery_photos: int = 1,
 ) -> IdentSplit:
-    """Seeded: enrol `enrol_fraction` of identities with ≥2 images, one gallery image each.
+    """Seeded: enrol `enrol_fraction` of identities with more than `gallery_photos` images, each
+    from `gallery_photos` of them (fused into one template, as `watchlist build` does).
 
-    The default, a quarter, leaves ≥ 6,000 non-mated probes on the LFW developer split, so
-    FPIR = 1/6000 is resolvable there (half would leave 5,469).
+    The default, a quarter with one photo, leaves ≥ 6,000 non-mated probes on the whole LFW
+    developer split, so FPIR = 1/6000 is resolvable there (half would leave 5,469).
     """
     rng = random.Random(seed)
     ids, counts = np.unique(identity, return_counts=True)
-    eligible = [int(i) for i, c in zip(ids, counts, strict=True) if c >= 2]
+    eligible = [int(i) for i, c in zip(ids, counts, strict=True) if c >= gallery_photos + 1]
     rng.shuffle(eligible)
     enrolled = sorted(eligible[: round(enrol_fraction * len(eligible))])
-    gallery: list[int] = []
+    gallery: list[list[int]] = []
     g_ident: list[int] = []
     mated: list[int] = []
     failed = 0
     for ident in enrolled:
         idx = [int(i) for i in np.flatnonzero(identity == ident)]
         usable = [i for i in idx if has_face[i]]
-        if not usable:
-            failed += 1  # no image of this person yields a face: cannot be put on the list
+        if len(usable) < gallery_photos:
+            failed += 1  # too few images of this person yield a face: cannot be put on the list
             continue
-        g = rng.choice(usable)
+        g = rng.sample(usable, gallery_photos)
         gallery.append(g)
         g_ident.append(ident)
-        mated += [i for i in idx if i != g]
+        mated += [i for i in idx if i not in g]
     # Identities that failed to enrol are neither mated nor non-mated: they were meant to be listed.
     not_enrolled = ~np.isin(identity, enrolled)
     return IdentSplit(
-        np.array(gallery, np.int64), np.array(g_ident, np.int64), np.array(mated, np.int64),
-        np.flatnonzero(not_enrolled).astype(np.int64), len(gallery), failed,
+        np.array(gallery, np.int64).reshape(len(gallery), gallery_photos), np.array(g_ident, np.int64),
+        np.array(mated, np.int64), np.flatnonzero(not_enrolled).astype(np.int64), len(gallery), failed,
     )  # fmt: skip
+
+
+def top1_scores(
+    emb: F32,
+    has_face: npt.NDArray[np.bool_],
+    split: IdentSplit,
+    probes: npt.NDArray[np.int64],
+    stats: tuple[F32, F32] | None,
+    norm: CohortNorm | None,
+) -> tuple[F32, npt.NDArray[np.int64]]:
+    """Each probe's best score against the split's fused gallery templates, and whose it is.
+
+    `stats` are the per-image cohort statistics (probe side); the gallery side is computed on the
+    fused templates, as the device computes it on the watchlist it holds.
+    """
+    if probes.size == 0 or split.gallery.shape[0] == 0:
+        return np.zeros(probes.size, np.float32), np.zeros(probes.size, np.int64)
+    gal = emb[split.gallery].mean(axis=1)
+    gal /= np.maximum(np.linalg.norm(gal, axis=1, keepdims=True), 1e-12)
+    s = emb[probes] @ gal.T
+    if norm is not None and stats is not None:
+        g_mu, g_sd = norm.stats(gal.astype(np.float32))
+        mu, sd = stats
+        s = CohortNorm.apply(s, g_mu, g_sd, mu[probes], sd[probes])
+    best = np.argmax(s, axis=1)
+    score = s[np.arange(probes.size), best].astype(np.float32)
+    score[~has_face[probes]] = MISSING
+    return score, split.gallery_identity[best]
 
 
 def identification(
@@ -307,28 +340,16 @@ def identification(
     identity: npt.NDArray[np.int64],
     split: IdentSplit,
     stats: tuple[F32, F32] | None = None,
+    norm: CohortNorm | None = None,
 ) -> dict[str, Any]:
-    """Open-set identification; `stats` (per-image cohort mean and spread) S-normalises the scores."""
-    gal = emb[split.gallery]
-
-    def top1(probes: npt.NDArray[np.int64]) -> tuple[F32, npt.NDArray[np.int64]]:
-        if probes.size == 0 or gal.shape[0] == 0:
-            return np.zeros(probes.size, np.float32), np.zeros(probes.size, np.int64)
-        s = emb[probes] @ gal.T
-        if stats is not None:
-            mu, sd = stats
-            s = CohortNorm.apply(s, mu[split.gallery], sd[split.gallery], mu[probes], sd[probes])
-        best = np.argmax(s, axis=1)
-        score = s[np.arange(probes.size), best].astype(np.float32)
-        score[~has_face[probes]] = MISSING
-        return score, split.gallery_identity[best]
-
-    m_score, m_ident = top1(split.mated)
-    n_score, _ = top1(split.non_mated)
+    """Open-set identification; with `norm` (and per-image `stats`) scores are S-normalised."""
+    m_score, m_ident = top1_scores(emb, has_face, split, split.mated, stats, norm)
+    n_score, _ = top1_scores(emb, has_face, split, split.non_mated, stats, norm)
     hit = m_ident == identity[split.mated]
     n_desc = np.sort(n_score)[::-1]
     out: dict[str, Any] = {
-        "gallery_size": int(split.gallery.size),
+        "gallery_size": int(split.gallery.shape[0]),
+        "gallery_photos": int(split.gallery.shape[1]),
         "failed_to_enrol": split.failed_to_enrol,
         "mated_probes": int(split.mated.size),
         "non_mated_probes": int(split.non_mated.size),
@@ -400,6 +421,7 @@ def run_eval(
     progress: bool = False,
     apply_gate: bool = False,
     calibrate: bool = False,
+    gallery_photos: int = 1,
 ) -> dict[str, Any]:
     cfg = cfg or Config()
     variants = variants or ["int8", "fp32"]
@@ -517,11 +539,14 @@ def run_eval(
         # As on the device: a refused face is never embedded, so it counts as not acquired.
         has_face &= ~gated
     pair_ok = has_face[pa] & has_face[pb]
-    split = identification_split(ds.identity, has_face, seed, enrol_fraction)
+    split = identification_split(ds.identity, has_face, seed, enrol_fraction, gallery_photos)
     # At FPIR ≤ 1e-3 the threshold is set by a handful of non-mated probes, so one split's TPIR
     # has a large sampling error: repeat the identity split with further seeds (cheap: the
     # embeddings are cached) and report the spread.
-    more = [identification_split(ds.identity, has_face, seed + k, enrol_fraction) for k in range(1, id_splits)]
+    more = [
+        identification_split(ds.identity, has_face, seed + k, enrol_fraction, gallery_photos)
+        for k in range(1, id_splits)
+    ]
 
     results: dict[str, Any] = {}
     calibrations: dict[str, Any] = {}
@@ -544,15 +569,15 @@ def run_eval(
                 "units": "snorm" if stats is not None else "cosine",
                 "verification": verification(s, same),
                 "identification": _with_spread(
-                    identification(e, has_face, ds.identity, split, stats),
-                    [identification(e, has_face, ds.identity, sp, stats) for sp in more],
+                    identification(e, has_face, ds.identity, split, stats, norm),
+                    [identification(e, has_face, ds.identity, sp, stats, norm) for sp in more],
                 ),
             }
             if calibrate and sc == "device" and a == "ours":
                 from edge.calibration import calibrate_scoring
 
                 calibrations[_model_id(v)] = calibrate_scoring(
-                    e, has_face, ds.identity, stats, [split, *more], results[k]
+                    e, has_face, ds.identity, stats, norm, [split, *more], results[k]
                 )
 
     ref = "device" if "device" in scorings else scorings[0]
@@ -595,7 +620,7 @@ def run_eval(
         "dataset": {
             "faces": str(faces), "images": n, "identities": len(ds.names), "limit": limit, "seed": seed,
             "half": half, "pairs": pairs_src, "pairs_skipped": ds.pairs_skipped, "unreadable": unreadable,
-            "enrol_fraction": enrol_fraction, "identification_splits": id_splits,
+            "enrol_fraction": enrol_fraction, "identification_splits": id_splits, "gallery_photos": gallery_photos,
         },
         "models": {"detector": det_id, "embedders": {v: _model_id(v) for v in variants},
                    "sha256": {m.id: sha256_file(m.path) for m in (detector.model,

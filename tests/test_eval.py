@@ -112,6 +112,11 @@ def test_pairs_and_split_are_consistent() -> None:
     assert all(identity[i] in enrolled for i in split.mated)
     assert all(identity[i] not in enrolled for i in split.non_mated)
     assert split.gallery.size + split.mated.size + split.non_mated.size == identity.size
+    # Two custody photos per person: only people with a third photo to show can be enrolled.
+    two = identification_split(identity, has, seed=0, enrol_fraction=1.0, gallery_photos=2)
+    assert two.gallery.shape == (1, 2) and two.gallery_identity.tolist() == [0]
+    assert set(two.gallery[0].tolist()) | set(two.mated.tolist()) == {0, 1, 2}
+    assert not set(two.gallery[0].tolist()) & set(two.mated.tolist())
 
 
 def test_threshold_never_exceeds_the_requested_rate() -> None:

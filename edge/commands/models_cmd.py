@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--impostors", type=int, default=500_000, help="sampled impostor pairs without --pairs")
     e.add_argument("--enrol-fraction", type=float, default=0.25,
                    help="share of identities with ≥2 images put on the watchlist (default 0.25)")
+    e.add_argument("--gallery-photos", type=int, default=1,
+                   help="photos per enrolled identity, fused into one template as watchlist build does (default 1)")
     e.add_argument("--id-splits", type=int, default=10,
                    help="identity splits (seeds seed..seed+N-1) for the TPIR spread (default 10)")
     e.add_argument("--detector", help="detector model id (default: the config's models.detector)")
@@ -174,6 +176,8 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else Config()
     if not 0.0 < args.enrol_fraction < 1.0:
         raise InputError(f"--enrol-fraction {args.enrol_fraction}: must be between 0 and 1 (exclusive)")
+    if args.gallery_photos < 1:
+        raise InputError(f"--gallery-photos {args.gallery_photos}: must be at least 1")
     if args.id_splits < 1:
         raise InputError(f"--id-splits {args.id_splits}: must be at least 1")
     if args.limit is not None and args.limit < 2:
@@ -200,6 +204,7 @@ def _eval(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() and not args.json,
         apply_gate=args.gate,
         calibrate=args.calibrate,
+        gallery_photos=args.gallery_photos,
     )
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     if args.calibrate:
