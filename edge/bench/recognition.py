@@ -182,7 +182,8 @@ def who_is_there(cast: Cast, size: tuple[int, int], frame: int, bbox: list[float
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    enrolled_shown: int
+    enrolled_shown: int  # shown, and on the installed list
+    failed_to_enrol_shown: int  # meant for the list, but no photo of them was usable
     enrolled_alerted: int
     strangers_shown: int
     strangers_alerted: int  # strangers who raised at least one alert
@@ -196,7 +197,9 @@ class Outcome:
         return self.enrolled_alerted / self.enrolled_shown if self.enrolled_shown else math.nan
 
 
-def judge(cast: Cast, size: tuple[int, int], alerts: list[dict[str, Any]]) -> Outcome:
+def judge(cast: Cast, size: tuple[int, int], alerts: list[dict[str, Any]], in_list: set[str]) -> Outcome:
+    """Alerts against the ground truth. People whose photos could not be enrolled (no usable face)
+    are counted apart: they are on nobody's list, so they can be neither found nor missed."""
     alerted: set[str] = set()
     strangers_hit: set[str] = set()
     false_alerts = wrong = unplaced = 0
@@ -214,7 +217,8 @@ def judge(cast: Cast, size: tuple[int, int], alerts: list[dict[str, Any]]) -> Ou
             else:
                 strangers_hit.add(who.identity)
     return Outcome(
-        enrolled_shown=sum(a.enrolled for a in cast.shown),
+        enrolled_shown=sum(a.enrolled and a.identity in in_list for a in cast.shown),
+        failed_to_enrol_shown=sum(a.enrolled and a.identity not in in_list for a in cast.shown),
         enrolled_alerted=len(alerted),
         strangers_shown=sum(not a.enrolled for a in cast.shown),
         strangers_alerted=len(strangers_hit),
@@ -303,10 +307,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }  # fmt: skip
         bo_yaml = bo / "backoffice.yaml"
         bo_yaml.write_text(yaml.safe_dump(bo_cfg, sort_keys=False))
-        listener = subprocess.Popen(
-            [sys.executable, "-m", "edge", "alerts", "listen", "--config", str(bo_yaml), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        # The listener writes to a file, not a pipe: a pipe nobody drains fills up and stalls it.
+        received_path = bo / "received.jsonl"
+        with received_path.open("w") as sink:
+            listener = subprocess.Popen(
+                [sys.executable, "-m", "edge", "alerts", "listen", "--config", str(bo_yaml), "--json"],
+                stdout=sink, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
         try:
             if not broker.wait_for_log("backoffice", timeout=30):
                 raise RuntimeFailure("the back-office listener did not connect to the broker")
@@ -315,18 +322,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t_run = time.monotonic()
             _lfr("run", "--config", str(dev_yaml))
             run_s = time.monotonic() - t_run
-            time.sleep(2.0)  # alerts still in flight reach the listener
+            record = _deployment(dev_yaml)
+            raised = int(record["alerts_raised"])
+            # Every alert the device raised is acknowledged by the broker before run exits, or
+            # spooled; wait until the listener has printed as many (or a quiet spell).
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _count_alerts(received_path) < raised:
+                time.sleep(0.5)
         finally:
             listener.terminate()
-            out, _ = listener.communicate(timeout=30)
+            listener.wait(timeout=30)
+        out = received_path.read_text()
         status = json.loads(_lfr("watchlist", "status", "--config", str(dev_yaml), "--json").stdout or "{}")
     finally:
         broker.stop()
         if not args.keep and not args.work:
             shutil.rmtree(wd, ignore_errors=True)
     received = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    alerts = [r for r in received if r.get("type", "alert") == "alert" and "subject_id" in r]
-    outcome = judge(cast, size, alerts)
+    alerts = [r for r in received if r.get("event") == "alert"]
+    rejected = [r for r in received if r.get("event") == "rejected"]
+    in_list = _enrolled_subjects(build.stdout)
+    outcome = judge(cast, size, alerts, in_list)
     return {
         "command": "lfr-edge bench recognition " + " ".join(sys.argv[3:]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -338,9 +354,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "video": {"frames": n_frames, "size": list(size), "people": len(cast.shown),
                   "frames_per_person": args.frames_per_person, "face_px": [args.face_min, args.face_max]},
         "outcome": {**asdict(outcome), "alerted_share": round(outcome.alerted_share, 4)},
+        "device_alerts_raised": raised,
+        "matching": record["thresholds"],
+        "listener_rejected": len(rejected),
         "run_s": round(run_s, 1),
         "wall_s": round(time.monotonic() - t_start, 1),
     }  # fmt: skip
+
+
+def _deployment(dev_yaml: Path) -> dict[str, Any]:
+    """The device's own record of the run: alerts raised (to check none went missing), thresholds."""
+    deps = json.loads(_lfr("deployment", "report", "--config", str(dev_yaml), "--json").stdout or "[]")
+    return dict(deps[-1]) if deps else {"alerts_raised": 0, "thresholds": {}}
+
+
+def _count_alerts(path: Path) -> int:
+    try:
+        return sum('"event": "alert"' in line for line in path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _enrolled_subjects(stdout: str) -> set[str]:
+    """Subjects that made it into the bundle (the rest were left out at enrolment: no usable photo)."""
+    rep = json.loads(stdout)
+    return {s["subject_id"] for s in rep.get("subjects", []) if s.get("status") == "enrolled"}
 
 
 def _build_summary(stdout: str) -> Any:
@@ -353,14 +391,18 @@ def _build_summary(stdout: str) -> Any:
 
 def format_text(r: dict[str, Any]) -> str:
     o = r["outcome"]
+    m = r["matching"]
     return "\n".join([
+        f"matching: {m.get('operating_point')} threshold {m.get('threshold')} {m.get('units')}; expected "
+        f"{m.get('expected_false_alerts_per_10k_faces')} false alerts per 10,000 faces (model estimate)",
         f"watchlist: {r['watchlist']['subjects']} subjects ({r['watchlist']['enrolment_photos']} photos), "
         f"video: {r['video']['frames']} frames, {r['video']['people']} people",
         f"enrolled people shown: {o['enrolled_shown']}, alerted: {o['enrolled_alerted']} "
-        f"({100 * o['alerted_share']:.1f} %)",
+        f"({100 * o['alerted_share']:.1f} %); not enrollable (no usable photo), shown: {o['failed_to_enrol_shown']}",
         f"strangers shown: {o['strangers_shown']}, strangers alerted on: {o['strangers_alerted']}",
         f"false alerts: {o['false_alerts']} (wrong subject on an enrolled person: {o['wrong_subject_alerts']}, "
-        f"unplaced: {o['unplaced_alerts']}); alerts received: {o['alerts']}",
+        f"unplaced: {o['unplaced_alerts']}); alerts received: {o['alerts']} of {r['device_alerts_raised']} "
+        f"raised; rejected by the listener: {r['listener_rejected']}",
         f"device run: {r['run_s']} s; whole bench: {r['wall_s']} s",
     ])  # fmt: skip
 

@@ -1,0 +1,50 @@
+"""`lfr-edge bench recognition` end to end on a small cast: who is alerted, judged against the video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.bench.recognition import Appearance, Cast, judge
+from edge.cli import main
+
+
+def test_alerts_are_judged_by_who_was_there() -> None:
+    cast = Cast(
+        enrolled={"Ann": ["Ann/1.jpg"], "Bob": ["Bob/1.jpg"]},
+        shown=[Appearance("Ann", "Ann/2.jpg", True, 0, 0, 9), Appearance("Cy", "Cy/1.jpg", False, 1, 0, 9),
+               Appearance("Bob", "Bob/2.jpg", True, 2, 0, 9), Appearance("Dee", "Dee/2.jpg", True, 3, 0, 9)],
+    )  # fmt: skip
+    size = (1280, 720)
+    alerts = [
+        {"subject_id": "Ann", "frame_seq": 5, "bbox": [100, 100, 200, 200]},  # Ann, in cell 0: right
+        {"subject_id": "Bob", "frame_seq": 5, "bbox": [500, 100, 600, 200]},  # Cy the stranger, cell 1: false
+        {"subject_id": "Ann", "frame_seq": 6, "bbox": [900, 100, 1000, 200]},  # Bob shown, Ann named: wrong
+        {"subject_id": "Ann", "frame_seq": 300, "bbox": [100, 100, 200, 200]},  # nobody there then
+    ]
+    o = judge(cast, size, alerts, in_list={"Ann", "Bob"})
+    assert (o.enrolled_shown, o.failed_to_enrol_shown, o.enrolled_alerted) == (2, 1, 1)
+    assert (o.strangers_shown, o.strangers_alerted) == (1, 1)
+    assert (o.false_alerts, o.wrong_subject_alerts, o.unplaced_alerts) == (3, 1, 1)
+
+
+def test_bench_recognition_runs_the_real_path(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.alerts.testbroker import mosquitto_available
+
+    if not mosquitto_available():
+        pytest.skip("Debian's mosquitto is not installed")
+    code = main(["bench", "recognition", "--faces", str(faces_dir / "lfw"), "--limit", "40", "--quiet",
+                 "--work", str(tmp_path / "run"), "--json"])  # fmt: skip
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    o = r["outcome"]
+    assert o["enrolled_shown"] >= 5 and o["strangers_shown"] >= 20
+    # Nothing lost between the device and the back office, nothing forged.
+    assert o["alerts"] == r["device_alerts_raised"] and r["listener_rejected"] == 0
+    assert r["matching"]["operating_point"] == "strict" and r["matching"]["units"] == "snorm"
+    assert o["false_alerts"] == 0  # strangers at the shipped operating point
+    assert o["enrolled_alerted"] >= 1
