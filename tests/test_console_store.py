@@ -17,7 +17,7 @@ from edge.alerts.message import build_alert, verify_alert
 from edge.audit.log import iter_records
 from edge.audit.verify import verify_log
 from edge.backoffice.console.config import MAX_CROP_BYTES, ConsoleConfig, load_console_config
-from edge.backoffice.console.models import AlertRow, Decision, Role
+from edge.backoffice.console.models import Decision, Role
 from edge.backoffice.console.retention import sweep
 from edge.backoffice.console.server import Parts, open_parts
 from edge.backoffice.console.store import AlertFilter, Outcome
