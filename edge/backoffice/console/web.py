@@ -113,7 +113,11 @@ def build_app(console: Console) -> Starlette:
         login = await run_in_threadpool(console.accounts.session, request.cookies.get(SESSION_COOKIE))
         if login is not None:
             return RedirectResponse("/alerts", status_code=303)
-        token = secrets.token_urlsafe(24)
+        # Keep the token a browser already holds: a second tab (or any stray request that lands here)
+        # must not invalidate the form that is open in the first.
+        token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not 20 <= len(token) <= 64:
+            token = secrets.token_urlsafe(24)
         resp = page(request, "login.html", None, csrf=token, message=request.query_params.get("m", "")[:100])
         resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
         return resp
@@ -276,9 +280,13 @@ def build_app(console: Console) -> Starlette:
     async def root(request: Request) -> Response:
         return RedirectResponse("/alerts", status_code=303)
 
+    async def no_favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     sup = Role.SUPERVISOR
     routes = [
         Route("/", root),
+        Route("/favicon.ico", no_favicon),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
         Route("/logout", guarded(logout), methods=["POST"]),
