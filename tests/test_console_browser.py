@@ -74,6 +74,16 @@ def login(page: Any, url: str, who: tuple[str, str]) -> None:
     assert page.url == url + "/alerts", f"login as {who[0]} failed: {page.url} {page.inner_text('main')[:300]}"
 
 
+def wait_rows(page: Any, n: int, timeout: float) -> float:
+    """Wait until the queue shows n rows; returns when. (Polled from here: the page's CSP forbids
+    the eval that Playwright's wait_for_function would inject.)"""
+    deadline = time.monotonic() + timeout
+    while page.locator("#queue tbody tr").count() < n:
+        assert time.monotonic() < deadline, f"queue shows {page.locator('#queue tbody tr').count()} rows, expected {n}"
+        time.sleep(0.05)
+    return time.monotonic()
+
+
 def decode(body: bytes) -> np.ndarray[Any, Any]:
     img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
     assert img is not None, "the page's image URL did not return a decodable image"
@@ -155,7 +165,7 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     page.evaluate("window.__notReloaded = true")
     run = lfr("run", "--config", str(world["device"].config), timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    page.wait_for_function("document.querySelectorAll('#queue tbody tr').length >= 2", timeout=30_000)
+    wait_rows(page, 2, 30)
     assert page.evaluate("window.__notReloaded === true")
     subjects = sorted(page.locator("#queue tbody td.subject").all_inner_texts())
     assert subjects == sorted(ENROLLED)
@@ -163,8 +173,7 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     r = lfr("alerts", "test", "--config", str(world["device"].config), "--count", "1", "--wait", "30")
     assert r.returncode == 0, r.stderr
     t0 = time.monotonic()
-    page.wait_for_function("document.querySelectorAll('#queue tbody tr').length >= 3", timeout=5_000)
-    assert time.monotonic() - t0 < 2.0
+    assert wait_rows(page, 3, 5) - t0 < 2.0
     assert page.evaluate("window.__notReloaded === true")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-queue.png"), full_page=True)
