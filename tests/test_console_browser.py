@@ -95,7 +95,9 @@ def world(tmp_path: Path, tls_broker: Any, faces_dir: Path) -> Iterator[dict[str
     from tests.videogen import default_cast, enrolment_images, generate
 
     bo_keys = make_backoffice_keys(tmp_path)
-    dev = make_device(tmp_path, tls_broker, "dev-a", DEVICE_USERS["dev-a"], seal_to=bo_keys / "backoffice_x25519.pub.pem")
+    dev = make_device(
+        tmp_path, tls_broker, "dev-a", DEVICE_USERS["dev-a"], seal_to=bo_keys / "backoffice_x25519.pub.pem"
+    )
     cast = [p for p in default_cast(N_FRAMES) if p.identity in ENROLLED]
     clip = tmp_path / "clip"
     generate(faces_dir, clip, 1280, 720, n_frames=N_FRAMES, fps=15.0, cast=cast, write_dir=False)
@@ -127,7 +129,9 @@ def world(tmp_path: Path, tls_broker: Any, faces_dir: Path) -> Iterator[dict[str
 
 
 def lfr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[str, Any], browser: Any) -> None:

@@ -72,7 +72,8 @@ def send(h: dict[str, Any], device: str, subject: str, i: int) -> None:
 
 
 def test_injection_in_subject_device_note_and_records_renders_inert(
-    hostile: dict[str, Any], browser: Any  # noqa: F811
+    hostile: dict[str, Any],
+    browser: Any,  # noqa: F811
 ) -> None:
     console: RunningConsole = hostile["console"]
     url = console.url
@@ -129,7 +130,9 @@ def test_injection_in_subject_device_note_and_records_renders_inert(
 
     # Devices: retained status makes one online; silence past offline_after_s turns it red.
     status = {"state": "online", "device_id": EVIL_DEVICE, "alerts": {"raised": 1, "pending": 0}}
-    assert hostile["link"].publish(f"lfr/{EVIL_DEVICE}/status", json.dumps(status).encode(), qos=1, retain=True).wait(10)
+    assert (
+        hostile["link"].publish(f"lfr/{EVIL_DEVICE}/status", json.dumps(status).encode(), qos=1, retain=True).wait(10)
+    )
     record = {"seq": 3, "time": "2026-01-01T00:00:00Z", "kind": "deployment_record", "prev_hash": "0" * 64,
               "hash": "cd" * 32, "fields": {"device_id": EVIL_DEVICE, "location": "<img src=x onerror=alert(3)>"}}  # fmt: skip
     assert hostile["link"].publish(f"lfr/{EVIL_DEVICE}/audit", canonical(record), qos=1).wait(10)

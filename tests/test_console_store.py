@@ -90,7 +90,9 @@ def verified(root: Path, i: int, crop: bytes | None = None, subject: str | None 
     return verify_alert(a.payload, {"dev-a": dev.ed25519_public}, bo.x25519)
 
 
-def test_migrations_create_the_schema_and_alerts_are_stored_once_with_their_crop(parts: tuple[Parts, Clock, Path]) -> None:
+def test_migrations_create_the_schema_and_alerts_are_stored_once_with_their_crop(
+    parts: tuple[Parts, Clock, Path],
+) -> None:
     p, _, root = parts
     engine = p.store.sessions.kw["bind"]
     assert {"alerts", "devices", "deployments", "users", "sessions", "watchlists", "reference_images",

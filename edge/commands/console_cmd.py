@@ -13,7 +13,9 @@ import sys
 from edge.errors import EXIT_OK, InputError
 
 
-def _backoffice_actions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+def _backoffice_actions(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """The `backoffice` command's action list: keys_cmd's when it registered one, else a new one."""
     parser = sub.choices.get("backoffice")
     if parser is None:

@@ -141,7 +141,9 @@ class Accounts:
         now = self.clock()
         with self.sessions() as s:
             s.execute(delete(SessionRow).where(SessionRow.expires_at < now))
-            s.add(SessionRow(token_hash=_token_hash(token), user_id=user.id, csrf=csrf, expires_at=now + self.session_s))
+            s.add(
+                SessionRow(token_hash=_token_hash(token), user_id=user.id, csrf=csrf, expires_at=now + self.session_s)
+            )
             s.commit()
         return token, LoginSession(user, csrf, _token_hash(token))
 

@@ -89,7 +89,9 @@ def load_console_config(path: str | Path) -> ConsoleConfig:
                 lines.append(f"{p}: {loc}: {err['msg']} (got {str(err.get('input'))[:80]!r})")
         raise ConfigError(lines) from None
     base = p.resolve().parent
-    tls = cfg.tls.model_copy(update={k: _resolve(getattr(cfg.tls, k), base) for k in ("ca_file", "cert_file", "key_file")})
+    tls = cfg.tls.model_copy(
+        update={k: _resolve(getattr(cfg.tls, k), base) for k in ("ca_file", "cert_file", "key_file")}
+    )
     console = cfg.console.model_copy(
         update={
             "data_dir": _resolve(cfg.console.data_dir, base),
@@ -101,7 +103,9 @@ def load_console_config(path: str | Path) -> ConsoleConfig:
         update={
             "tls": tls,
             "console": console,
-            "devices": {d: DeviceEntry(public_key=_resolve(e.public_key, base) or e.public_key) for d, e in cfg.devices.items()},
+            "devices": {
+                d: DeviceEntry(public_key=_resolve(e.public_key, base) or e.public_key) for d, e in cfg.devices.items()
+            },
             "password_file": _resolve(cfg.password_file, base),
             "unseal_key": _resolve(cfg.unseal_key, base),
             "state_dir": _resolve(cfg.state_dir, base),

@@ -37,7 +37,8 @@ def sweep(store: ConsoleStore, policy: RetentionSettings) -> SweepResult:
             select(AlertRow).where(
                 or_(
                     (AlertRow.decision == Decision.NOT_A_MATCH) & (AlertRow.decided_at < false_before),
-                    AlertRow.decision.in_((Decision.CONFIRMED, Decision.UNSURE)) & (AlertRow.decided_at < confirmed_before),
+                    AlertRow.decision.in_((Decision.CONFIRMED, Decision.UNSURE))
+                    & (AlertRow.decided_at < confirmed_before),
                 )
             )
         ).all()

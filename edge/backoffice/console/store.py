@@ -212,7 +212,9 @@ class ConsoleStore:
             s.commit()
 
     def add_deployment(self, device_id: str, record: dict[str, Any]) -> bool:
-        digest = str(record.get("hash", ""))[:64] or hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+        digest = (
+            str(record.get("hash", ""))[:64] or hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+        )
         with self.sessions() as s:
             if s.scalar(select(DeploymentRow.id).where(DeploymentRow.record_hash == digest)) is not None:
                 return False
@@ -279,7 +281,9 @@ class ConsoleStore:
 
     def device_ids(self) -> list[str]:
         with self.sessions() as s:
-            return sorted(set(s.scalars(select(AlertRow.device_id).distinct())) | set(s.scalars(select(DeviceRow.device_id))))
+            return sorted(
+                set(s.scalars(select(AlertRow.device_id).distinct())) | set(s.scalars(select(DeviceRow.device_id)))
+            )
 
     def devices(self) -> Sequence[DeviceRow]:
         with self.sessions() as s:

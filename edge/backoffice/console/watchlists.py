@@ -75,7 +75,9 @@ class WatchlistPages:
         if self._analyse is None:
             from edge.watchlist.enrol import face_analyser
 
-            self._analyse = face_analyser(argparse.Namespace(config=None, models_dir=None, embedder=None, detector=None))
+            self._analyse = face_analyser(
+                argparse.Namespace(config=None, models_dir=None, embedder=None, detector=None)
+            )
         return self._analyse  # type: ignore[no-any-return]
 
     def enrol(self, folder: Path, version: int, valid_s: float, devices: Sequence[str], by: str) -> EnrolReport:

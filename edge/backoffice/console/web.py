@@ -165,7 +165,9 @@ def build_app(console: Console) -> Starlette:
             try:
                 decision = Decision(raw["state"])
             except ValueError:
-                raise InputError(f"state: {raw['state']!r} is not one of {', '.join(d.value for d in Decision)}") from None
+                raise InputError(
+                    f"state: {raw['state']!r} is not one of {', '.join(d.value for d in Decision)}"
+                ) from None
         until = parse_day(raw["to"], "to")
         f = AlertFilter(
             device_id=raw["device"] or None, decision=decision, since=parse_day(raw["from"], "from"),
