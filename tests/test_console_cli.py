@@ -1,0 +1,61 @@
+"""`lfr-edge backoffice serve|user`: beside `backoffice init`, bad input in one line with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.alertkit import ROOT, make_backoffice_keys
+
+pytest.importorskip("sqlalchemy", reason="the console needs the backoffice extra (pip install -e '.[backoffice]')")
+
+
+def lfr(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_example_config_loads_and_binds_loopback_by_default() -> None:
+    from edge.backoffice.console.config import ConsoleSettings, load_console_config
+
+    cfg = load_console_config(ROOT / "config" / "console.example.yaml")
+    assert cfg.console.host == "127.0.0.1" and ConsoleSettings().host == "127.0.0.1"
+    assert cfg.retention.false_alert_days == 1 and cfg.retention.confirmed_days == 31
+    assert cfg.database_url.startswith("sqlite:///") and cfg.data_dir.is_absolute()
+
+
+def test_console_commands_sit_beside_backoffice_init_and_refuse_bad_input(tmp_path: Path) -> None:
+    r = lfr("backoffice", "--help")
+    assert r.returncode == 0 and all(w in r.stdout for w in ("init", "show", "serve", "user"))
+    keys = tmp_path / "keys"
+    assert lfr("backoffice", "init", "--dir", str(keys)).returncode == 0
+    make_backoffice_keys(tmp_path)
+    cfg = {"brokers": ["mqtt://127.0.0.1:1"], "unseal_key": str(keys), "console": {"data_dir": str(tmp_path / "d")}}
+    good = tmp_path / "console.yaml"
+    good.write_text(yaml.safe_dump(cfg))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "console": {"colour": "red"}}))
+
+    r = lfr("backoffice", "serve", "--config", str(bad))
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == f"error: {bad}: console.colour: unknown key (see config/backoffice.example.yaml)"
+    )
+    r = lfr("backoffice", "user", "add", "--config", str(good), "--username", "chief", "--role", "supervisor",
+            "--password-stdin", stdin="short\n")  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip() == "error: password: at least 12 characters (got 5)"
+    r = lfr("backoffice", "user", "add", "--config", str(good), "--username", "Chief <b>", "--role", "officer",
+            "--password-stdin", stdin="long enough password\n")  # fmt: skip
+    assert r.returncode == 2 and "user name" in r.stderr
+    add = ("backoffice", "user", "add", "--config", str(good), "--username", "chief", "--role", "supervisor",
+           "--password-stdin")  # fmt: skip
+    assert lfr(*add, stdin="long enough password\n").returncode == 0
+    r = lfr(*add, stdin="long enough password\n")
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = lfr("backoffice", "user", "list", "--config", str(good))
+    assert r.returncode == 0 and r.stdout.split() == ["chief", "supervisor", "active"]
