@@ -190,3 +190,28 @@ def test_accounts_hash_with_argon2_refuse_weak_passwords_and_sessions_expire(par
     assert p.accounts.session(token) == login and p.accounts.session(token + "x") is None
     clock.now += 13 * 3600  # past session_hours (12)
     assert p.accounts.session(token) is None
+
+
+def test_reference_images_go_after_their_watchlist_expired_and_no_alert_needs_them(
+    parts: tuple[Parts, Clock, Path],
+) -> None:
+    from edge.backoffice.console.models import ReferenceImageRow, WatchlistRow
+
+    p, clock, root = parts
+    ref = p.store.refs_dir / "ref.jpg"
+    ref.write_bytes(face_jpeg())
+    with p.store.sessions() as s:
+        s.add(WatchlistRow(version=7, created_at=clock.now, created_by="sup", expires_at=clock.now + DAY, subjects=1,
+                           templates=1, bundle_file="w.lfrw", report_json="[]", published_to=""))  # fmt: skip
+        s.add(ReferenceImageRow(watchlist_version=7, subject_id="S-0001", file="ref.jpg"))
+        s.commit()
+    alert = p.store.store_alert(verified(root, 1), "kid").row_id or 0  # raised under watchlist v7
+    assert [r.file for r in p.store.references("S-0001")] == ["ref.jpg"]
+    policy = p.console.cfg.retention
+    clock.now += 40 * DAY  # the list expired 39 days ago, but an unreviewed alert still needs the image
+    assert sweep(p.store, policy).references_removed == 0 and ref.exists()
+    p.store.decide(alert, Decision.NOT_A_MATCH, "ann", "")
+    clock.now += 2 * DAY
+    result = sweep(p.store, policy)
+    assert (result.deleted, result.references_removed) == (1, 1)
+    assert not ref.exists() and p.store.references("S-0001") == []

@@ -20,6 +20,7 @@ AUDIT_DIR = "audit"
 
 ALERT_REVIEWED = "alert_reviewed"
 ALERT_DELETED = "alert_deleted"
+REFERENCES_DELETED = "reference_images_deleted"
 USER_ADDED = "user_added"
 USER_DISABLED = "user_disabled"
 WATCHLIST_ENROLLED = "watchlist_enrolled"

@@ -2,7 +2,9 @@
 
 "Not a match" goes after `retention.false_alert_days` from the decision, "confirmed match" and
 "unsure" after `retention.confirmed_days`. Unreviewed alerts are kept until someone decides:
-deleting an alert nobody has looked at would defeat the review.
+deleting an alert nobody has looked at would defeat the review. The custody images kept for review
+of a watchlist go `retention.confirmed_days` after that list expired, once no stored alert raised
+under it remains.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy import or_, select
 
 from edge.backoffice.console import audit as ca
 from edge.backoffice.console.config import RetentionSettings
-from edge.backoffice.console.models import AlertRow, Decision
+from edge.backoffice.console.models import AlertRow, Decision, ReferenceImageRow, WatchlistRow
 from edge.backoffice.console.store import ConsoleStore
 
 log = logging.getLogger("lfr_edge.console")
@@ -25,6 +27,7 @@ DAY = 86400.0
 class SweepResult:
     deleted: int
     crops_removed: int
+    references_removed: int = 0
 
 
 def sweep(store: ConsoleStore, policy: RetentionSettings) -> SweepResult:
@@ -62,6 +65,29 @@ def sweep(store: ConsoleStore, policy: RetentionSettings) -> SweepResult:
             s.delete(row)
             s.commit()
             deleted += 1
-    if deleted:
-        log.info("retention: deleted %d reviewed alert(s), %d crop file(s)", deleted, crops)
-    return SweepResult(deleted, crops)
+    refs = _sweep_references(store, now - policy.confirmed_days * DAY)
+    if deleted or refs:
+        log.info(
+            "retention: deleted %d reviewed alert(s), %d crop file(s), %d reference image(s)", deleted, crops, refs
+        )
+    return SweepResult(deleted, crops, refs)
+
+
+def _sweep_references(store: ConsoleStore, expired_before: float) -> int:
+    removed = 0
+    with store.sessions() as s:
+        lists = s.scalars(select(WatchlistRow).where(WatchlistRow.expires_at < expired_before)).all()
+        for wl in lists:
+            in_use = s.scalar(select(AlertRow.id).where(AlertRow.watchlist_version == wl.version).limit(1))
+            refs = s.scalars(select(ReferenceImageRow).where(ReferenceImageRow.watchlist_version == wl.version)).all()
+            if in_use is not None or not refs:
+                continue
+            store.audit.record(
+                ca.REFERENCES_DELETED, {"watchlist_version": wl.version, "images": len(refs), "reason": "retention"}
+            )
+            for ref in refs:
+                (store.refs_dir / ref.file).unlink(missing_ok=True)
+                s.delete(ref)
+                removed += 1
+            s.commit()
+    return removed
