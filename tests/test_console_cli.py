@@ -59,3 +59,25 @@ def test_console_commands_sit_beside_backoffice_init_and_refuse_bad_input(tmp_pa
     assert r.returncode == 2 and "already exists" in r.stderr
     r = lfr("backoffice", "user", "list", "--config", str(good))
     assert r.returncode == 0 and r.stdout.split() == ["chief", "supervisor", "active"]
+
+
+def test_bench_console_reports_ingest_rate_and_page_load_percentiles() -> None:
+    import json
+
+    from edge.alerts.testbroker import mosquitto_available
+
+    if not mosquitto_available():
+        pytest.skip("Debian mosquitto not installed")
+    r = lfr("bench", "console", "--alerts", "20", "--db-alerts", "300", "--requests", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ingest"]["stored"] == 20 and out["ingest"]["alerts_per_s"] > 0
+    assert out["pages"]["db_alerts"] == 300
+    assert set(out["pages"]["ms"]) == {
+        "queue page 1",
+        "queue deep page",
+        "queue filtered",
+        "review page",
+        "live poll (api)",
+    }
+    assert all(0 < v["p50"] <= v["p95"] <= v["max"] for v in out["pages"]["ms"].values())

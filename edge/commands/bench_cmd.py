@@ -14,6 +14,7 @@ BENCH_MODULES = (
     "edge.bench.models",
     "edge.bench.match",
     "edge.bench.alerts",
+    "edge.backoffice.console.bench",
 )
 
 
