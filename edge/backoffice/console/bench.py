@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
 import os
 import platform
-import re
 import socket
 import sys
 import tempfile
@@ -160,29 +158,11 @@ def _seed(parts: Any, n: int) -> list[int]:
         return list(s.scalars(select(AlertRow.id).order_by(AlertRow.id)).all())
 
 
-class _Client:
-    def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, body: str | None = None) -> tuple[int, bytes]:
-        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
-        if body is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        self.conn.request(method, path, body=body, headers=headers)
-        resp = self.conn.getresponse()
-        data = resp.read()
-        for header, value in resp.getheaders():
-            if header.lower() == "set-cookie":
-                name, _, rest = value.partition("=")
-                self.cookies[name] = rest.split(";", 1)[0].strip('"')
-        return resp.status, data
-
-
 def _pages(root: Path, n: int, requests: int, url: str | None) -> dict[str, Any]:
     import uvicorn
 
     from edge.backoffice.console.config import load_console_config
+    from edge.backoffice.console.httpclient import ConsoleClient
     from edge.backoffice.console.models import Role
     from edge.backoffice.console.server import open_parts
     from edge.backoffice.console.web import build_app
@@ -204,14 +184,11 @@ def _pages(root: Path, n: int, requests: int, url: str | None) -> dict[str, Any]
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
-        client = _Client(cfg.console.port)
-        _, html = client.request("GET", "/login")
-        m = re.search(rb'name="csrf" value="([^"]+)"', html)
-        if m is None:
-            raise RuntimeFailure("bench console: no CSRF token on the login page")
-        status, _ = client.request("POST", "/login", f"csrf={m.group(1).decode()}&username=bench&password={PASSWORD}")
-        if status != 303 or "lfr_session" not in client.cookies:
-            raise RuntimeFailure(f"bench console: login failed (HTTP {status})")
+        client = ConsoleClient(cfg.console.port)
+        try:
+            client.login("bench", PASSWORD)
+        except RuntimeError as e:
+            raise RuntimeFailure(f"bench console: {e}") from None
         rng = np.random.default_rng(1)
         last_page = -(-n // cfg.console.page_size)
         kinds: dict[str, Callable[[int], str]] = {
@@ -226,7 +203,7 @@ def _pages(root: Path, n: int, requests: int, url: str | None) -> dict[str, Any]
             times = []
             for i in range(requests):
                 t = time.perf_counter()
-                status, _ = client.request("GET", path(i))
+                status, _, _ = client.request("GET", path(i))
                 times.append(time.perf_counter() - t)
                 if status != 200:
                     raise RuntimeFailure(f"bench console: {path(i)} answered HTTP {status}")

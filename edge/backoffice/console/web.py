@@ -279,7 +279,7 @@ def build_app(console: Console) -> Starlette:
         report = wl.enrol_from_form(form, login.user.username)
         return page(request, "watchlists.html", login, **wl.context(report))
 
-    async def root(request: Request) -> Response:
+    def root(request: Request, login: LoginSession, form: FormData | None) -> Response:
         return RedirectResponse("/alerts", status_code=303)
 
     async def no_favicon(request: Request) -> Response:
@@ -287,7 +287,7 @@ def build_app(console: Console) -> Starlette:
 
     sup = Role.SUPERVISOR
     routes = [
-        Route("/", root),
+        Route("/", guarded(root)),
         Route("/favicon.ico", no_favicon),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
