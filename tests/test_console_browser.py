@@ -158,7 +158,8 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     page.check("input[name=device][value=dev-a]")
     page.click("form.enrol button[type=submit]")
     page.wait_for_selector("#enrol-result", timeout=120_000)
-    assert "Watchlist v1: 2 subject(s), 4 image(s) accepted" in page.inner_text("#enrol-result")
+    summary = page.inner_text("#enrol-result")
+    assert "Watchlist v1: 2 subject(s), 4 image(s) accepted" in summary and "published to dev-a." in summary
     assert page.locator("#report tbody tr.ok").count() == 4
     bundle = world["root"] / "console-data" / "watchlists" / "watchlist-1.lfrw"
     r = lfr("watchlist", "install", str(bundle), "--config", str(world["device"].config))
@@ -181,6 +182,13 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     assert page.evaluate("window.__notReloaded === true")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-queue.png"), full_page=True)
+
+    # The van's status (watchlist it ran with, alerts raised) and its deployment record reached the console.
+    page.goto(url + "/devices")
+    cells = page.locator("#devices tbody tr[data-device='dev-a'] td").all_inner_texts()
+    assert cells[0] == "dev-a" and cells[3] == "1", cells
+    page.goto(url + "/deployments")
+    assert "dev-a" in page.inner_text("main") and page.locator("section.deployment").count() >= 1
 
     # Review: the live face beside the custody images, all real decodable JPEGs behind the page's URLs.
     decided = {}

@@ -215,3 +215,13 @@ def test_reference_images_go_after_their_watchlist_expired_and_no_alert_needs_th
     result = sweep(p.store, policy)
     assert (result.deleted, result.references_removed) == (1, 1)
     assert not ref.exists() and p.store.references("S-0001") == []
+
+
+def test_a_last_will_marks_a_device_offline_and_keeps_what_it_last_reported(parts: tuple[Parts, Clock, Path]) -> None:
+    p, clock, _ = parts
+    p.store.update_status("dev-a", {"state": "online", "watchlist_version": 3, "alerts": {"raised": 5, "pending": 1}})
+    clock.now += 60
+    p.store.update_status("dev-a", {"state": "offline"})
+    (dev,) = p.store.devices()
+    assert (dev.state, dev.watchlist_version, dev.alerts_raised, dev.spool_depth) == ("offline", 3, 5, 1)
+    assert dev.last_seen == clock.now

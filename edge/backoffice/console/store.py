@@ -110,6 +110,10 @@ def _num(body: dict[str, Any], key: str) -> float | None:
     return float(v)
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _int(body: dict[str, Any], key: str) -> int | None:
     v = _num(body, key)
     return None if v is None else int(v)
@@ -193,22 +197,30 @@ class ConsoleStore:
         )
 
     def update_status(self, device_id: str, status: dict[str, Any]) -> None:
-        alerts = status.get("alerts") if isinstance(status.get("alerts"), dict) else {}
-        wl = status.get("watchlist") if isinstance(status.get("watchlist"), dict) else {}
+        """Merge a status message: fields it lacks keep their last known value (the Last Will says only "offline")."""
+        alerts = status.get("alerts") if isinstance(status.get("alerts"), dict) else None
+        wl = status.get("watchlist") if isinstance(status.get("watchlist"), dict) else None
         version = status.get("watchlist_version", wl.get("version") if wl else None)
+        expires = wl.get("expires_at") if wl else status.get("watchlist_expires")
         pending = alerts.get("pending") if alerts else None
         raised = alerts.get("raised") if alerts else status.get("alerts")
         with self.sessions() as s:
-            row = s.get(DeviceRow, device_id) or DeviceRow(device_id=device_id)
+            row = s.get(DeviceRow, device_id)
+            if row is None:
+                row = DeviceRow(device_id=device_id, status_json="{}")
+                s.add(row)
             row.state = str(status.get("state", "unknown"))[:16]
             row.last_seen = self.clock()
-            row.watchlist_version = version if isinstance(version, int) and not isinstance(version, bool) else None
-            expires = wl.get("expires_at") if wl else status.get("watchlist_expires")
-            row.watchlist_expires = str(expires)[:40] if expires is not None else None
-            row.spool_depth = pending if isinstance(pending, int) else None
-            row.alerts_raised = raised if isinstance(raised, int) and not isinstance(raised, bool) else None
-            row.status_json = json.dumps(status, default=str)[:20000]
-            s.add(row)
+            if _is_int(version):
+                row.watchlist_version = version
+            if expires is not None:
+                row.watchlist_expires = str(expires)[:40]
+            if _is_int(pending):
+                row.spool_depth = pending
+            if _is_int(raised):
+                row.alerts_raised = raised
+            merged = {**json.loads(row.status_json or "{}"), **status}
+            row.status_json = json.dumps(merged, default=str)[:20000]
             s.commit()
 
     def add_deployment(self, device_id: str, record: dict[str, Any]) -> bool:
