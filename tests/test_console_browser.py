@@ -140,6 +140,8 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     page = browser.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
 
     # A logged-out client gets the login page whatever it asks for.
     page.goto(url + "/alerts")
@@ -189,6 +191,8 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     assert cells[0] == "dev-a" and cells[3] == "1", cells
     page.goto(url + "/deployments")
     assert "dev-a" in page.inner_text("main") and page.locator("section.deployment").count() >= 1
+    page.goto(url + "/watchlists")
+    assert page.locator("#installed tbody tr").first.inner_text().split("\t")[:2] == ["dev-a", "1"]
 
     # Review: the live face beside the custody images, all real decodable JPEGs behind the page's URLs.
     decided = {}
@@ -215,6 +219,7 @@ def test_officers_review_a_real_device_runs_alerts_in_the_browser(world: dict[st
     assert decided["Jimmy_Carter"].startswith("Confirmed match by sup")
     assert decided["Rob_Marshall"].startswith("Not a match by sup")
     assert dialogs == []
+    assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
 
     # The console's audit log verifies under the back-office key and names both decisions.
     pub = load_backoffice_keys(world["bo_keys"]).ed25519_public

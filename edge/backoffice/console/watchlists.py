@@ -57,6 +57,7 @@ class WatchlistPages:
             lists = s.scalars(select(WatchlistRow).order_by(WatchlistRow.version.desc())).all()
         return {
             "lists": lists,
+            "installed": [(d.device_id, d.watchlist_version, d.watchlist_expires) for d in self.store.devices()],
             "report": report,
             "enrol_enabled": bool(self.cfg.console.device_x25519),
             "recipients": sorted(self.cfg.console.device_x25519),

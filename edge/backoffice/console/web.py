@@ -270,7 +270,12 @@ def build_app(console: Console) -> Starlette:
 
     def watchlists(request: Request, login: LoginSession, form: FormData | None) -> Response:
         wl = console.extra_pages.get("watchlists")
-        return page(request, "watchlists.html", login, **(wl.context() if wl else {"lists": [], "report": None}))
+        return page(
+            request,
+            "watchlists.html",
+            login,
+            **(wl.context() if wl else {"lists": [], "installed": [], "report": None}),
+        )
 
     def watchlist_enrol(request: Request, login: LoginSession, form: FormData | None) -> Response:
         wl = console.extra_pages.get("watchlists")
