@@ -116,10 +116,6 @@ class Accounts:
             rows = s.scalars(select(UserRow).order_by(UserRow.username)).all()
             return [(User(r.id, r.username, r.role), r.active, r.created_at) for r in rows]
 
-    def count(self) -> int:
-        with self.sessions() as s:
-            return len(s.scalars(select(UserRow.id)).all())
-
     def authenticate(self, username: str, password: str) -> User | None:
         with self.sessions() as s:
             row = s.scalar(select(UserRow).where(UserRow.username == username))

@@ -25,6 +25,12 @@ from edge.keys import key_id
 log = logging.getLogger("lfr_edge.console")
 
 
+def _device_of(topic: str) -> str:
+    """<topic_root>/<device>/<kind> → device (the listener's private rule, restated for the audit topic)."""
+    parts = topic.split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     topic: str
@@ -85,7 +91,7 @@ class Ingest:
             log.exception("console: status of %s not stored", device_id[:64])
 
     def _audit(self, msg: Message) -> None:
-        device_id = AlertListener._device_of(msg.topic)
+        device_id = _device_of(msg.topic)
         if device_id not in self.key_ids or len(msg.payload) > 1_000_000:
             return
         try:

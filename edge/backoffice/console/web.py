@@ -8,6 +8,7 @@ to the login page whatever it asks for; an officer asking for a supervisor's pag
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -241,8 +242,6 @@ def build_app(console: Console) -> Starlette:
         return page(request, "devices.html", login, rows=rows, never_seen=known, now=now)
 
     def deployments(request: Request, login: LoginSession, form: FormData | None) -> Response:
-        import json
-
         rows = [(d, json.loads(d.record_json)) for d in console.store.deployments()]
         return page(request, "deployments.html", login, rows=rows)
 
