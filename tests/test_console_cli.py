@@ -81,3 +81,32 @@ def test_bench_console_reports_ingest_rate_and_page_load_percentiles() -> None:
         "live poll (api)",
     }
     assert all(0 < v["p50"] <= v["p95"] <= v["max"] for v in out["pages"]["ms"].values())
+
+
+BLOCK_EXTRA = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('sqlalchemy', 'starlette', 'alembic', 'argon2', 'uvicorn', 'jinja2'):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Block())
+from edge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_device_install_without_the_extra_runs_the_cli_and_names_the_missing_extra(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys, edge.cli; edge.cli.build_parser(); "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'starlette', 'argon2')))"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    cfg = tmp_path / "console.yaml"
+    cfg.write_text(yaml.safe_dump({"brokers": ["mqtt://127.0.0.1:1"]}))
+    r = subprocess.run([sys.executable, "-c", BLOCK_EXTRA, "backoffice", "serve", "--config", str(cfg)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "needs the backoffice extra" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([sys.executable, "-c", BLOCK_EXTRA, "keys", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0

@@ -55,18 +55,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.set_defaults(handler=_user_list)
 
 
-def _parts(config: str) -> object:
+def _require_extra() -> None:
     try:
-        from edge.backoffice.console.config import load_console_config
-        from edge.backoffice.console.server import open_parts
+        import edge.backoffice.console.server  # noqa: F401  (pulls in every dependency of the extra)
     except ModuleNotFoundError as e:
         raise InputError(
-            f"the console needs the backoffice extra ({e.name} missing): pip install 'lfr-edge[backoffice]'"
+            f"the console needs the backoffice extra ({e.name} is missing): pip install 'lfr-edge[backoffice]'"
         ) from None
+
+
+def _parts(config: str) -> object:
+    _require_extra()
+    from edge.backoffice.console.config import load_console_config
+    from edge.backoffice.console.server import open_parts
+
     return open_parts(load_console_config(config))
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _require_extra()
+    import uvicorn  # noqa: F401  (part of the extra; fail here, not after the broker connected)
+
     from edge.backoffice.console.config import load_console_config
     from edge.backoffice.console.server import serve
 
