@@ -72,8 +72,11 @@ def _as(user: str | None, cmd: list[str]) -> list[str]:
     return ["runuser", "-u", user, "--", *cmd] if user else cmd
 
 
-def start_postgres() -> Postgres:
-    """A throwaway cluster on a free loopback port; initdb refuses root, so as `nobody` when root."""
+def start_postgres(durable: bool = False) -> Postgres:
+    """A throwaway cluster on a free loopback port; initdb refuses root, so as `nobody` when root.
+
+    Tests run it with fsync off (they check behaviour, not crash safety); `durable` keeps fsync on, for figures.
+    """
     if not PG_BINS:
         pytest.skip("PostgreSQL server not installed (Debian package `postgresql`)")
     bindir = PG_BINS[-1].parent
@@ -90,7 +93,7 @@ def start_postgres() -> Postgres:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1" + ("" if durable else " -c fsync=off")
     r = subprocess.run(
         _as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"]),
         capture_output=True, text=True, timeout=120,
