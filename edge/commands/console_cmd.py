@@ -9,8 +9,12 @@ import argparse
 import getpass
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from edge.errors import EXIT_OK, InputError
+
+if TYPE_CHECKING:
+    from edge.backoffice.console.server import Parts
 
 
 def _backoffice_actions(
@@ -64,7 +68,7 @@ def _require_extra() -> None:
         ) from None
 
 
-def _parts(config: str) -> object:
+def _parts(config: str) -> Parts:
     _require_extra()
     from edge.backoffice.console.config import load_console_config
     from edge.backoffice.console.server import open_parts
@@ -96,7 +100,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _user_add(args: argparse.Namespace) -> int:
     from edge.backoffice.console.models import Role
-    from edge.backoffice.console.server import Parts
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -105,7 +108,6 @@ def _user_add(args: argparse.Namespace) -> int:
         if getpass.getpass("again: ") != password:
             raise InputError("the two passwords differ")
     parts = _parts(args.config)
-    assert isinstance(parts, Parts)
     try:
         user = parts.accounts.add_user(args.username, Role(args.role), password, by="cli")
     finally:
@@ -115,10 +117,7 @@ def _user_add(args: argparse.Namespace) -> int:
 
 
 def _user_list(args: argparse.Namespace) -> int:
-    from edge.backoffice.console.server import Parts
-
     parts = _parts(args.config)
-    assert isinstance(parts, Parts)
     try:
         for u, active, _ in parts.accounts.users():
             print(f"{u.username}\t{u.role.value}\t{'active' if active else 'disabled'}")
