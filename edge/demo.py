@@ -9,7 +9,9 @@ Every step is the real command a back office or a device would run, in order:
 4. a generated video: that face, a cat and a rocket moving across a street-like background;
 5. the device installs the bundle, runs the camera loop on the video, and publishes over MQTT;
 6. the back-office listener verifies, unseals and prints the alert;
-7. the audit log is verified and the deployment record printed.
+7. the audit log is verified and the deployment record printed;
+8. (unless --no-console) the review console, which ingested the same alert, is served on 127.0.0.1 with
+   a demo supervisor whose password is printed, until Ctrl-C.
 
 The probe face comes from the same photograph as the enrolment (it is the only public-domain
 face a registry package ships); it is rescaled, moved and re-encoded, so the match is real but easy.
@@ -17,6 +19,7 @@ face a registry package ships); it is rescaled, moved and re-encoded, so the mat
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import secrets
 import shutil
@@ -103,7 +106,44 @@ def _secret(path: Path, text: str) -> Path:
     return path
 
 
-def run_demo(out: Path | None, frames: int, keep: bool) -> int:
+def _start_console(bo: Path, bo_cfg: dict[str, Any]) -> tuple[subprocess.Popen[str], str]:
+    """The review console beside the listener (its own client id, so both get every alert), and a demo supervisor."""
+    password = secrets.token_urlsafe(12)
+    cfg = dict(bo_cfg, client_id="lfr-demo-console", console={"data_dir": str(bo / "console"), "port": 0,
+                                                              "keys_dir": str(bo / "keys"), "secure_cookies": False})  # fmt: skip
+    path = bo / "console.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "backoffice", "user", "add", "--config", str(path), "--username", "demo",
+         "--role", "supervisor", "--password-stdin"],
+        input=password + "\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise RuntimeFailure(f"demo supervisor not created: {r.stderr.strip()[-300:]}")
+    log = bo / "console.log"
+    with log.open("w") as err:  # a file, not a pipe: nobody reads the console's log while it serves
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "backoffice", "serve", "--config", str(path)],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "serving http" not in line:
+        proc.kill()
+        raise RuntimeFailure(f"the review console did not start: {log.read_text().strip()[-300:]}")
+    return proc, line.split("serving ", 1)[1].split()[0] + "\n" + password
+
+
+def _stop(proc: subprocess.Popen[str] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) -> int:
     from edge.alerts.testbroker import MosquittoBroker, mosquitto_available
 
     if not mosquitto_available():
@@ -119,6 +159,7 @@ def run_demo(out: Path | None, frames: int, keep: bool) -> int:
 
     passwords = {DEVICE_ID: secrets.token_urlsafe(16), "backoffice": secrets.token_urlsafe(16)}
     broker = MosquittoBroker(wd / "broker", tls=True, users=passwords).start()
+    console_proc: subprocess.Popen[str] | None = None
     try:
         say(f"Mosquitto with TLS, passwords and an ACL on {broker.uri}")
         bo, dev = wd / "backoffice", wd / "device"
@@ -181,6 +222,13 @@ def run_demo(out: Path | None, frames: int, keep: bool) -> int:
             raise RuntimeFailure("the back-office listener did not connect to the broker")
         time.sleep(0.5)  # let the subscription land before the first alert
         say("back-office listener subscribed to lfr/+/alerts")
+        console_login = ""
+        if console:
+            console_proc, console_login = _start_console(bo, bo_cfg)
+            if not broker.wait_for_log("lfr-demo-console", timeout=30):
+                raise RuntimeFailure("the review console did not connect to the broker")
+            time.sleep(0.5)
+            say("review console subscribed too (it stores the alert for review)")
 
         t0 = time.monotonic()
         run = _lfr("run", "--config", str(dev_yaml), check=False)
@@ -207,10 +255,16 @@ def run_demo(out: Path | None, frames: int, keep: bool) -> int:
         print(report.stdout.strip())
         print("---")
         print(f"\ndemo files: {wd}" if keep or out else "")
-        return 0 if verify.returncode == 0 else 1
+        if verify.returncode != 0:
+            return 1
+        if console_proc is not None:
+            url, password = console_login.split("\n")
+            say(f"review console: {url}  (user demo, password {password}); the alert is in its queue. Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                console_proc.wait()
+        return 0
     finally:
+        _stop(console_proc)
         broker.stop()
         if not keep and out is None:
             shutil.rmtree(wd, ignore_errors=True)
-
-

@@ -15,6 +15,7 @@ BENCH_MODULES = (
     "edge.bench.match",
     "edge.bench.alerts",
     "edge.bench.recognition",
+    "edge.backoffice.console.bench",
 )
 
 

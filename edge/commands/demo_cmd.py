@@ -11,10 +11,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, help="keep the demo's files here (default: a temporary folder)")
     p.add_argument("--frames", type=int, default=90, help="length of the generated video (default 90)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument(
+        "--no-console", action="store_true", help="end after the audit check instead of serving the review console"
+    )
     p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
-    return run_demo(args.out, args.frames, args.keep)
+    console = not args.no_console
+    if console:
+        try:
+            import sqlalchemy  # noqa: F401  (the console's extra)
+        except ModuleNotFoundError:
+            print("demo: review console skipped (install the backoffice extra to see it)", flush=True)
+            console = False
+    return run_demo(args.out, args.frames, args.keep, console)

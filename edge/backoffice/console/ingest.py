@@ -1,0 +1,105 @@
+"""One subscriber for the fleet: verified alerts, retained status and deployment records into the store.
+
+Verification and unsealing are edge.alerts.listener's (the same code as `alerts listen`): an alert
+whose signature does not verify is rejected there and never reaches the database. Deployment
+records arrive as audit records on <topic_root>/<device>/audit; only `deployment_record` ones are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from edge.alerts.listener import AlertListener
+from edge.alerts.message import VerifiedAlert
+from edge.alerts.mqtt import Message
+from edge.audit.log import DEPLOYMENT_RECORD
+from edge.backoffice.console.config import ConsoleConfig
+from edge.backoffice.console.store import ConsoleStore, Outcome
+from edge.keys import key_id
+
+log = logging.getLogger("lfr_edge.console")
+
+
+def _device_of(topic: str) -> str:
+    """<topic_root>/<device>/<kind> → device (the listener's private rule, restated for the audit topic)."""
+    parts = topic.split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    topic: str
+    reason: str
+
+
+class Ingest:
+    def __init__(self, cfg: ConsoleConfig, store: ConsoleStore) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.listener = AlertListener(cfg, self._alert, self._reject, self._status)
+        self.key_ids = {dev: key_id(k) for dev, k in self.listener.device_keys.items()}
+        self.rejections: deque[Rejection] = deque(maxlen=200)
+        self.stored = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+
+    def start(self) -> Ingest:
+        self.listener.link.subscribe(f"{self.cfg.topic_root}/+/audit", self._audit, qos=1)
+        self.listener.start()
+        return self
+
+    def stop(self) -> None:
+        self.listener.stop()
+
+    def wait_stored(self, n: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.stored >= n, timeout)
+
+    def _alert(self, alert: VerifiedAlert) -> None:
+        try:
+            result = self.store.store_alert(alert, self.key_ids.get(alert.device_id, ""))
+        except Exception:
+            log.exception("console: alert %s could not be stored", alert.alert_id[:64])
+            self._reject(f"{self.cfg.topic_root}/{alert.device_id}/alerts", "not stored (storage error)")
+            return
+        if result.outcome is Outcome.REFUSED:
+            self._reject(f"{self.cfg.topic_root}/{alert.device_id}/alerts", result.reason)
+            return
+        with self._cond:
+            if result.outcome is Outcome.STORED:
+                self.stored += 1
+            self._cond.notify_all()
+
+    def _reject(self, topic: str, reason: str) -> None:
+        with self._cond:
+            self.refused += 1
+            self.rejections.append(Rejection(topic[:200], reason[:300]))
+        log.warning("console: REJECTED %s: %s", topic[:200], reason[:300])
+
+    def _status(self, device_id: str, status: dict[str, Any]) -> None:
+        if device_id not in self.key_ids:
+            return  # status of a device the back office does not know: not shown
+        try:
+            self.store.update_status(device_id, status)
+        except Exception:
+            log.exception("console: status of %s not stored", device_id[:64])
+
+    def _audit(self, msg: Message) -> None:
+        device_id = _device_of(msg.topic)
+        if device_id not in self.key_ids or len(msg.payload) > 1_000_000:
+            return
+        try:
+            rec = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(rec, dict) and rec.get("kind") == DEPLOYMENT_RECORD:
+            try:
+                self.store.add_deployment(device_id, rec)
+            except Exception:
+                log.exception("console: deployment record of %s not stored", device_id[:64])
