@@ -20,7 +20,7 @@ BENCH_MODULES = (
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench", help="benchmarks: pipeline (default), models, match, alerts, recognition")
+    p = sub.add_parser("bench", help="benchmarks: pipeline (default), models, match, alerts, recognition, console")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
     for name in BENCH_MODULES:
         try:
