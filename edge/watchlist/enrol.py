@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.errors import EXIT_OK, InputError
 from edge.imageio import decode_rgb
-from edge.types import Subject
+from edge.types import F32, Subject
 from edge.watchlist.consistency import consistency_min_cosine, inconsistent
 from edge.watchlist.enrol_image import Analyse, ImageStatus, analyzer_adapter
 from edge.watchlist.enrol_report import (
@@ -228,6 +229,46 @@ def _keep_list(root: Path, subjects_dirs: Sequence[tuple[str, list[Path]]], keep
     return frozenset(Path(k).as_posix() for k in keep)
 
 
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A folder of custody images judged and turned into templates: what a bundle is built from."""
+
+    report: EnrolReport
+    subject_ids: list[str]  # enrolled subjects, in folder order
+    templates: F32  # one fused template per enrolled subject (edge/watchlist/templates.py)
+    template_subject: npt.NDArray[np.int32]
+
+
+def enrol_folder(
+    root: Path,
+    subjects_dirs: Sequence[tuple[str, list[Path]]],
+    analyse: Analyse,
+    model: EnrolModel,
+    keep: frozenset[str] = frozenset(),
+    meta_ids: set[str] | None = None,
+    progress: Progress | None = None,
+) -> Enrolment:
+    """The one enrolment engine (`watchlist build` and the console): judge every image, cross-check
+    each subject's photos, fuse the usable ones into the subject's template."""
+    outcomes = enrol(root, subjects_dirs, analyse, progress or Progress(0, enabled=False))
+    by_subject: dict[str, list[ImageOutcome]] = {sid: [] for sid, _ in subjects_dirs}
+    for o in outcomes:
+        by_subject[o.subject_id].append(o)
+    report = EnrolReport(
+        images=outcomes,
+        subjects=[judge_subject(sid, by_subject[sid], model.consistency_min_cosine, keep) for sid, _ in subjects_dirs],
+        consistency_min_cosine=model.consistency_min_cosine,
+        meta_without_folder=sorted(set(meta_ids or ()) - set(by_subject)),
+    )
+    left_out = {s.subject_id for s in report.left_out}
+    enrolled = [sid for sid, _ in subjects_dirs if sid not in left_out]
+    templates, template_subject = fuse_subject_templates(
+        [[o.embedding for o in by_subject[sid] if o.status is ImageStatus.OK and o.embedding is not None]
+         for sid in enrolled]
+    )  # fmt: skip
+    return Enrolment(report, enrolled, templates, template_subject)
+
+
 def _print_report(report: EnrolReport, as_json: bool) -> None:
     if as_json:
         report.dump_json(sys.stdout)
@@ -255,16 +296,8 @@ def run_build(args: argparse.Namespace) -> int:
     analyse, model = face_analyser(args)
 
     total = sum(len(imgs) for _, imgs in subjects_dirs)
-    outcomes = enrol(root, subjects_dirs, analyse, Progress(total, enabled=not args.json))
-    by_subject: dict[str, list[ImageOutcome]] = {sid: [] for sid, _ in subjects_dirs}
-    for o in outcomes:
-        by_subject[o.subject_id].append(o)
-    report = EnrolReport(
-        images=outcomes,
-        subjects=[judge_subject(sid, by_subject[sid], model.consistency_min_cosine, keep) for sid, _ in subjects_dirs],
-        consistency_min_cosine=model.consistency_min_cosine,
-        meta_without_folder=sorted(set(meta) - set(by_subject)),
-    )
+    done = enrol_folder(root, subjects_dirs, analyse, model, keep, set(meta), Progress(total, enabled=not args.json))
+    report = done.report
     for sid in report.meta_without_folder:
         print(f"warning: --meta lists {sid!r}, which has no folder under {root}", file=sys.stderr)
     if model.consistency_min_cosine is None:
@@ -284,13 +317,8 @@ def run_build(args: argparse.Namespace) -> int:
             "no bundle written (report above)"
         )
 
-    enrolled = [sid for sid, _ in subjects_dirs if sid not in set(left_out)]
-    subjects = [meta.get(sid, Subject(subject_id=sid)) for sid in enrolled]
-    # Each subject's usable photos become one fused template (edge/watchlist/templates.py).
-    templates, template_subject = fuse_subject_templates(
-        [[o.embedding for o in by_subject[sid] if o.status is ImageStatus.OK and o.embedding is not None]
-         for sid in enrolled]
-    )  # fmt: skip
+    subjects = [meta.get(sid, Subject(subject_id=sid)) for sid in done.subject_ids]
+    templates, template_subject = done.templates, done.template_subject
     bundle = build_bundle(
         subjects=subjects,
         templates=templates,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from starlette.datastructures import FormData
@@ -31,6 +30,7 @@ from edge.errors import InputError
 from edge.imageio import decode_rgb
 from edge.keys import load_x25519_public
 from edge.types import Subject
+from edge.watchlist.enrol import EnrolModel
 
 BUNDLES_DIR = "watchlists"
 Publish = Callable[[str, bytes], bool]  # (device_id, bundle) -> acknowledged by the broker
@@ -72,7 +72,7 @@ class WatchlistPages:
         devices = [str(d) for d in form.getlist("device")]
         return self.enrol(Path(str(form.get("folder", ""))), version, hours * 3600.0, devices, by)
 
-    def _analyser(self) -> tuple[Any, str]:
+    def _analyser(self) -> tuple[Any, EnrolModel]:
         if self._analyse is None:
             from edge.watchlist.enrol import face_analyser
 
@@ -83,7 +83,7 @@ class WatchlistPages:
 
     def enrol(self, folder: Path, version: int, valid_s: float, devices: Sequence[str], by: str) -> EnrolReport:
         from edge.watchlist.bundle import build_bundle
-        from edge.watchlist.enrol import OK, Progress, enrol, scan_faces
+        from edge.watchlist.enrol import enrol_folder, scan_faces
 
         if version < 1:
             raise InputError(f"version: must be a positive integer, got {version}")
@@ -100,30 +100,28 @@ class WatchlistPages:
                 raise InputError(f"version: watchlist v{version} already exists; use a higher version")
         subjects_dirs = scan_faces(folder)
         with self._lock:
-            analyse, embedder_sha = self._analyser()
-            outcomes = enrol(folder, subjects_dirs, analyse, Progress(0, enabled=False))
-        images = [o.report() for o in outcomes]
-        accepted = [o for o in outcomes if o.status == OK and o.embedding is not None]
-        empty = sorted({sid for sid, _ in subjects_dirs} - {o.subject_id for o in accepted})
-        if empty:
-            return EnrolReport(
-                f"Nothing built: no usable image for {', '.join(empty)}. Fix or remove their folders.", images, None
-            )
-        subject_ids = [sid for sid, _ in subjects_dirs]
-        index = {sid: i for i, sid in enumerate(subject_ids)}
-        templates = np.stack([o.embedding for o in accepted if o.embedding is not None]).astype(np.float32)
-        owner = np.array([index[o.subject_id] for o in accepted], dtype=np.int32)
+            analyse, model = self._analyser()
+            done = enrol_folder(folder, subjects_dirs, analyse, model)
+        outcomes = done.report.images
+        images = [{k: str(v) for k, v in o.to_json().items() if k in ("subject_id", "image", "status", "detail")}
+                  for o in outcomes]  # fmt: skip
+        enrolled = set(done.subject_ids)
+        accepted = [o for o in outcomes if o.in_bundle and o.subject_id in enrolled]
+        if not done.subject_ids:
+            return EnrolReport("Nothing built: no subject has a usable image. Fix the folders (report below).", images, None)
+        left_out = [s.subject_id for s in done.report.left_out]
+        subject_ids = done.subject_ids
         recipients = [load_x25519_public(self.cfg.console.device_x25519[d]) for d in devices]
         now = time.time()
         bundle = build_bundle(
             subjects=[Subject(subject_id=sid) for sid in subject_ids],
-            templates=templates,
-            template_subject=owner,
+            templates=done.templates,
+            template_subject=done.template_subject,
             signer=self.signer,
             recipients=recipients,
             version=version,
             expires_at=now + valid_s,
-            embedder_sha256=embedder_sha,
+            embedder_sha256=model.sha256,
             metadata={"built_by": "lfr-edge console"},
         )
         bundles = self.store.data_dir / BUNDLES_DIR
@@ -135,7 +133,7 @@ class WatchlistPages:
             s.add(
                 WatchlistRow(
                     version=version, created_at=now, created_by=by, expires_at=now + valid_s,
-                    subjects=len(subject_ids), templates=len(accepted), bundle_file=bundle_file,
+                    subjects=len(subject_ids), templates=len(done.template_subject), bundle_file=bundle_file,
                     report_json=json.dumps(images), published_to="",
                 )
             )  # fmt: skip
@@ -143,13 +141,15 @@ class WatchlistPages:
             s.commit()
         self.audit.record(
             ca.WATCHLIST_ENROLLED,
-            {"version": version, "subjects": len(subject_ids), "templates": len(accepted), "by": by,
+            {"version": version, "subjects": len(subject_ids), "templates": len(done.template_subject), "by": by,
              "refused_images": len(outcomes) - len(accepted)},
         )  # fmt: skip
         published = self._publish(version, bundle, devices, by)
         summary = (
             f"Watchlist v{version}: {len(subject_ids)} subject(s), {len(accepted)} image(s) accepted, "
-            f"{len(outcomes) - len(accepted)} refused; signed and encrypted to {', '.join(devices)}; "
+            f"{len(outcomes) - len(accepted)} refused"
+            + (f", left out for want of a usable image: {', '.join(left_out)}" if left_out else "")
+            + f"; signed and encrypted to {', '.join(devices)}; "
             + (f"published to {', '.join(published)}." if published else "not published (no broker link): "
                f"install {bundles / bundle_file} on the device.")
         )  # fmt: skip
