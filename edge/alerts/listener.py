@@ -19,17 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge import topics
 from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
 from edge.alerts.mqtt import LinkSettings, Message, MqttLink
-from edge.config import BrokerList, TLSConfig
+from edge.config import BrokerList, TLSConfig, bounded
 from edge.errors import ConfigError, InputError
 from edge.keys import check_private_file, load_backoffice_keys, load_ed25519_public
+from edge.yamlsafe import clip, load_yaml_file, short_repr
 
 log = logging.getLogger("lfr_edge.listener")
 
@@ -58,35 +59,91 @@ class BackofficeConfig(_Section):
     unseal_key: Path | None = None  # back-office X25519 private key (PEM, 0600), or a keys directory
     # Where accepted alert ids are remembered, so duplicates stay dropped across listener restarts.
     state_dir: Path | None = None
+    # Alerts whose signed time is older than this are refused as stale, with or without state_dir:
+    # a word-for-word replay of an old genuine alert must not be shown as new.
+    stale_after_s: Annotated[float, Field(gt=0, le=365 * 24 * 3600)] = 24 * 3600.0
     devices: dict[str, DeviceEntry] = Field(default_factory=dict)
+
+    @field_validator("topic_root")
+    @classmethod
+    def _plain_topic(cls, v: str) -> str:
+        problem = topics.root_problem(v)
+        if problem:
+            raise ValueError(f"{short_repr(v)} {problem}")
+        return v
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else base / p
 
 
-def load_backoffice_config(path: str | Path) -> BackofficeConfig:
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError([f"{p}: back-office config not found"]) from None
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError([f"{p}: cannot read back-office config ({e})"]) from None
+BACKOFFICE_KEYS = frozenset(BackofficeConfig.model_fields)
+
+
+def _explain(err: Any) -> str:
+    loc = clip(".".join(str(x) for x in err["loc"]), 120)
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (see config/backoffice.example.yaml)"
+    if err["type"] == "value_error":
+        return f"{loc}: {err.get('ctx', {}).get('error', err['msg'])}"
+    return f"{loc}: {err['msg']} (got {short_repr(err.get('input'))})"
+
+
+def _file_problems(data: dict[str, Any], base: Path) -> list[str]:
+    """Referenced files, checked on the raw document so they are reported with the schema errors."""
+
+    def path_of(value: Any) -> Path | None:
+        if not isinstance(value, str):
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+    problems = []
+    tls = data.get("tls") if isinstance(data.get("tls"), dict) else {}
+    assert isinstance(tls, dict)
+    for key, value in (
+        ("password_file", data.get("password_file")),
+        ("tls.ca_file", tls.get("ca_file")),
+        ("tls.cert_file", tls.get("cert_file")),
+        ("tls.key_file", tls.get("key_file")),
+    ):
+        p = path_of(value)
+        if p is not None and not p.is_file():
+            problems.append(f"{key}: {short_repr(value)} does not exist or is not a file")
+    unseal = path_of(data.get("unseal_key"))
+    if unseal is not None and not unseal.exists():
+        problems.append(f"unseal_key: {short_repr(data.get('unseal_key'))} does not exist")
+    state = path_of(data.get("state_dir"))
+    if state is not None and state.exists() and not state.is_dir():
+        problems.append(f"state_dir: {short_repr(data.get('state_dir'))} is a file, expected a directory")
+    devices = data.get("devices")
+    for dev, entry in (devices.items() if isinstance(devices, dict) else []):
+        pk = path_of(entry.get("public_key") if isinstance(entry, dict) else None)
+        if pk is None:
+            continue
+        where = f"devices.{clip(str(dev), 64)}.public_key"
+        try:
+            load_ed25519_public(pk)
+        except InputError as e:
+            problems.append(f"{where}: {clip(str(e), 200)}")
+    return problems
+
+
+def parse_backoffice_config(data: Any, base: Path, source: str = "<back-office config>") -> BackofficeConfig:
+    """Validate a loaded back-office document; ConfigError lists every problem, one line each."""
+    if data is None:
+        raise ConfigError([f"{source}: the file is empty; at least brokers and devices are required"])
     if not isinstance(data, dict):
-        raise ConfigError([f"{p}: the top level must be a mapping"])
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    problems: list[str] = []
+    cfg: BackofficeConfig | None = None
     try:
         cfg = BackofficeConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            if err["type"] == "extra_forbidden":
-                lines.append(f"{loc}: unknown key (see config/backoffice.example.yaml)")
-            else:
-                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(lines) from None
-    base = p.resolve().parent
+        problems += [_explain(err) for err in e.errors()]
+    problems += _file_problems(data, base)
+    if problems or cfg is None:
+        raise ConfigError(bounded(problems))
     tls = cfg.tls.model_copy(
         update={k: _resolve(getattr(cfg.tls, k), base) or getattr(cfg.tls, k) for k in ("ca_file", "cert_file", "key_file")}
     )
@@ -100,6 +157,12 @@ def load_backoffice_config(path: str | Path) -> BackofficeConfig:
             "state_dir": _resolve(cfg.state_dir, base) or cfg.state_dir,
         }
     )
+
+
+def load_backoffice_config(path: str | Path) -> BackofficeConfig:
+    """Read a back-office file through the same bounded loader as the device's (edge.yamlsafe)."""
+    p = Path(path)
+    return parse_backoffice_config(load_yaml_file(p, "back-office config"), p.resolve().parent, str(p))
 
 
 def link_settings(cfg: BackofficeConfig) -> LinkSettings:
