@@ -380,7 +380,7 @@ def _pem_problem(path: Path, kind: str) -> str | None:
         return f"is not {what} ({clip(str(e), 80)})"
     want = X25519PublicKey if kind == "x25519-public" else Ed25519PublicKey
     if not isinstance(key, want):
-        return f"holds a {type(key).__name__}, expected an {'X25519' if want is X25519PublicKey else 'Ed25519'} public key"
+        return f"holds an {type(key).__name__}, expected an {'X25519' if want is X25519PublicKey else 'Ed25519'} public key"
     return None
 
 

@@ -1,0 +1,250 @@
+"""Fault injection: hostile and mistaken inputs are refused in one short line with exit 2, in bounded
+memory, by real processes (and a real Mosquitto where a broker is involved). Issue 11, items 4-6, 8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge.keys import generate_backoffice_keys, generate_device_keys
+from tests.faultkit import run_measured, sparse_file
+
+MAX_ERROR_BYTES = 400  # "a few hundred bytes at most"
+
+BILLION_LAUGHS = (
+    "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "device: {id: van-01}\n"
+)
+
+
+def _one_line_refusal(r: object, *must: str) -> str:
+    from tests.faultkit import Run
+
+    assert isinstance(r, Run)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr[:2000]
+    assert len(r.stderr.encode()) <= MAX_ERROR_BYTES, f"{len(r.stderr)} bytes: {r.stderr[:500]}"
+    for text in must:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+HOSTILE_CONFIGS: dict[str, tuple[bytes, str]] = {
+    "non-utf8": (b"device:\n  id: van-01\n  location: caf\xe9\n", "not UTF-8"),
+    "deep-flow-nesting": (b"device: {id: van-01}\nx: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "nesting deeper"),
+    "deep-block-nesting": (
+        b"device: {id: van-01}\n" + b"".join(b" " * i + b"k:\n" for i in range(200)) + b" " * 200 + b"v: 1\n",
+        "nesting deeper",
+    ),
+    "billion-laughs": (BILLION_LAUGHS.encode(), "aliases expand"),
+    "duplicate-key": (b"device:\n  id: van-01\n  id: van-02\n", "duplicate key device.id"),
+    "empty": (b"", "device.id"),
+    "comments-only": (b"# nothing here\n", "device.id"),
+    "format-field-in-prefix": (b"device: {id: van-01, keys_dir: keys}\nmqtt: {topic_prefix: 'lfr/{site}'}\n", "mqtt.topic_prefix"),
+    "open-brace-in-prefix": (b"device: {id: van-01, keys_dir: keys}\nmqtt: {topic_prefix: 'lfr/{'}\n", "mqtt.topic_prefix"),
+    "wildcard-in-prefix": (b"device: {id: van-01, keys_dir: keys}\nmqtt: {topic_prefix: 'lfr/{device_id}/#'}\n", "wildcard"),
+    "plus-in-prefix": (b"device: {id: van-01, keys_dir: keys}\nmqtt: {topic_prefix: 'lfr/+/{device_id}'}\n", "wildcard"),
+    "empty-level-in-prefix": (b"device: {id: van-01, keys_dir: keys}\nmqtt: {topic_prefix: 'lfr//{device_id}'}\n", "empty level"),
+    "bad-timestamp": (b"device: {id: van-01, keys_dir: keys, location: 2024-13-45}\n", "cannot be read"),
+    "huge-integer": (b"device: {id: van-01, keys_dir: keys}\ncamera: {fps: " + b"9" * 20_000 + b"}\n", "cannot be read"),
+    "python-tag": (b"device: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
+def test_hostile_config_is_one_short_line_exit_2(tmp_path: Path, name: str) -> None:
+    data, expect = HOSTILE_CONFIGS[name]
+    generate_device_keys(tmp_path / "keys")  # so that only the hostile part is wrong
+    path = tmp_path / "lfr-edge.yaml"
+    path.write_bytes(data)
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    _one_line_refusal(r, str(path) if name in ("non-utf8", "billion-laughs") else "", expect)
+    assert r.max_rss_mb < 200 and r.seconds < 30, (r.max_rss_mb, r.seconds)
+
+
+def test_billion_laughs_costs_bounded_memory_and_time(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    _one_line_refusal(r, "aliases expand")
+    assert r.max_rss_mb < 150, r.max_rss_mb  # the interpreter and pydantic alone take ~60 MB
+    assert r.seconds < 15
+
+
+def test_oversized_config_is_refused_before_reading(tmp_path: Path) -> None:
+    big = sparse_file(tmp_path / "big.yaml", 8 << 30)
+    r = run_measured(tmp_path, "check-config", "--config", str(big))
+    _one_line_refusal(r, "larger than the 1048576-byte limit")
+    assert r.max_rss_mb < 100, r.max_rss_mb
+    r = run_measured(tmp_path, "check-config", "--config", "/dev/zero")
+    _one_line_refusal(r, "not a regular file")
+    assert r.max_rss_mb < 100, r.max_rss_mb
+
+
+def test_data_dir_naming_a_file_and_store_naming_a_dir_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"device": {"id": "van-01", "data_dir": "a-file"}, "watchlist": {"store": "a-dir"}}))
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: device.data_dir: 'a-file' is a file, expected a directory" in r.stderr
+    assert "error: watchlist.store: 'a-dir' is a directory, expected a file path" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["non-utf8", "billion-laughs", "deep-flow-nesting", "empty", "format-field-in-prefix"])
+def test_provision_refuses_hostile_boot_files_with_exit_2_and_leaves_them(tmp_path: Path, name: str) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    src = boot / "lfr-edge.yaml"
+    src.write_bytes(HOSTILE_CONFIGS[name][0])
+    target = tmp_path / "etc" / "lfr-edge.yaml"
+    r = run_measured(tmp_path, "provision", "--config", str(target), "--boot-dir", str(boot))
+    assert r.returncode == 2, r.stderr  # RestartPreventExitStatus=2: no restart loop
+    assert "Traceback" not in r.stderr and len(r.stderr.encode()) <= 2 * MAX_ERROR_BYTES, r.stderr
+    assert HOSTILE_CONFIGS[name][1] in r.stderr and "left in place" in r.stderr
+    assert src.exists() and not target.exists()
+
+
+def test_hostile_backoffice_config_is_refused_by_the_listener_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bo.yaml"
+    path.write_text(BILLION_LAUGHS.replace("device: {id: van-01}\n", "brokers: ['mqtt://127.0.0.1:1']\n"))
+    r = run_measured(tmp_path, "alerts", "listen", "--config", str(path), "--timeout", "1")
+    _one_line_refusal(r, "aliases expand")
+    path.write_text("brokers: ['mqtt://127.0.0.1:1']\nbrokers: ['mqtt://127.0.0.1:2']\n")
+    r = run_measured(tmp_path, "alerts", "listen", "--config", str(path), "--timeout", "1")
+    _one_line_refusal(r, "duplicate key brokers")
+    path.write_text("brokers: ['mqtt://127.0.0.1:1']\ntopic_root: 'lfr/#'\n")
+    r = run_measured(tmp_path, "alerts", "listen", "--config", str(path), "--timeout", "1")
+    _one_line_refusal(r, "topic_root", "wildcard")
+
+
+# --------------------------------------------------------------------------- check-config = run's checks
+
+
+def _device_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "van"
+    generate_device_keys(d / "keys")
+    return d
+
+
+def test_check_config_reports_schema_errors_and_missing_files_in_one_pass(tmp_path: Path) -> None:
+    d = _device_dir(tmp_path)
+    path = d / "lfr-edge.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "device": {"id": "van-01", "keys_dir": "keys", "colour": "blue"},
+                "mqtt": {"keepalive_s": 2, "password_file": "nowhere.pw", "tls": {"ca_file": "nowhere-ca.pem"}},
+                "alerts": {"seal_to": "nowhere-bo.pem"},
+                "watchlist": {"trusted_signers": ["nowhere-signer.pem"]},
+            }
+        )
+    )
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    for key in ("device.colour", "mqtt.keepalive_s", "mqtt.password_file", "mqtt.tls.ca_file", "alerts.seal_to",
+                "watchlist.trusted_signers[0]"):  # fmt: skip
+        assert any(line.startswith(f"error: {key}:") for line in errors), (key, r.stderr)
+    assert len(errors) == 6, r.stderr
+
+
+def test_check_config_refuses_what_run_would_refuse(tmp_path: Path) -> None:
+    d = _device_dir(tmp_path)
+    (d / "signer.pem").write_text("not a key\n")
+    bo = generate_backoffice_keys(d / "bo")
+    (d / "models").mkdir()
+    path = d / "lfr-edge.yaml"
+    doc = {
+        "device": {"id": "van-01", "keys_dir": "keys"},
+        "models": {"embedder": "no_such_embedder"},
+        "watchlist": {"trusted_signers": ["signer.pem", "bo/backoffice_x25519.pub.pem"]},
+        "alerts": {"seal_to": "bo/backoffice_ed25519.pub.pem"},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    assert r.returncode == 2, r.stderr
+    assert "error: watchlist.trusted_signers[0]: 'signer.pem' is not a PEM public key" in r.stderr
+    assert "error: watchlist.trusted_signers[1]: 'bo/backoffice_x25519.pub.pem' holds a" in r.stderr
+    assert "error: alerts.seal_to: 'bo/backoffice_ed25519.pub.pem' holds a" in r.stderr and "X25519" in r.stderr
+    assert "error: models.embedder: 'no_such_embedder' is not in" in r.stderr
+    # `run` stops on the same file with the same lines, before touching a camera.
+    run = run_measured(tmp_path, "run", "--config", str(path), "--source", "dir:/nonexistent", "--max-frames", "1")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    for line in r.stderr.splitlines():
+        if line.startswith("error: "):
+            assert line in run.stderr, line
+    # A models dir without a manifest and a keys dir that does not exist.
+    doc["models"] = {"dir": "models"}
+    doc["device"] = {"id": "van-01", "keys_dir": "no-keys"}
+    doc["watchlist"] = {"trusted_signers": []}
+    doc["alerts"] = {"seal_to": str(bo.x25519_public and d / "bo" / "backoffice_x25519.pub.pem")}
+    path.write_text(yaml.safe_dump(doc))
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    assert r.returncode == 2
+    assert "error: models.dir:" in r.stderr and "manifest not found" in r.stderr
+    assert "error: device.keys_dir: " in r.stderr and "lfr-edge keys init" in r.stderr
+
+
+def test_check_config_warns_about_insecure_choices_and_still_passes(tmp_path: Path) -> None:
+    d = _device_dir(tmp_path)
+    path = d / "lfr-edge.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "device": {"id": "van-01", "keys_dir": "keys"},
+                "mqtt": {"brokers": ["mqtt://broker.lan:1883"], "tls": {"insecure_no_verify": True}},
+                "alerts": {"seal_to": None},
+            }
+        )
+    )
+    r = run_measured(tmp_path, "check-config", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK") and "with warnings" in r.stdout
+    warnings = r.stderr.strip().splitlines()
+    assert len(warnings) == 3, r.stderr
+    assert warnings[0].startswith("warning: mqtt.tls.insecure_no_verify: true")
+    assert warnings[1].startswith("warning: mqtt.brokers: mqtt://broker.lan:1883 is plain mqtt:// with no password")
+    assert warnings[2].startswith("warning: alerts.seal_to: null")
+
+
+def _backoffice_file(tmp_path: Path, **extra: object) -> Path:
+    bo = tmp_path / "bo"
+    generate_backoffice_keys(bo / "keys")
+    generate_device_keys(bo / "van-1")
+    doc = {
+        "brokers": ["mqtt://127.0.0.1:1883"],
+        "unseal_key": "keys/",
+        "devices": {"van-1": {"public_key": "van-1/device_ed25519.pub.pem"}},
+        **extra,
+    }
+    path = bo / "backoffice.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_check_config_validates_a_backoffice_file_by_flag_or_by_its_keys(tmp_path: Path) -> None:
+    path = _backoffice_file(tmp_path)
+    for args in (("--backoffice",), ()):
+        r = run_measured(tmp_path, "check-config", "--config", str(path), *args)
+        assert r.returncode == 0, r.stderr
+        assert "back" not in r.stdout or "backoffice config" in r.stdout, r.stdout
+        assert "warning: brokers: mqtt://127.0.0.1:1883 is plain mqtt:// with no password" in r.stderr
+        assert "warning: state_dir: null" in r.stderr
+    bad = _backoffice_file(tmp_path / "bad", topic_root="lfr/+", stale_after_s=-1, devices={"van-9": {"public_key": "x.pem"}})
+    r = run_measured(tmp_path, "check-config", "--config", str(bad))
+    assert r.returncode == 2
+    assert "error: topic_root: 'lfr/+'" in r.stderr and "error: stale_after_s:" in r.stderr
+    assert "error: devices.van-9.public_key:" in r.stderr and "not found" in r.stderr
+    # Checked as a device file on request, a back-office file is wrong in every key.
+    r = run_measured(tmp_path, "check-config", "--config", str(path), "--device")
+    assert r.returncode == 2 and "brokers: unknown key" in r.stderr
