@@ -17,36 +17,63 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
-    max_rss_mb: float  # the child's peak resident set, from wait4's rusage
+    max_rss_mb: float  # the child's peak resident set (VmHWM), MB
     seconds: float
 
 
-def run_measured(tmp: Path, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> Run:
-    """`python -m edge ARGS`, output to files (no pipe can fill), peak RSS from the kernel's rusage."""
-    out, err = tmp / f"out-{time.monotonic_ns()}.txt", tmp / f"err-{time.monotonic_ns()}.txt"
+# Peak RSS is read from /proc/self/status (VmHWM) at the child's exit: it belongs to the child's
+# own address space. wait4's ru_maxrss would not do: it keeps the high-water mark of the forked
+# copy of this (large) pytest process from before exec.
+_MEASURE = """
+import atexit, runpy, sys
+
+report, mode, target = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def _peak() -> None:
+    with open("/proc/self/status") as f:
+        kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(report, "w") as out:
+        out.write(kib)
+
+atexit.register(_peak)
+sys.argv = [target, *sys.argv[4:]]
+if mode == "module":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(target, run_name="__main__")
+"""
+
+
+def run_measured(
+    tmp: Path, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None, python_script: bool = False
+) -> Run:
+    """`lfr-edge ARGS` (or `python SCRIPT ARGS`) as a child with output to files (no pipe can fill)
+    and its peak resident set measured."""
+    stamp = time.monotonic_ns()
+    out, err, peak = tmp / f"out-{stamp}.txt", tmp / f"err-{stamp}.txt", tmp / f"peak-{stamp}.txt"
+    wrapper = tmp / "measure_peak.py"
+    wrapper.write_text(_MEASURE)
+    target = [args[0], *args[1:]] if python_script else ["edge", *args]
     t0 = time.monotonic()
     with out.open("wb") as fo, err.open("wb") as fe:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", *args], stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, cwd=ROOT,
-            env=env if env is not None else dict(os.environ),
-        )
-        deadline = t0 + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                raise AssertionError(f"lfr-edge {' '.join(args)} ran longer than {timeout} s")
-            time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+            [sys.executable, str(wrapper), str(peak), "script" if python_script else "module", *target],
+            stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, cwd=ROOT,
+            env=env if env is not None else dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{' '.join(target)} ran longer than {timeout} s") from None
+    seconds = time.monotonic() - t0
     return Run(
         returncode=proc.returncode,
         stdout=out.read_text(errors="replace"),
         stderr=err.read_text(errors="replace"),
-        max_rss_mb=usage.ru_maxrss / 1024.0,  # Linux reports KiB
-        seconds=time.monotonic() - t0,
+        max_rss_mb=int(peak.read_text()) / 1024.0 if peak.exists() else float("inf"),
+        seconds=seconds,
     )
 
 

@@ -66,7 +66,8 @@ def test_every_example_key_is_present_and_commented() -> None:
 
 def test_three_mistakes_three_lines_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("device:\n  id: van-01\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
+    generate_device_keys(tmp_path / "keys")
+    bad.write_text("device:\n  id: van-01\n  keys_dir: keys\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
     r = cli("check-config", "--config", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

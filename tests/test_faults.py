@@ -248,3 +248,63 @@ def test_check_config_validates_a_backoffice_file_by_flag_or_by_its_keys(tmp_pat
     # Checked as a device file on request, a back-office file is wrong in every key.
     r = run_measured(tmp_path, "check-config", "--config", str(path), "--device")
     assert r.returncode == 2 and "brokers: unknown key" in r.stderr
+
+
+# --------------------------------------------------------------------------- sizes checked before reading
+
+
+def _device_config(tmp_path: Path, **watchlist: object) -> Path:
+    d = tmp_path / "van"
+    generate_device_keys(d / "keys")
+    bo = generate_backoffice_keys(d / "bo")
+    assert bo.ed25519_public is not None
+    path = d / "lfr-edge.yaml"
+    doc = {
+        "device": {"id": "dev-a", "keys_dir": "keys", "data_dir": "data"},
+        "watchlist": {"trusted_signers": ["bo/backoffice_ed25519.pub.pem"], **watchlist},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_watchlist_install_refuses_8_gib_and_dev_zero_unread_in_bounded_memory(tmp_path: Path) -> None:
+    cfg = _device_config(tmp_path)
+    big = sparse_file(tmp_path / "huge.lfrw", 8 << 30)
+    r = run_measured(tmp_path, "watchlist", "install", str(big), "--config", str(cfg))
+    _one_line_refusal(r, "oversize", "8589934592 bytes is more than the", "watchlist.max_bundle_mb")
+    assert r.max_rss_mb <= 100, r.max_rss_mb
+    r = run_measured(tmp_path, "watchlist", "install", "/dev/zero", "--config", str(cfg))
+    _one_line_refusal(r, "/dev/zero: not a regular file")
+    assert r.max_rss_mb <= 100, r.max_rss_mb
+    status = run_measured(tmp_path, "watchlist", "status", "--config", str(cfg))
+    assert status.returncode == 0 and "no watchlist installed" in status.stdout
+
+
+INBOX_POLL = """
+import resource, sys
+from pathlib import Path
+from edge.config import load_config
+from edge.watchlist.store import store_from_config
+from edge.watchlist.sync import sync_from_config
+cfg = load_config(sys.argv[1])
+store = store_from_config(cfg)
+store.load()
+sync = sync_from_config(cfg, store)
+sync.inbox_settle_s = 0.0
+for o in sync.poll_inbox():
+    print(o.action, o.reason, o.message)
+"""
+
+
+def test_inbox_refuses_an_8_gib_file_unread_in_bounded_memory(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = _device_config(tmp_path, inbox_dir=str(inbox))
+    sparse_file(inbox / "huge.lfrw", 8 << 30)
+    script = tmp_path / "poll.py"
+    script.write_text(INBOX_POLL)
+    r = run_measured(tmp_path, str(script), str(cfg), python_script=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("refused oversize inbox:huge.lfrw: 8589934592 bytes is more than the"), r.stdout
+    assert r.max_rss_mb <= 100, r.max_rss_mb
+    assert (inbox / "rejected" / "huge.lfrw").exists() and not (inbox / "huge.lfrw").exists()
