@@ -3,13 +3,31 @@ memory, by real processes (and a real Mosquitto where a broker is involved). Iss
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from edge.alerts.mqtt import LinkSettings, MqttLink, device_max_packet
+from edge.config import parse_config
 from edge.keys import generate_backoffice_keys, generate_device_keys
-from tests.faultkit import run_measured, sparse_file
+from edge.watchlist.bundle import Reason
+from edge.watchlist.sync import WatchlistSync
+from tests.broker import (  # noqa: F401  (broker_factory is a fixture)
+    BACKOFFICE_USER,
+    DEVICE_USERS,
+    BrokerFactory,
+    MosquittoBroker,
+    broker_factory,
+    default_acl,
+    require_mosquitto,
+)
+from tests.faultkit import ROOT, run_measured, sparse_file
+from tests.watchlist_kit import make_kit
 
 MAX_ERROR_BYTES = 400  # "a few hundred bytes at most"
 
@@ -308,3 +326,160 @@ def test_inbox_refuses_an_8_gib_file_unread_in_bounded_memory(tmp_path: Path) ->
     assert r.stdout.startswith("refused oversize inbox:huge.lfrw: 8589934592 bytes is more than the"), r.stdout
     assert r.max_rss_mb <= 100, r.max_rss_mb
     assert (inbox / "rejected" / "huge.lfrw").exists() and not (inbox / "huge.lfrw").exists()
+
+
+# --------------------------------------------------------------------------- topics, ACL and the broker's limits
+
+
+def _link(broker: MosquittoBroker, user: str | None, protocol: str = "v5", **kw: Any) -> MqttLink:
+    link = MqttLink(
+        LinkSettings(
+            brokers=(broker.uri,),
+            client_id=f"{user or 'anon'}-{time.monotonic_ns()}",
+            username=user,
+            password=DEVICE_USERS[user] if user else None,
+            protocol=protocol,
+            reconnect_min_s=0.2,
+            reconnect_max_s=1.0,
+            **kw,
+        ),
+        name=user or "anon",
+    ).start()
+    assert link.wait_connected(20), link.stats.last_error
+    return link
+
+
+def _rules(text: str) -> list[str]:
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+def test_example_acl_is_the_one_the_test_broker_enforces() -> None:
+    assert _rules((ROOT / "config" / "mosquitto.acl").read_text()) == _rules(default_acl())
+
+
+def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sending_a_wipe(
+    broker_factory: BrokerFactory,  # noqa: F811
+) -> None:
+    broker = broker_factory(tls=False, users=DEVICE_USERS, acl=(ROOT / "config" / "mosquitto.acl").read_text())
+    bo, dev = _link(broker, BACKOFFICE_USER), _link(broker, "dev-a")
+    got: list[tuple[str, bytes]] = []
+    seen = threading.Event()
+
+    def on_message(m: Any) -> None:
+        got.append((m.topic, m.payload))
+        seen.set()
+
+    try:
+        assert bo.publish("lfr/dev-a/watchlist", b"bundle-v1", qos=1, retain=True).wait(10)
+        # The device reads its bundle and commands, and writes its alerts.
+        dev.subscribe("lfr/dev-a/watchlist", on_message)
+        dev.subscribe("lfr/dev-a/cmd", on_message)
+        assert broker.wait_subscribed(dev.settings.client_id, "lfr/dev-a/cmd")
+        assert seen.wait(10) and got == [("lfr/dev-a/watchlist", b"bundle-v1")]
+        bo.subscribe("lfr/dev-a/alerts", on_message)
+        bo.subscribe("lfr/dev-a/cmd", on_message)
+        assert broker.wait_subscribed(bo.settings.client_id, "lfr/dev-a/cmd")
+        alert = dev.publish("lfr/dev-a/alerts", b"alert", qos=1)
+        assert alert.wait(10) and alert.ok
+
+        # With the device's credentials: clearing the retained bundle and sending a wipe are refused.
+        clear = dev.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
+        wipe = dev.publish("lfr/dev-a/cmd", b"wipe", qos=1)
+        other = dev.publish("lfr/dev-b/alerts", b"forged", qos=1)
+        for h in (clear, wipe, other):
+            assert h.wait(10) and not h.ok and h.reason_code == 135, (h.topic, h.reason_code)  # Not authorized
+        time.sleep(0.5)
+        assert ("lfr/dev-a/cmd", b"wipe") not in got and ("lfr/dev-a/alerts", b"alert") in got
+        late = _link(broker, BACKOFFICE_USER)
+        retained: list[bytes] = []
+        late.subscribe("lfr/dev-a/watchlist", lambda m: retained.append(m.payload))
+        assert _until(lambda: retained == [b"bundle-v1"]), retained  # the bundle is still there
+        late.stop(offline_status=False)
+
+        # The back office can do both.
+        assert bo.publish("lfr/dev-a/cmd", b"wipe", qos=1).wait(10)
+        assert _until(lambda: ("lfr/dev-a/cmd", b"wipe") in got)
+        cleared = bo.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
+        assert cleared.wait(10) and cleared.ok
+        late = _link(broker, BACKOFFICE_USER)
+        retained.clear()
+        late.subscribe("lfr/dev-a/watchlist", lambda m: retained.append(m.payload))
+        assert broker.wait_subscribed(late.settings.client_id, "lfr/dev-a/watchlist")
+        time.sleep(0.5)
+        assert retained == []
+        late.stop(offline_status=False)
+    finally:
+        bo.stop(offline_status=False)
+        dev.stop(offline_status=False)
+
+
+def _until(cond: Any, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return bool(cond())
+
+
+def _example_limits() -> tuple[str, ...]:
+    lines = (ROOT / "config" / "mosquitto.conf").read_text().splitlines()
+    return tuple(line for line in lines if line.startswith(("max_packet_size ", "message_size_limit ")))
+
+
+def test_example_broker_limit_refuses_an_oversized_publish_before_storing_it(tmp_path: Path) -> None:
+    require_mosquitto()
+    limits = _example_limits()
+    assert limits, "config/mosquitto.conf sets no size limit"
+    limit = int(limits[0].split()[1])
+    broker = MosquittoBroker(tmp_path / "broker", tls=False, users=None, extra_config=limits).start()
+    try:
+        bo = _link(broker, None, protocol="v311")
+        assert bo.publish("lfr/dev-a/watchlist", b"bundle-v1", qos=1, retain=True).wait(10)
+        bo.publish("lfr/dev-a/watchlist", b"\0" * (limit + 1), qos=1, retain=True)
+        assert broker.wait_for_log("exceeds", 20) or broker.wait_for_log("disconnected", 20), broker.log_text()[-500:]
+        late = _link(broker, None)
+        retained: list[int] = []
+        late.subscribe("lfr/dev-a/watchlist", lambda m: retained.append(len(m.payload)))
+        assert _until(lambda: retained == [len(b"bundle-v1")]), retained  # the oversized one was not kept
+        late.stop(offline_status=False)
+        bo.stop(offline_status=False)
+    finally:
+        broker.cleanup()
+
+
+def test_device_refuses_a_bundle_over_its_limit_without_receiving_it(tmp_path: Path) -> None:
+    require_mosquitto()
+    kit = make_kit(tmp_path / "kit")
+    broker = MosquittoBroker(tmp_path / "broker", tls=False, users=None, extra_config=_example_limits()).start()
+    cfg = parse_config(
+        {"device": {"id": "dev-a"}, "mqtt": {"brokers": [broker.uri]}, "watchlist": {"max_bundle_mb": 1}}, tmp_path
+    )
+    limit = device_max_packet(cfg)
+    try:
+        bo = _link(broker, None)
+        # MQTT v5: the device advertises its maximum packet size, and the broker never sends it more.
+        v5 = MqttLink(dataclasses.replace(LinkSettings.from_config(cfg), reconnect_min_s=0.2)).start()
+        sizes: list[int] = []
+        v5.subscribe("lfr/dev-a/watchlist", lambda m: sizes.append(len(m.payload)))
+        assert v5.wait_connected(20) and broker.wait_subscribed(v5.settings.client_id, "lfr/dev-a/watchlist")
+        assert bo.publish("lfr/dev-a/watchlist", b"\1" * (limit + 1), qos=1).wait(10)
+        assert bo.publish("lfr/dev-a/watchlist", b"small", qos=1).wait(10)
+        assert _until(lambda: sizes == [5]), sizes
+        assert v5.connected
+        v5.stop(offline_status=False)
+
+        # MQTT 3.1.1 has no such property: the sync refuses it on arrival, before any copy or queueing.
+        store = kit.store(max_bytes=1 << 20)
+        store.load()
+        sync = WatchlistSync(store, "dev-a", "lfr/dev-a", kit.device, [kit.backoffice.ed25519_public])
+        v3 = _link(broker, None, protocol="v311")
+        sync.attach(v3)
+        assert broker.wait_subscribed(v3.settings.client_id, "lfr/dev-a/watchlist")
+        assert bo.publish("lfr/dev-a/watchlist", b"\1" * ((1 << 20) + 1), qos=1).wait(10)
+        assert _until(lambda: any(o.reason == Reason.OVERSIZE for o in sync.outcomes)), sync.outcomes
+        assert sync._queue.empty()
+        v3.stop(offline_status=False)
+        bo.stop(offline_status=False)
+    finally:
+        broker.cleanup()

@@ -129,7 +129,7 @@ class LinkSettings:
 
 # Room for the PUBLISH header and topic around the largest bundle the device accepts.
 PACKET_OVERHEAD = 64 << 10
-MQTT_MAX_PACKET = 268_435_460  # the protocol's own ceiling (remaining length 268,435,455 + header)
+MQTT_MAX_PACKET = 268_435_455  # the largest Maximum Packet Size the protocol (and paho) allows
 
 
 def device_max_packet(cfg: Config) -> int:
