@@ -259,7 +259,9 @@ def test_status_is_retained_online_and_the_will_says_offline_when_the_device_die
         assert "cpu_temp_c" in online and online["models"]["embedder"]
         dev.kill()
         dev.wait(10)
-        assert got.wait(lambda: got.statuses[-1][1] == {"state": "offline"}, 30)
+        # The Will is the device's signed offline status, verified like any status.
+        assert got.wait(lambda: got.statuses[-1][1]["state"] == "offline", 30)
+        assert got.statuses[-1][1]["device_id"] == "dev-a" and not got.rejects
     finally:
         if dev.poll() is None:
             dev.kill()

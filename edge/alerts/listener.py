@@ -10,10 +10,10 @@ alert_id.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge import topics
-from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
+from edge.alerts.message import AlertRejected, VerifiedAlert, parse_time, verify_alert, verify_status
 from edge.alerts.mqtt import LinkSettings, Message, MqttLink
 from edge.config import BrokerList, TLSConfig, bounded
 from edge.errors import ConfigError, InputError
@@ -193,6 +193,22 @@ def load_unseal_key(cfg: BackofficeConfig) -> X25519PrivateKey | None:
 
 
 SEEN_FILE = "seen_alert_ids"
+MAX_FUTURE_SKEW_S = 300.0  # a device clock this far ahead is wrong, or the time is forged by its signer
+
+
+def freshness_problem(alert: VerifiedAlert, stale_after_s: float, now: float | None = None) -> str | None:
+    """Why a verified alert must not be shown as new because of its signed time, or None."""
+    now = time.time() if now is None else now
+    try:
+        sent = parse_time(alert.time)
+    except ValueError as e:
+        return f"malformed alert ({e})"
+    age = now - sent
+    if age > stale_after_s:
+        return f"stale: sent {age / 3600:.1f} h ago ({alert.time}), more than stale_after_s {stale_after_s:g} s"
+    if age < -MAX_FUTURE_SKEW_S:
+        return f"sent {-age:.0f} s in the future ({alert.time}); the device clock is wrong"
+    return None
 
 AlertSink = Callable[[VerifiedAlert], None]
 RejectSink = Callable[[str, str], None]  # (topic, reason)
@@ -251,12 +267,23 @@ class AlertListener:
         parts = topic.split("/")
         return parts[-2] if len(parts) >= 2 else ""
 
+    def _reject(self, topic: str, reason: str) -> None:
+        self.rejected += 1
+        self.on_reject(topic, reason)
+
     def _alert(self, msg: Message) -> None:
         try:
             alert = verify_alert(msg.payload, self.device_keys, self.unseal_key, self._device_of(msg.topic))
+            stale = freshness_problem(alert, self.cfg.stale_after_s)
         except AlertRejected as e:
-            self.rejected += 1
-            self.on_reject(msg.topic, str(e))
+            self._reject(msg.topic, str(e))
+            return
+        except Exception as e:  # whatever a hostile message provokes is a REJECTED line, never a traceback
+            log.debug("alert verification failed", exc_info=True)
+            self._reject(msg.topic, f"malformed alert ({type(e).__name__})")
+            return
+        if stale:
+            self._reject(msg.topic, stale)
             return
         with self._lock:
             if alert.alert_id in self._seen:
@@ -271,11 +298,16 @@ class AlertListener:
         self.on_alert(alert)
 
     def _status(self, msg: Message) -> None:
-        if self.on_status is None or not msg.payload:
+        if not msg.payload:  # a retained status cleared by the back office
             return
         try:
-            status = json.loads(msg.payload)
-        except ValueError:
+            status = verify_status(msg.payload, self.device_keys, self._device_of(msg.topic))
+        except AlertRejected as e:
+            self._reject(msg.topic, str(e))
             return
-        if isinstance(status, dict):
+        except Exception as e:
+            log.debug("status verification failed", exc_info=True)
+            self._reject(msg.topic, f"malformed status ({type(e).__name__})")
+            return
+        if self.on_status is not None:
             self.on_status(self._device_of(msg.topic), status)
