@@ -4,6 +4,7 @@ memory, by real processes (and a real Mosquitto where a broker is involved). Iss
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.alerts.message import AlertRejected, build_alert, build_status, verify_alert, verify_status
 from edge.alerts.mqtt import LinkSettings, MqttLink, device_max_packet
 from edge.config import parse_config
-from edge.keys import generate_backoffice_keys, generate_device_keys
+from edge.keys import generate_backoffice_keys, generate_device_keys, load_backoffice_keys, load_device_keys
 from edge.watchlist.bundle import Reason
 from edge.watchlist.sync import WatchlistSync
+from tests.alertkit import event, lfr_edge, make_backoffice, make_backoffice_keys, make_device
 from tests.broker import (  # noqa: F401  (broker_factory is a fixture)
     BACKOFFICE_USER,
     DEVICE_USERS,
@@ -483,3 +487,93 @@ def test_device_refuses_a_bundle_over_its_limit_without_receiving_it(tmp_path: P
         bo.stop(offline_status=False)
     finally:
         broker.cleanup()
+
+
+# --------------------------------------------------------------------------- the back-office listener
+
+
+class _Lines:
+    """stdout of a child, line by line, readable with a timeout."""
+
+    def __init__(self, proc: Any) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: Any) -> None:
+        for line in proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        with self._cond:
+            found = self._cond.wait_for(lambda: any(text in ln for ln in self.lines), timeout)
+            assert found, (text, self.lines)
+            return next(ln for ln in self.lines if text in ln)
+
+
+def test_listener_rejects_hostile_messages_stale_replays_and_unsigned_status_in_one_line_each(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    broker = broker_factory(tls=False, users=None)  # anonymous: any broker user can publish anything
+    bo_keys = load_backoffice_keys(make_backoffice_keys(tmp_path))
+    dev = make_device(tmp_path, broker, "dev-a", "unused")
+    dev_keys = load_device_keys(dev.dir / "keys")
+    bo_cfg = make_backoffice(tmp_path, broker, {"dev-a": dev.public_key}, "unused")
+    listener = lfr_edge("alerts", "listen", "--config", str(bo_cfg))
+    out = _Lines(listener)
+    pub = _link(broker, None)
+    try:
+        assert broker.wait_subscribed("bo-listener", "lfr/+/status")
+
+        def send(topic: str, payload: bytes) -> None:
+            assert pub.publish(topic, payload, qos=1).wait(10)
+
+        send("lfr/dev-a/alerts", b"[" * 200_000 + b"]" * 200_000)
+        out.wait_for("REJECTED lfr/dev-a/alerts: JSON nested too deeply")
+        send("lfr/dev-a/alerts", b'{"v":1,"type":"alert","alert_id":7,"time":[],"device_id":{},"camera":null}')
+        out.wait_for("REJECTED lfr/dev-a/alerts: field 'alert_id' is missing or not a string")
+        send("lfr/dev-a/alerts", b'{"v":1}' + b" " * (5 << 20))
+        out.wait_for("REJECTED lfr/dev-a/alerts: 5242887 bytes is more than the")
+
+        # A genuine alert signed two days ago, replayed word for word to a listener without state_dir.
+        old = event(1)
+        old = dataclasses.replace(old, t_wall=time.time() - 2 * 24 * 3600)
+        replay = build_alert(old, "dev-a", dev_keys.ed25519, "det", "emb", seal_to=bo_keys.x25519_public)
+        send("lfr/dev-a/alerts", replay.payload)
+        line = out.wait_for("REJECTED lfr/dev-a/alerts: stale: sent 48.0 h ago")
+        assert "stale_after_s 86400" in line
+        fresh = build_alert(event(2), "dev-a", dev_keys.ed25519, "det", "emb", seal_to=bo_keys.x25519_public)
+        send("lfr/dev-a/alerts", fresh.payload)
+        out.wait_for(f"ALERT {json.loads(fresh.payload)['time']} dev-a/cam0 subject=S-0002")
+
+        # Status: unsigned, from an unregistered device, forged, then the device's own.
+        send("lfr/dev-a/status", b'{"state":"online"}')
+        out.wait_for("REJECTED lfr/dev-a/status: unsigned or unsupported status")
+        intruder = Ed25519PrivateKey.generate()
+        send("lfr/dev-x/status", build_status({"state": "online"}, "dev-x", intruder))
+        out.wait_for("REJECTED lfr/dev-x/status: unknown device 'dev-x'")
+        send("lfr/dev-a/status", build_status({"state": "online"}, "dev-a", intruder))
+        out.wait_for("REJECTED lfr/dev-a/status: bad signature")
+        send("lfr/dev-a/status", b"[" * 200_000)
+        out.wait_for("REJECTED lfr/dev-a/status: JSON nested too deeply")
+        send("lfr/dev-a/status", build_status({"state": "online"}, "dev-a", dev_keys.ed25519))
+        out.wait_for("STATUS dev-a online")
+        assert listener.poll() is None  # still listening after all of it
+        assert not [ln for ln in out.lines if ln.startswith("STATUS") and "online" not in ln]
+        assert sum(ln.startswith("STATUS") for ln in out.lines) == 1
+    finally:
+        pub.stop(offline_status=False)
+        listener.terminate()
+        _, err = listener.communicate(timeout=20)
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_verify_alert_turns_any_malformed_payload_into_a_rejection() -> None:
+    keys = {"dev-a": Ed25519PrivateKey.generate().public_key()}
+    for payload in (b"[" * 100_000, b'{"a":' * 50_000, b"1" * 10_000, b"\xff\xfe", b"{}" * (3 << 20)):
+        with pytest.raises(AlertRejected):
+            verify_alert(payload, keys)
+        with pytest.raises(AlertRejected):
+            verify_status(payload, keys)
