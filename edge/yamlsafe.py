@@ -131,8 +131,9 @@ def parse_yaml(text: bytes, source: str) -> Any:
         raise ConfigError([f"{source}: not UTF-8 text (byte 0x{text[e.start]:02x} at line {line})"]) from None
     if decoded.startswith("\ufeff"):
         decoded = decoded[1:]
-    loader = _BoundedLoader(decoded)
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(decoded)  # its reader already refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -151,7 +152,8 @@ def parse_yaml(text: bytes, source: str) -> Any:
         # e.g. a timestamp like 2024-13-45 or an integer with too many digits
         raise ConfigError([clip(f"{source}: a value cannot be read ({type(e).__name__}: {e})")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_config_bytes(path: Path, what: str = "config") -> bytes:

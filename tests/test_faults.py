@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.alerts.message import AlertRejected, build_alert, build_status, verify_alert, verify_status
 from edge.alerts.mqtt import LinkSettings, MqttLink, device_max_packet
@@ -577,3 +579,22 @@ def test_verify_alert_turns_any_malformed_payload_into_a_rejection() -> None:
             verify_alert(payload, keys)
         with pytest.raises(AlertRejected):
             verify_status(payload, keys)
+
+
+YAML_PIECES = st.sampled_from(
+    ["device:", "  id: van-01", "mqtt:", "  topic_prefix: ", "{", "}", "[", "]", "&a", "*a", "<<: *a", "- ", ": ",
+     "!!binary", "!!set", "!!python/name:os.system", "\t", "\n", "'", '"', "#", "%YAG 1.1", "---", "...", "~",
+     "2024-13-45", "0x", "1e999", ".nan", "\x00", "\ufeff", "é", "\udcff"]
+)  # fmt: skip
+
+
+@given(st.lists(YAML_PIECES, max_size=40).map("".join) | st.binary(max_size=300))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_file_gives_a_report_never_an_exception(tmp_path: Path, doc: str | bytes) -> None:
+    from edge.config_check import check_file
+
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogateescape"))
+    report = check_file(path)  # anything but a CheckReport is a bug: it would be a traceback and exit 1
+    assert report.errors or report.kind is not None
+    assert all(len(line) <= 300 and "\n" not in line for line in report.errors + report.warnings)
