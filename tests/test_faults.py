@@ -598,3 +598,38 @@ def test_any_file_gives_a_report_never_an_exception(tmp_path: Path, doc: str | b
     report = check_file(path)  # anything but a CheckReport is a bug: it would be a traceback and exit 1
     assert report.errors or report.kind is not None
     assert all(len(line) <= 300 and "\n" not in line for line in report.errors + report.warnings)
+
+
+# --------------------------------------------------------------------------- no audit feedback loop (issue 11, item 2)
+
+
+def test_a_refused_audit_topic_costs_one_summary_record_not_a_flood(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.alerts.publisher import AlertPublisher
+    from edge.audit import log as al
+    from edge.audit.runtime import ServiceAudit
+    from edge.config import load_config
+
+    acl = (ROOT / "config" / "mosquitto.acl").read_text().replace("pattern write lfr/%u/audit\n", "")
+    broker = broker_factory(tls=True, users=DEVICE_USERS, acl=acl)  # the broker refuses every audit record
+    dev = make_device(tmp_path, broker, "dev-a", DEVICE_USERS["dev-a"], protocol="v5")
+    cfg = load_config(dev.config)
+    audit = ServiceAudit(cfg)
+    publisher = AlertPublisher.from_config(cfg, on_drop=audit.spool_drop_hook())
+    audit.attach_spool(publisher.enqueue)
+    publisher.start()
+    try:
+        assert publisher.link.wait_connected(20), publisher.link.stats.last_error
+        audit.start()
+        time.sleep(5.0)  # before the summary, each refusal wrote a record that was refused in turn
+        drops = [r.fields for r in al.iter_records(audit.log.dir) if r.kind == al.SPOOL_DROP]
+        assert 1 <= len(drops) <= 2, len(drops)
+        refused = publisher.spool.counters().get("dropped.audit.refused", 0)
+        assert refused <= 10, refused
+    finally:
+        audit.stop(None)
+        publisher.stop()
+    drops = [r.fields for r in al.iter_records(audit.log.dir) if r.kind == al.SPOOL_DROP]
+    assert all(d["kind"] == "audit" and d["reason"] == "refused" for d in drops)
+    assert any("summarised_over_s" in d for d in drops) or len(drops) == 1
