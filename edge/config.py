@@ -11,6 +11,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -280,12 +281,28 @@ FILE_FIELDS = ("mqtt.tls.ca_file", "mqtt.tls.cert_file", "alerts.seal_to", *SECR
 # Fields that name directories (created by the service when absent) and files that may not exist yet.
 DIR_FIELDS = ("device.data_dir", "device.keys_dir", "models.dir", "watchlist.inbox_dir")
 LATER_FILE_FIELDS = ("watchlist.store",)
+
+
+class PemKind(Enum):
+    CERTIFICATE = "a PEM certificate"
+    PRIVATE_KEY = "an unencrypted PEM private key"
+    X25519_PUBLIC = "an X25519 public key PEM"
+    ED25519_PUBLIC = "an Ed25519 public key PEM"
+
+
+class PathKind(Enum):
+    ABSENT = "absent"
+    DIR = "directory"
+    FILE = "file"
+    OTHER = "special file"
+
+
 # What each key file must hold, checked when the file exists (a wrong kind fails late in `run`).
 PEM_KINDS = {
-    "alerts.seal_to": "x25519-public",
-    "mqtt.tls.ca_file": "certificate",
-    "mqtt.tls.cert_file": "certificate",
-    "mqtt.tls.key_file": "private",
+    "alerts.seal_to": PemKind.X25519_PUBLIC,
+    "mqtt.tls.ca_file": PemKind.CERTIFICATE,
+    "mqtt.tls.cert_file": PemKind.CERTIFICATE,
+    "mqtt.tls.key_file": PemKind.PRIVATE_KEY,
 }
 MAX_PROBLEMS = 50  # one pass reports every real mistake; a hostile file must not print thousands
 
@@ -327,13 +344,6 @@ def _explain(err: dict[str, Any]) -> str:
     return f"{path}: {shown} is invalid ({err['msg'][0].lower()}{err['msg'][1:]})"
 
 
-def _get(cfg: Config, dotted: str) -> Any:
-    obj: Any = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _raw(data: Any, dotted: str) -> Any:
     """The value at `dotted` in the loaded document, or None where the path is absent or not a mapping."""
     node = data
@@ -344,18 +354,18 @@ def _raw(data: Any, dotted: str) -> Any:
     return node
 
 
-def _kind_of(path: Path) -> str:
+def _kind_of(path: Path) -> PathKind:
     try:
         st = path.stat()
-    except (OSError, ValueError):
-        return "absent"
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return PathKind.ABSENT
     if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    return "file" if stat.S_ISREG(st.st_mode) else "other"
+        return PathKind.DIR
+    return PathKind.FILE if stat.S_ISREG(st.st_mode) else PathKind.OTHER
 
 
-def _pem_problem(path: Path, kind: str) -> str | None:
-    """Why the file does not hold a PEM of `kind`, or None (the file exists and is small)."""
+def _pem_problem(path: Path, kind: PemKind) -> str | None:
+    """Why the file does not hold a PEM of `kind`, or None."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -363,24 +373,23 @@ def _pem_problem(path: Path, kind: str) -> str | None:
 
     try:
         if path.stat().st_size > 1 << 20:
-            return "is larger than 1 MB; not a PEM key or certificate"
+            return f"is larger than 1 MB; not {kind.value}"
         data = path.read_bytes()
     except OSError as e:
         return f"cannot be read ({e.strerror})"
     try:
-        if kind == "certificate":
+        if kind is PemKind.CERTIFICATE:
             x509.load_pem_x509_certificates(data)
             return None
-        if kind == "private":
+        if kind is PemKind.PRIVATE_KEY:
             serialization.load_pem_private_key(data, password=None)
             return None
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as e:
-        what = {"certificate": "a PEM certificate", "private": "an unencrypted PEM private key"}.get(kind, "a PEM public key")
-        return f"is not {what} ({clip(str(e), 80)})"
-    want = X25519PublicKey if kind == "x25519-public" else Ed25519PublicKey
+        return f"is not {kind.value} ({clip(str(e), 80)})"
+    want = X25519PublicKey if kind is PemKind.X25519_PUBLIC else Ed25519PublicKey
     if not isinstance(key, want):
-        return f"holds an {type(key).__name__}, expected an {'X25519' if want is X25519PublicKey else 'Ed25519'} public key"
+        return f"holds an {type(key).__name__}, expected {kind.value}"
     return None
 
 
@@ -394,15 +403,15 @@ def _file_problems(data: Any, base: Path) -> list[str]:
             continue
         path = _under(base, Path(value))
         shown = short_repr(value)
-        if _kind_of(path) != "file":
+        if _kind_of(path) is not PathKind.FILE:
             problems.append(f"{key}: {shown} does not exist or is not a file")
             continue
         if key in SECRET_FIELDS and stat.S_IMODE(path.stat().st_mode) & 0o077:
             mode = oct(stat.S_IMODE(path.stat().st_mode))
             problems.append(f"{key}: {shown} has permissions {mode}; secrets must be 0600 (chmod 600)")
             continue
-        kind = PEM_KINDS.get(key)
-        problem = _pem_problem(path, kind) if kind else None
+        pem = PEM_KINDS.get(key)
+        problem = _pem_problem(path, pem) if pem else None
         if problem:
             problems.append(f"{key}: {shown} {problem}")
     signers = _raw(data, "watchlist.trusted_signers")
@@ -410,17 +419,18 @@ def _file_problems(data: Any, base: Path) -> list[str]:
         if not isinstance(signer, str):
             continue
         path = _under(base, Path(signer))
-        if _kind_of(path) != "file":
+        if _kind_of(path) is not PathKind.FILE:
             problems.append(f"watchlist.trusted_signers[{i}]: {short_repr(signer)} does not exist or is not a file")
-        elif problem := _pem_problem(path, "ed25519-public"):
+        elif problem := _pem_problem(path, PemKind.ED25519_PUBLIC):
             problems.append(f"watchlist.trusted_signers[{i}]: {short_repr(signer)} {problem}")
     for key in DIR_FIELDS:
         value = _raw(data, key)
-        if isinstance(value, str) and _kind_of(_under(base, Path(value))) not in ("dir", "absent"):
-            problems.append(f"{key}: {short_repr(value)} is a file, expected a directory")
+        found = _kind_of(_under(base, Path(value))) if isinstance(value, str) else PathKind.ABSENT
+        if found not in (PathKind.DIR, PathKind.ABSENT):
+            problems.append(f"{key}: {short_repr(value)} is a {found.value}, expected a directory")
     for key in LATER_FILE_FIELDS:
         value = _raw(data, key)
-        if isinstance(value, str) and _kind_of(_under(base, Path(value))) == "dir":
+        if isinstance(value, str) and _kind_of(_under(base, Path(value))) is PathKind.DIR:
             problems.append(f"{key}: {short_repr(value)} is a directory, expected a file path")
     return problems
 

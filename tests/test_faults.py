@@ -197,7 +197,7 @@ def test_check_config_refuses_what_run_would_refuse(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
     r = run_measured(tmp_path, "check-config", "--config", str(path))
     assert r.returncode == 2, r.stderr
-    assert "error: watchlist.trusted_signers[0]: 'signer.pem' is not a PEM public key" in r.stderr
+    assert "error: watchlist.trusted_signers[0]: 'signer.pem' is not an Ed25519 public key PEM" in r.stderr
     assert "error: watchlist.trusted_signers[1]: 'bo/backoffice_x25519.pub.pem' holds a" in r.stderr
     assert "error: alerts.seal_to: 'bo/backoffice_ed25519.pub.pem' holds a" in r.stderr and "X25519" in r.stderr
     assert "error: models.embedder: 'no_such_embedder' is not in" in r.stderr
