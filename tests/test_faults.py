@@ -149,6 +149,9 @@ def test_hostile_backoffice_config_is_refused_by_the_listener_in_one_line(tmp_pa
     path.write_text("brokers: ['mqtt://127.0.0.1:1']\ntopic_root: 'lfr/#'\n")
     r = run_measured(tmp_path, "alerts", "listen", "--config", str(path), "--timeout", "1")
     _one_line_refusal(r, "topic_root", "wildcard")
+    path.write_text('brokers: ["mqtt://127.0.0.1:1"]\ndevices: {x: {public_key: "a\\0b"}}\n')  # a NUL in a path
+    r = run_measured(tmp_path, "alerts", "listen", "--config", str(path), "--timeout", "1")
+    _one_line_refusal(r, "devices.x.public_key", "cannot be read")
 
 
 # --------------------------------------------------------------------------- check-config = run's checks
@@ -584,20 +587,21 @@ def test_verify_alert_turns_any_malformed_payload_into_a_rejection() -> None:
 YAML_PIECES = st.sampled_from(
     ["device:", "  id: van-01", "mqtt:", "  topic_prefix: ", "{", "}", "[", "]", "&a", "*a", "<<: *a", "- ", ": ",
      "!!binary", "!!set", "!!python/name:os.system", "\t", "\n", "'", '"', "#", "%YAG 1.1", "---", "...", "~",
-     "2024-13-45", "0x", "1e999", ".nan", "\x00", "\ufeff", "é", "\udcff"]
+     "2024-13-45", "0x", "1e999", ".nan", "\x00", "\ufeff", "é", "\udcff", "brokers: ", "devices:", " x:",
+     "  public_key: ", "unseal_key: ", "state_dir: ", "tls: ", "a\\0b", '"a\\0b"', "/dev/zero", "/etc", "mqtt://h"]
 )  # fmt: skip
 
 
 @given(st.lists(YAML_PIECES, max_size=40).map("".join) | st.binary(max_size=300))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_file_gives_a_report_never_an_exception(tmp_path: Path, doc: str | bytes) -> None:
-    from edge.config_check import check_file
+    from edge.config_check import ConfigKind, check_file
 
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogateescape"))
-    report = check_file(path)  # anything but a CheckReport is a bug: it would be a traceback and exit 1
-    assert report.errors or report.kind is not None
-    assert all(len(line) <= 300 and "\n" not in line for line in report.errors + report.warnings)
+    for kind in (None, ConfigKind.DEVICE, ConfigKind.BACKOFFICE):
+        report = check_file(path, kind)  # anything but a report is a bug: a traceback and exit 1
+        assert all(len(line) <= 300 and "\n" not in line for line in report.errors + report.warnings)
 
 
 # --------------------------------------------------------------------------- no audit feedback loop (issue 11, item 2)

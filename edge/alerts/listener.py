@@ -126,6 +126,8 @@ def _file_problems(data: dict[str, Any], base: Path) -> list[str]:
             load_ed25519_public(pk)
         except InputError as e:
             problems.append(f"{where}: {clip(str(e), 200)}")
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            problems.append(f"{where}: {short_repr(str(pk))} cannot be read ({clip(str(e), 80)})")
     return problems
 
 
