@@ -397,9 +397,14 @@ def _file_problems(data: Any, base: Path) -> list[str]:
     """Referenced files and directories, checked on the raw document so that these problems are
     reported in the same pass as schema errors (a value of the wrong type is the schema's to name)."""
     problems = []
+    signers = _raw(data, "watchlist.trusted_signers")
+    named = [(k, _raw(data, k)) for k in (*FILE_FIELDS, *DIR_FIELDS, *LATER_FILE_FIELDS)]
+    named += [(f"watchlist.trusted_signers[{i}]", v) for i, v in enumerate(signers if isinstance(signers, list) else [])]
+    unusable = {k for k, v in named if isinstance(v, str) and "\x00" in v}
+    problems += [f"{k}: contains a NUL byte, which no path can hold" for k, v in named if k in unusable]
     for key in FILE_FIELDS:
         value = _raw(data, key)
-        if not isinstance(value, str):
+        if not isinstance(value, str) or key in unusable:
             continue
         path = _under(base, Path(value))
         shown = short_repr(value)
@@ -414,9 +419,8 @@ def _file_problems(data: Any, base: Path) -> list[str]:
         problem = _pem_problem(path, pem) if pem else None
         if problem:
             problems.append(f"{key}: {shown} {problem}")
-    signers = _raw(data, "watchlist.trusted_signers")
     for i, signer in enumerate(signers if isinstance(signers, list) else []):
-        if not isinstance(signer, str):
+        if not isinstance(signer, str) or f"watchlist.trusted_signers[{i}]" in unusable:
             continue
         path = _under(base, Path(signer))
         if _kind_of(path) is not PathKind.FILE:

@@ -53,8 +53,10 @@ def readiness_problems(models_dir: Path | None, detector: str, embedder: str, ke
     from edge.inference import MANIFEST_NAME, default_models_dir, load_manifest
     from edge.keys import load_device_keys
 
-    problems = []
+    problems: list[str] = []
     mdir = models_dir or default_models_dir()
+    if "\x00" in str(mdir) or "\x00" in str(keys_dir):
+        return problems  # already refused by the file checks; no file system call takes such a path
     if not mdir.is_dir():
         problems.append(f"models.dir: {str(mdir)!r} is not a directory")
     else:

@@ -113,6 +113,18 @@ def test_oversized_config_is_refused_before_reading(tmp_path: Path) -> None:
     assert r.max_rss_mb < 100, r.max_rss_mb
 
 
+def test_a_nul_byte_in_any_path_is_refused_in_check_config_and_run(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text('device: {id: van-01, data_dir: "data\\0", keys_dir: "keys\\0"}\n')
+    for cmd in ("check-config", "run"):
+        r = run_measured(tmp_path, cmd, "--config", str(path))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines() == [
+            "error: device.data_dir: contains a NUL byte, which no path can hold",
+            "error: device.keys_dir: contains a NUL byte, which no path can hold",
+        ], r.stderr
+
+
 def test_data_dir_naming_a_file_and_store_naming_a_dir_are_refused(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-dir").mkdir()
