@@ -26,7 +26,7 @@ from edge.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 16  # the deepest real key (mqtt.tls.ca_file) is 3 levels; lists add one or two
-MAX_NODES = 20_000  # after alias expansion; the example config has about 200
+MAX_NODES = 5_000  # built, and after alias expansion; the example config has about 200
 MAX_LINE = 300  # characters of one error line
 
 
@@ -47,18 +47,25 @@ def short_repr(value: Any, limit: int = 60) -> str:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses nesting deeper than MAX_DEPTH before recursing into it."""
+    """SafeLoader whose composer refuses nesting deeper than MAX_DEPTH and more than MAX_NODES nodes
+    before building them."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
         try:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise _Refused(f"nesting deeper than {MAX_DEPTH} levels at line {mark.line + 1}")
+                raise _Refused(f"nesting deeper than {MAX_DEPTH} levels at line {event.start_mark.line + 1}")
+            if not isinstance(event, yaml.AliasEvent):
+                # Counted as they are built, so a wide file is refused before it costs memory.
+                self._nodes += 1
+                if self._nodes > MAX_NODES:
+                    raise _Refused(f"more than {MAX_NODES} values at line {event.start_mark.line + 1} (a config has a few hundred)")
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1

@@ -79,6 +79,7 @@ HOSTILE_CONFIGS: dict[str, tuple[bytes, str]] = {
     "empty-level-in-prefix": (b"device: {id: van-01, keys_dir: keys}\nmqtt: {topic_prefix: 'lfr//{device_id}'}\n", "empty level"),
     "bad-timestamp": (b"device: {id: van-01, keys_dir: keys, location: 2024-13-45}\n", "cannot be read"),
     "huge-integer": (b"device: {id: van-01, keys_dir: keys}\ncamera: {fps: " + b"9" * 20_000 + b"}\n", "cannot be read"),
+    "wide": (b"device: {id: van-01}\nx: [" + b"1," * 400_000 + b"1]\n", "more than 5000 values"),
     "python-tag": (b"device: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
 }
 
