@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pwd
 import threading
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from tests.broker import (  # noqa: F401  (broker_factory is a fixture)
     MosquittoBroker,
     broker_factory,
     default_acl,
+    free_port,
     require_mosquitto,
 )
 from tests.faultkit import ROOT, run_measured, sparse_file
@@ -650,3 +653,43 @@ def test_a_refused_audit_topic_costs_one_summary_record_not_a_flood(
     drops = [r.fields for r in al.iter_records(audit.log.dir) if r.kind == al.SPOOL_DROP]
     assert all(d["kind"] == "audit" and d["reason"] == "refused" for d in drops)
     assert any("summarised_over_s" in d for d in drops) or len(drops) == 1
+
+
+def test_example_broker_config_starts_mosquitto_and_enforces_its_acl(tmp_path: Path) -> None:
+    """config/mosquitto.conf as shipped, with only its file paths and port pointed at this test."""
+    require_mosquitto()
+    port = free_port()
+    # The test broker writes the PKI and the password file; the ACL and the config are the examples.
+    staged = MosquittoBroker(tmp_path / "staged", tls=True, users=DEVICE_USERS, port=port)
+    (staged.workdir / "acl").write_text((ROOT / "config" / "mosquitto.acl").read_text())
+    assert staged.ca is not None
+    cert, key = staged.ca.issue(staged.workdir / "pki", "example-broker", server=True)
+    paths = {
+        "persistence_location": f"{staged.workdir / 'data'}/",
+        "password_file": str(staged.workdir / "passwd"),
+        "acl_file": str(staged.workdir / "acl"),
+        "cafile": str(staged.ca.cert_file),
+        "certfile": str(cert),
+        "keyfile": str(key),
+        "listener": f"{port} 127.0.0.1",
+    }
+    lines = []
+    for line in (ROOT / "config" / "mosquitto.conf").read_text().splitlines():
+        name = line.split(" ", 1)[0]
+        lines.append(f"{name} {paths[name]}" if name in paths else line)
+    (staged.workdir / "data").mkdir(exist_ok=True)
+    conf = staged.workdir / "example.conf"
+    conf.write_text("\n".join([f"user {pwd.getpwuid(os.geteuid()).pw_name}", *lines]) + "\n")
+    staged.conf_file = conf
+    broker = staged.start()
+    try:
+        settings = {"ca_file": staged.ca.cert_file}
+        dev = MqttLink(LinkSettings(brokers=(f"mqtts://127.0.0.1:{port}",), client_id="dev-a-ex", username="dev-a",
+                                    password=DEVICE_USERS["dev-a"], **settings)).start()  # fmt: skip
+        assert dev.wait_connected(20), dev.stats.last_error
+        ok = dev.publish("lfr/dev-a/alerts", b"a", qos=1)
+        refused = dev.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
+        assert ok.wait(10) and ok.ok and refused.wait(10) and refused.reason_code == 135
+        dev.stop(offline_status=False)
+    finally:
+        broker.cleanup()
