@@ -4,8 +4,10 @@ Subscribes to `<topic_root>/+/alerts` and `<topic_root>/+/status` with QoS 1 on 
 (fixed client id, clean start off, session expiry), so alerts published while it was away are
 delivered when it reconnects. Each alert must carry a valid Ed25519 signature by the key registered
 for its device (and the device in the message must be the one in the topic); anything else is
-reported as rejected and never shown as an alert. Duplicates (at-least-once delivery) are dropped by
-alert_id.
+reported as rejected and never shown as an alert. Alerts whose signed time is older than
+`stale_after_s` are rejected as stale (so an old alert replayed word for word is never new), and
+duplicates (at-least-once delivery) are dropped by alert_id. Status messages must be signed by the
+device too. Whatever a malformed message provokes ends as a rejection, never as an exception.
 """
 
 from __future__ import annotations
@@ -75,9 +77,6 @@ class BackofficeConfig(_Section):
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else base / p
-
-
-BACKOFFICE_KEYS = frozenset(BackofficeConfig.model_fields)
 
 
 def _explain(err: Any) -> str:
