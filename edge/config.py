@@ -12,13 +12,15 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge import topics
 from edge.errors import ConfigError, InputError
+from edge.yamlsafe import clip, load_yaml_file, short_repr
 
 CONFIG_ENV = "LFR_EDGE_CONFIG"
 DEFAULT_CONFIG = Path("/etc/lfr-edge/lfr-edge.yaml")
@@ -216,6 +218,14 @@ class MQTTConfig(Section):
     reconnect_max_s: PosFloat = 60.0
     status_interval_s: PosFloat = 30.0
 
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_template(cls, v: str) -> str:
+        problem = topics.template_problem(v)
+        if problem:
+            raise ValueError(f"{short_repr(v)} {problem}")
+        return v
+
 
 class SpoolConfig(Section):
     max_rows: Annotated[int, Field(ge=10, le=10_000_000)] = 10_000
@@ -257,7 +267,7 @@ class Config(Section):
 
     @property
     def topic_prefix(self) -> str:
-        return self.mqtt.topic_prefix.format(device_id=self.device.id)
+        return topics.device_prefix(self.mqtt.topic_prefix, self.device.id)
 
     @property
     def watchlist_store(self) -> Path:
@@ -268,6 +278,33 @@ class Config(Section):
 SECRET_FIELDS = ("mqtt.password_file", "mqtt.tls.key_file")
 # Fields that must name an existing file when set.
 FILE_FIELDS = ("mqtt.tls.ca_file", "mqtt.tls.cert_file", "alerts.seal_to", *SECRET_FIELDS)
+# Fields that name directories (created by the service when absent) and files that may not exist yet.
+DIR_FIELDS = ("device.data_dir", "device.keys_dir", "models.dir", "watchlist.inbox_dir")
+LATER_FILE_FIELDS = ("watchlist.store",)
+
+
+class PemKind(Enum):
+    CERTIFICATE = "a PEM certificate"
+    PRIVATE_KEY = "an unencrypted PEM private key"
+    X25519_PUBLIC = "an X25519 public key PEM"
+    ED25519_PUBLIC = "an Ed25519 public key PEM"
+
+
+class PathKind(Enum):
+    ABSENT = "absent"
+    DIR = "directory"
+    FILE = "file"
+    OTHER = "special file"
+
+
+# What each key file must hold, checked when the file exists (a wrong kind fails late in `run`).
+PEM_KINDS = {
+    "alerts.seal_to": PemKind.X25519_PUBLIC,
+    "mqtt.tls.ca_file": PemKind.CERTIFICATE,
+    "mqtt.tls.cert_file": PemKind.CERTIFICATE,
+    "mqtt.tls.key_file": PemKind.PRIVATE_KEY,
+}
+MAX_PROBLEMS = 50  # one pass reports every real mistake; a hostile file must not print thousands
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -281,59 +318,142 @@ def _explain(err: dict[str, Any]) -> str:
     """One line: key path, bad value, what is expected."""
     path = _loc(tuple(p for p in err["loc"] if p not in ("function-after",)))
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    path = clip(path, 120)
+    shown = short_repr(value)
     if kind == "extra_forbidden":
         return f"{path}: unknown key (check the spelling against config/lfr-edge.example.yaml)"
     if kind == "missing":
         return f"{path}: required key is missing"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         if path.endswith("port"):
-            return f"{path}: {value!r} is not a valid port (1-65535)"
+            return f"{path}: {shown} is not a valid port (1-65535)"
         bound = {
             "greater_than_equal": f">= {ctx.get('ge')}",
             "less_than_equal": f"<= {ctx.get('le')}",
             "greater_than": f"> {ctx.get('gt')}",
             "less_than": f"< {ctx.get('lt')}",
         }[kind]
-        return f"{path}: {value!r} is out of range (expected {bound})"
+        return f"{path}: {shown} is out of range (expected {bound})"
     if kind == "literal_error":
-        return f"{path}: {value!r} is not one of {ctx.get('expected')}"
+        return f"{path}: {shown} is not one of {ctx.get('expected')}"
     if kind == "value_error":
         msg = str(ctx.get("error", err["msg"]))
         return f"{path}: {msg}" if path else msg
     if kind == "model_type" or kind == "dict_type":
-        return f"{path}: expected a mapping of keys, got {type(value).__name__} {value!r}"
-    return f"{path}: {value!r} is invalid ({err['msg'][0].lower()}{err['msg'][1:]})"
+        return f"{path}: expected a mapping of keys, got {type(value).__name__} {shown}"
+    return f"{path}: {shown} is invalid ({err['msg'][0].lower()}{err['msg'][1:]})"
 
 
-def _get(cfg: Config, dotted: str) -> Any:
-    obj: Any = cfg
+def _raw(data: Any, dotted: str) -> Any:
+    """The value at `dotted` in the loaded document, or None where the path is absent or not a mapping."""
+    node = data
     for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
-def _check_files(cfg: Config, base: Path) -> list[str]:
+def _kind_of(path: Path) -> PathKind:
+    try:
+        st = path.stat()
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return PathKind.ABSENT
+    if stat.S_ISDIR(st.st_mode):
+        return PathKind.DIR
+    return PathKind.FILE if stat.S_ISREG(st.st_mode) else PathKind.OTHER
+
+
+def _pem_problem(path: Path, kind: PemKind) -> str | None:
+    """Why the file does not hold a PEM of `kind`, or None."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    try:
+        if path.stat().st_size > 1 << 20:
+            return f"is larger than 1 MB; not {kind.value}"
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    try:
+        if kind is PemKind.CERTIFICATE:
+            x509.load_pem_x509_certificates(data)
+            return None
+        if kind is PemKind.PRIVATE_KEY:
+            serialization.load_pem_private_key(data, password=None)
+            return None
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        return f"is not {kind.value} ({clip(str(e), 80)})"
+    want = X25519PublicKey if kind is PemKind.X25519_PUBLIC else Ed25519PublicKey
+    if not isinstance(key, want):
+        return f"holds an {type(key).__name__}, expected {kind.value}"
+    return None
+
+
+def _file_problems(data: Any, base: Path) -> list[str]:
+    """Referenced files and directories, checked on the raw document so that these problems are
+    reported in the same pass as schema errors (a value of the wrong type is the schema's to name)."""
     problems = []
+    signers = _raw(data, "watchlist.trusted_signers")
+    named = [(k, _raw(data, k)) for k in (*FILE_FIELDS, *DIR_FIELDS, *LATER_FILE_FIELDS)]
+    named += [(f"watchlist.trusted_signers[{i}]", v) for i, v in enumerate(signers if isinstance(signers, list) else [])]
+    unusable = {k for k, v in named if isinstance(v, str) and "\x00" in v}
+    problems += [f"{k}: contains a NUL byte, which no path can hold" for k, v in named if k in unusable]
     for key in FILE_FIELDS:
-        value = _get(cfg, key)
-        if value is None:
+        value = _raw(data, key)
+        if not isinstance(value, str) or key in unusable:
             continue
-        path = _under(base, value)
-        if not path.is_file():
-            problems.append(f"{key}: {str(value)!r} does not exist or is not a file")
+        path = _under(base, Path(value))
+        shown = short_repr(value)
+        if _kind_of(path) is not PathKind.FILE:
+            problems.append(f"{key}: {shown} does not exist or is not a file")
             continue
         if key in SECRET_FIELDS and stat.S_IMODE(path.stat().st_mode) & 0o077:
             mode = oct(stat.S_IMODE(path.stat().st_mode))
-            problems.append(f"{key}: {str(value)!r} has permissions {mode}; secrets must be 0600 (chmod 600)")
-    for i, signer in enumerate(cfg.watchlist.trusted_signers):
-        path = _under(base, signer)
-        if not path.is_file():
-            problems.append(f"watchlist.trusted_signers[{i}]: {str(signer)!r} does not exist or is not a file")
+            problems.append(f"{key}: {shown} has permissions {mode}; secrets must be 0600 (chmod 600)")
+            continue
+        pem = PEM_KINDS.get(key)
+        problem = _pem_problem(path, pem) if pem else None
+        if problem:
+            problems.append(f"{key}: {shown} {problem}")
+    for i, signer in enumerate(signers if isinstance(signers, list) else []):
+        if not isinstance(signer, str) or f"watchlist.trusted_signers[{i}]" in unusable:
+            continue
+        path = _under(base, Path(signer))
+        if _kind_of(path) is not PathKind.FILE:
+            problems.append(f"watchlist.trusted_signers[{i}]: {short_repr(signer)} does not exist or is not a file")
+        elif problem := _pem_problem(path, PemKind.ED25519_PUBLIC):
+            problems.append(f"watchlist.trusted_signers[{i}]: {short_repr(signer)} {problem}")
+    for key in DIR_FIELDS:
+        value = _raw(data, key)
+        found = _kind_of(_under(base, Path(value))) if isinstance(value, str) else PathKind.ABSENT
+        if found not in (PathKind.DIR, PathKind.ABSENT):
+            problems.append(f"{key}: {short_repr(value)} is a {found.value}, expected a directory")
+    for key in LATER_FILE_FIELDS:
+        value = _raw(data, key)
+        if isinstance(value, str) and _kind_of(_under(base, Path(value))) is PathKind.DIR:
+            problems.append(f"{key}: {short_repr(value)} is a directory, expected a file path")
+    return problems
+
+
+def _consistency_problems(cfg: Config) -> list[str]:
+    problems = []
     if cfg.mqtt.tls.insecure_no_verify and cfg.mqtt.tls.ca_file:
         problems.append("mqtt.tls.insecure_no_verify: true contradicts mqtt.tls.ca_file; remove one")
     if any(b.startswith("mqtt://") for b in cfg.mqtt.brokers) and cfg.mqtt.password_file:
         problems.append("mqtt.brokers: a password would travel in clear over mqtt://; use mqtts://")
     return problems
+
+
+def bounded(problems: list[str]) -> list[str]:
+    """Every problem, each one short line, and no more than MAX_PROBLEMS of them."""
+    lines = [clip(p) for p in problems]
+    if len(lines) > MAX_PROBLEMS:
+        lines = [*lines[:MAX_PROBLEMS], f"… and {len(lines) - MAX_PROBLEMS} more problems"]
+    return lines
 
 
 def _under(base: Path, p: Path) -> Path:
@@ -362,19 +482,29 @@ def _resolve(cfg: Config, base: Path) -> Config:
     )
 
 
-def parse_config(data: Any, base: Path, source: str = "<config>") -> Config:
-    """Validate a loaded YAML document; raises ConfigError listing every problem, one line each."""
+def parse_config(data: Any, base: Path, source: str = "<config>", require_id: bool = False) -> Config:
+    """Validate a loaded YAML document; raises ConfigError listing every problem, one line each.
+
+    `require_id` is for files: an empty or id-less file must not give every van the same id."""
     if data is None:
+        if require_id:
+            raise ConfigError([f"{source}: the file is empty; at least device.id is required"])
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections, got {type(data).__name__}"])
+    problems: list[str] = []
+    if require_id and _raw(data, "device.id") is None:
+        problems.append("device.id: required key is missing (each van needs its own id)")
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError([_explain(dict(err)) for err in e.errors()]) from None
-    problems = _check_files(cfg, base)
-    if problems:
-        raise ConfigError(problems)
+        problems += [_explain(dict(err)) for err in e.errors()]
+    problems += _file_problems(data, base)
+    if cfg is not None:
+        problems += _consistency_problems(cfg)
+    if problems or cfg is None:
+        raise ConfigError(bounded(problems))
     return _resolve(cfg, base)
 
 
@@ -385,21 +515,14 @@ def config_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG
 
 
+def load_config_data(path: Path) -> Any:
+    """The document in a device config file, read through the bounded loader (edge.yamlsafe)."""
+    return load_yaml_file(path, "config")
+
+
 def load_config(path: str | Path | None = None) -> Config:
     p = config_path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError([f"{p}: config file not found"]) from None
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read config ({e.strerror})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{p}: not valid YAML{where} ({getattr(e, 'problem', e)})"]) from None
-    return parse_config(data, p.resolve().parent, str(p))
+    return parse_config(load_config_data(p), p.resolve().parent, str(p), require_id=True)
 
 
 def config_hash(cfg: Config) -> str:

@@ -15,11 +15,10 @@ import os
 import socket
 from pathlib import Path
 
-import yaml
-
 from edge.config import BrokerURI, Config, load_config, parse_config
 from edge.errors import ConfigError
 from edge.keys import atomic_write
+from edge.yamlsafe import parse_yaml, read_config_bytes
 
 log = logging.getLogger("lfr_edge.provision")
 
@@ -46,15 +45,14 @@ def provision(target: Path, boot_dirs: tuple[Path, ...] = BOOT_DIRS) -> Config:
         candidate = d / BOOT_NAME
         if not candidate.is_file():
             continue
-        raw = candidate.read_bytes()
         try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError([f"{candidate}: not valid YAML ({getattr(e, 'problem', e)}); left in place"]) from None
-        try:
-            cfg = parse_config(data, target.parent, str(candidate))
+            # The same bounded reader as every config: the boot partition is writable by anyone
+            # holding the card, and this runs as root.
+            raw = read_config_bytes(candidate)
+            cfg = parse_config(parse_yaml(raw, str(candidate)), target.parent, str(candidate), require_id=True)
         except ConfigError as e:
-            raise ConfigError([f"{candidate}: {p}" for p in e.problems] + [f"{candidate}: left in place, not installed"]) from None
+            lines = [p if p.startswith(str(candidate)) else f"{candidate}: {p}" for p in e.problems]
+            raise ConfigError([*lines, f"{candidate}: left in place, not installed"]) from None
         _atomic_write(target, raw, 0o640)
         candidate.unlink()
         log.warning("provisioned configuration from boot partition", extra={"from": str(candidate), "to": str(target)})

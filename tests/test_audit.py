@@ -645,11 +645,13 @@ def test_spool_drops_are_audited_even_when_audit_records_fill_the_spool(tmp_path
 
     cfg = load_config(write_config(tmp_path))
     log = AuditLog(tmp_path / "audit", Ed25519PrivateKey.generate(), checkpoint_every=EVERY, fsync=False)
-    spool = Spool(tmp_path / "spool.db", os.urandom(32), max_rows=10, on_drop=spool_drop_hook(log))
+    hook = spool_drop_hook(log)
+    spool = Spool(tmp_path / "spool.db", os.urandom(32), max_rows=10, on_drop=hook)
     log.publish = spool_publisher(spool.enqueue, cfg)
     try:
         for i in range(25):
             audit_alert(log, f"a{i}", "S-1")
+        hook.flush()  # dropped audit records are summarised; the service flushes at stop
         log.close()
         assert spool.pending() == 10
         dropped = spool.dropped_total()
@@ -658,8 +660,9 @@ def test_spool_drops_are_audited_even_when_audit_records_fill_the_spool(tmp_path
     drops = [r.fields for r in al.iter_records(tmp_path / "audit") if r.kind == al.SPOOL_DROP]
     assert drops and all(d["reason"] == "cap" for d in drops)
     recorded = sum(int(d["count"]) + int(d.get("also_dropped_while_recording", 0)) for d in drops)
-    # every drop is on record, except at most the one caused by writing the last drop record
-    assert dropped - recorded in (0, 1), (dropped, recorded)
+    # every drop is on record, except at most those caused by writing the last drop record and the
+    # closing checkpoint (the spool's own counters still have them)
+    assert dropped - recorded in (0, 1, 2), (dropped, recorded)
 
 
 def test_watchlist_expiry_writes_the_deployment_record_at_once(

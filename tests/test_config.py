@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from edge.config import Config, load_config, parse_config
 from edge.errors import ConfigError
+from edge.keys import generate_device_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "lfr-edge.example.yaml"
@@ -24,10 +25,17 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_example_config_is_ok() -> None:
-    r = cli("check-config", "--config", str(EXAMPLE))
+def test_example_config_is_ok(tmp_path: Path) -> None:
+    # On a device: keys made by setup.sh; check-config also checks they are there, as `run` does.
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["device"].update(data_dir=str(tmp_path / "data"), keys_dir=str(tmp_path / "keys"))
+    generate_device_keys(tmp_path / "keys")
+    cfg = tmp_path / "lfr-edge.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    r = cli("check-config", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK")
+    assert r.stderr.startswith("warning: alerts.seal_to: null")  # the example leaves sealing to the operator
 
 
 def test_every_example_key_is_present_and_commented() -> None:
@@ -58,7 +66,8 @@ def test_every_example_key_is_present_and_commented() -> None:
 
 def test_three_mistakes_three_lines_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("device:\n  id: van-01\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
+    generate_device_keys(tmp_path / "keys")
+    bad.write_text("device:\n  id: van-01\n  keys_dir: keys\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
     r = cli("check-config", "--config", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -122,7 +131,8 @@ def test_accepting_a_threshold_below_the_floor_needs_a_reason() -> None:
 
 def test_config_path_from_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env"}}))
+    generate_device_keys(tmp_path / "keys")
+    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env", "keys_dir": "keys"}}))
     env = dict(os.environ, LFR_EDGE_CONFIG=str(cfg))
     r = cli("check-config", env=env)
     assert r.returncode == 0 and str(cfg) in r.stdout

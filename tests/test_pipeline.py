@@ -277,7 +277,7 @@ def test_run_alerts_from_the_installed_watchlist_and_stops_on_sigterm_within_a_s
     office = generate_backoffice_keys(tmp_path / "office")
     conf = tmp_path / "lfr.yaml"
     conf.write_text(yaml.safe_dump({
-        "device": {"data_dir": str(tmp_path / "data"), "keys_dir": str(tmp_path / "keys")},
+        "device": {"id": "van-test", "data_dir": str(tmp_path / "data"), "keys_dir": str(tmp_path / "keys")},
         "camera": {"source": f"dir:{out / 'frames'}", "loop": True},
         "matching": TEST_MATCHING,
         "watchlist": {"trusted_signers": [str(tmp_path / "office" / BACKOFFICE_ED25519_PUB)]},

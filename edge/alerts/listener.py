@@ -4,32 +4,35 @@ Subscribes to `<topic_root>/+/alerts` and `<topic_root>/+/status` with QoS 1 on 
 (fixed client id, clean start off, session expiry), so alerts published while it was away are
 delivered when it reconnects. Each alert must carry a valid Ed25519 signature by the key registered
 for its device (and the device in the message must be the one in the topic); anything else is
-reported as rejected and never shown as an alert. Duplicates (at-least-once delivery) are dropped by
-alert_id.
+reported as rejected and never shown as an alert. Alerts whose signed time is older than
+`stale_after_s` are rejected as stale (so an old alert replayed word for word is never new), and
+duplicates (at-least-once delivery) are dropped by alert_id. Status messages must be signed by the
+device too. Whatever a malformed message provokes ends as a rejection, never as an exception.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge.alerts.message import AlertRejected, VerifiedAlert, verify_alert
+from edge import topics
+from edge.alerts.message import AlertRejected, VerifiedAlert, parse_time, verify_alert, verify_status
 from edge.alerts.mqtt import LinkSettings, Message, MqttLink
-from edge.config import BrokerList, TLSConfig
+from edge.config import BrokerList, TLSConfig, bounded
 from edge.errors import ConfigError, InputError
 from edge.keys import check_private_file, load_backoffice_keys, load_ed25519_public
+from edge.yamlsafe import clip, load_yaml_file, short_repr
 
 log = logging.getLogger("lfr_edge.listener")
 
@@ -58,35 +61,90 @@ class BackofficeConfig(_Section):
     unseal_key: Path | None = None  # back-office X25519 private key (PEM, 0600), or a keys directory
     # Where accepted alert ids are remembered, so duplicates stay dropped across listener restarts.
     state_dir: Path | None = None
+    # Alerts whose signed time is older than this are refused as stale, with or without state_dir:
+    # a word-for-word replay of an old genuine alert must not be shown as new.
+    stale_after_s: Annotated[float, Field(gt=0, le=365 * 24 * 3600)] = 24 * 3600.0
     devices: dict[str, DeviceEntry] = Field(default_factory=dict)
+
+    @field_validator("topic_root")
+    @classmethod
+    def _plain_topic(cls, v: str) -> str:
+        problem = topics.root_problem(v)
+        if problem:
+            raise ValueError(f"{short_repr(v)} {problem}")
+        return v
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else base / p
 
 
-def load_backoffice_config(path: str | Path) -> BackofficeConfig:
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError([f"{p}: back-office config not found"]) from None
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError([f"{p}: cannot read back-office config ({e})"]) from None
+def _explain(err: Any) -> str:
+    loc = clip(".".join(str(x) for x in err["loc"]), 120)
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (see config/backoffice.example.yaml)"
+    if err["type"] == "value_error":
+        return f"{loc}: {err.get('ctx', {}).get('error', err['msg'])}"
+    return f"{loc}: {err['msg']} (got {short_repr(err.get('input'))})"
+
+
+def _file_problems(data: dict[str, Any], base: Path) -> list[str]:
+    """Referenced files, checked on the raw document so they are reported with the schema errors."""
+
+    def path_of(value: Any) -> Path | None:
+        if not isinstance(value, str):
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+    problems = []
+    tls = data.get("tls") if isinstance(data.get("tls"), dict) else {}
+    assert isinstance(tls, dict)
+    for key, value in (
+        ("password_file", data.get("password_file")),
+        ("tls.ca_file", tls.get("ca_file")),
+        ("tls.cert_file", tls.get("cert_file")),
+        ("tls.key_file", tls.get("key_file")),
+    ):
+        p = path_of(value)
+        if p is not None and not p.is_file():
+            problems.append(f"{key}: {short_repr(value)} does not exist or is not a file")
+    unseal = path_of(data.get("unseal_key"))
+    if unseal is not None and not unseal.exists():
+        problems.append(f"unseal_key: {short_repr(data.get('unseal_key'))} does not exist")
+    state = path_of(data.get("state_dir"))
+    if state is not None and state.exists() and not state.is_dir():
+        problems.append(f"state_dir: {short_repr(data.get('state_dir'))} is a file, expected a directory")
+    devices = data.get("devices")
+    for dev, entry in (devices.items() if isinstance(devices, dict) else []):
+        pk = path_of(entry.get("public_key") if isinstance(entry, dict) else None)
+        if pk is None:
+            continue
+        where = f"devices.{clip(str(dev), 64)}.public_key"
+        try:
+            load_ed25519_public(pk)
+        except InputError as e:
+            problems.append(f"{where}: {clip(str(e), 200)}")
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            problems.append(f"{where}: {short_repr(str(pk))} cannot be read ({clip(str(e), 80)})")
+    return problems
+
+
+def parse_backoffice_config(data: Any, base: Path, source: str = "<back-office config>") -> BackofficeConfig:
+    """Validate a loaded back-office document; ConfigError lists every problem, one line each."""
+    if data is None:
+        raise ConfigError([f"{source}: the file is empty; at least brokers and devices are required"])
     if not isinstance(data, dict):
-        raise ConfigError([f"{p}: the top level must be a mapping"])
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    problems: list[str] = []
+    cfg: BackofficeConfig | None = None
     try:
         cfg = BackofficeConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            if err["type"] == "extra_forbidden":
-                lines.append(f"{loc}: unknown key (see config/backoffice.example.yaml)")
-            else:
-                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(lines) from None
-    base = p.resolve().parent
+        problems += [_explain(err) for err in e.errors()]
+    problems += _file_problems(data, base)
+    if problems or cfg is None:
+        raise ConfigError(bounded(problems))
     tls = cfg.tls.model_copy(
         update={k: _resolve(getattr(cfg.tls, k), base) or getattr(cfg.tls, k) for k in ("ca_file", "cert_file", "key_file")}
     )
@@ -100,6 +158,12 @@ def load_backoffice_config(path: str | Path) -> BackofficeConfig:
             "state_dir": _resolve(cfg.state_dir, base) or cfg.state_dir,
         }
     )
+
+
+def load_backoffice_config(path: str | Path) -> BackofficeConfig:
+    """Read a back-office file through the same bounded loader as the device's (edge.yamlsafe)."""
+    p = Path(path)
+    return parse_backoffice_config(load_yaml_file(p, "back-office config"), p.resolve().parent, str(p))
 
 
 def link_settings(cfg: BackofficeConfig) -> LinkSettings:
@@ -130,6 +194,22 @@ def load_unseal_key(cfg: BackofficeConfig) -> X25519PrivateKey | None:
 
 
 SEEN_FILE = "seen_alert_ids"
+MAX_FUTURE_SKEW_S = 300.0  # a device clock this far ahead is wrong, or the time is forged by its signer
+
+
+def freshness_problem(alert: VerifiedAlert, stale_after_s: float, now: float | None = None) -> str | None:
+    """Why a verified alert must not be shown as new because of its signed time, or None."""
+    now = time.time() if now is None else now
+    try:
+        sent = parse_time(alert.time)
+    except ValueError as e:
+        return f"malformed alert ({e})"
+    age = now - sent
+    if age > stale_after_s:
+        return f"stale: sent {age / 3600:.1f} h ago ({alert.time}), more than stale_after_s {stale_after_s:g} s"
+    if age < -MAX_FUTURE_SKEW_S:
+        return f"sent {-age:.0f} s in the future ({alert.time}); the device clock is wrong"
+    return None
 
 AlertSink = Callable[[VerifiedAlert], None]
 RejectSink = Callable[[str, str], None]  # (topic, reason)
@@ -188,12 +268,23 @@ class AlertListener:
         parts = topic.split("/")
         return parts[-2] if len(parts) >= 2 else ""
 
+    def _reject(self, topic: str, reason: str) -> None:
+        self.rejected += 1
+        self.on_reject(topic, reason)
+
     def _alert(self, msg: Message) -> None:
         try:
             alert = verify_alert(msg.payload, self.device_keys, self.unseal_key, self._device_of(msg.topic))
+            stale = freshness_problem(alert, self.cfg.stale_after_s)
         except AlertRejected as e:
-            self.rejected += 1
-            self.on_reject(msg.topic, str(e))
+            self._reject(msg.topic, str(e))
+            return
+        except Exception as e:  # whatever a hostile message provokes is a REJECTED line, never a traceback
+            log.debug("alert verification failed", exc_info=True)
+            self._reject(msg.topic, f"malformed alert ({type(e).__name__})")
+            return
+        if stale:
+            self._reject(msg.topic, stale)
             return
         with self._lock:
             if alert.alert_id in self._seen:
@@ -208,11 +299,16 @@ class AlertListener:
         self.on_alert(alert)
 
     def _status(self, msg: Message) -> None:
-        if self.on_status is None or not msg.payload:
+        if not msg.payload:  # a retained status cleared by the back office
             return
         try:
-            status = json.loads(msg.payload)
-        except ValueError:
+            status = verify_status(msg.payload, self.device_keys, self._device_of(msg.topic))
+        except AlertRejected as e:
+            self._reject(msg.topic, str(e))
             return
-        if isinstance(status, dict):
+        except Exception as e:
+            log.debug("status verification failed", exc_info=True)
+            self._reject(msg.topic, f"malformed status ({type(e).__name__})")
+            return
+        if self.on_status is not None:
             self.on_status(self._device_of(msg.topic), status)

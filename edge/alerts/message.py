@@ -47,8 +47,15 @@ BODY_FIELDS = (
 )  # fmt: skip
 
 
+# Larger messages are refused before parsing: an alert with a face crop is tens of kilobytes.
+MAX_MESSAGE_BYTES = 4 << 20
+STATUS_TYPE = "status"
+PROTOCOL_FIELDS = ("v", "type", "sig")
+
+
 class AlertRejected(Exception):
-    """An alert that must not be shown: malformed, unsigned, forged, tampered or from an unknown device."""
+    """An alert (or status) that must not be shown: malformed, unsigned, forged, tampered, stale or
+    from an unknown device."""
 
 
 # --------------------------------------------------------------------------- canonical JSON
@@ -244,41 +251,35 @@ def verify_alert(
     """Check structure and signature, then unseal; raises AlertRejected naming what is wrong."""
     try:
         return _verify(payload, device_keys, unseal_key, topic_device)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        # Hostile input (NaN, wrong types, a body that is not an object…) is a rejection, not a crash.
-        raise AlertRejected(f"malformed alert ({type(e).__name__}: {e})") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as e:
+        # Hostile input (NaN, wrong types, a body that is not an object, nesting deeper than the
+        # parser's stack…) is a rejection, not a crash.
+        raise AlertRejected(f"malformed alert ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def _verify(
-    payload: bytes,
-    device_keys: Mapping[str, Ed25519PublicKey],
-    unseal_key: X25519PrivateKey | None,
-    topic_device: str | None,
-) -> VerifiedAlert:
+def _load_object(payload: bytes, what: str) -> dict[str, Any]:
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise AlertRejected(f"{len(payload)} bytes is more than the {MAX_MESSAGE_BYTES}-byte limit for {what}")
     try:
         msg = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise AlertRejected("not valid JSON") from None
+    except RecursionError:
+        raise AlertRejected("JSON nested too deeply") from None
     if not isinstance(msg, dict):
         raise AlertRejected("not a JSON object")
-    if msg.get("v") != VERSION or msg.get("type") != "alert":
-        raise AlertRejected(f"unsupported message version/type {msg.get('v')!r}/{msg.get('type')!r}")
-    for f in HEADER_FIELDS[2:]:
-        if not isinstance(msg.get(f), str) or not msg[f]:
-            raise AlertRejected(f"field {f!r} is missing or not a string")
-    device_id = msg["device_id"]
-    if topic_device is not None and topic_device != device_id:
-        raise AlertRejected(f"device_id {device_id!r} does not match the topic's device {topic_device!r}")
-    public = device_keys.get(device_id)
-    if public is None:
-        raise AlertRejected(f"unknown device {device_id!r} (not in the back-office device list)")
+    return msg
+
+
+def _check_signature(msg: dict[str, Any], payload: bytes, public: Ed25519PublicKey, device_id: str) -> None:
+    """The device's Ed25519 signature over the canonical bytes, and the wire bytes in canonical form."""
     sig = msg.get("sig")
     if not isinstance(sig, dict) or sig.get("alg") != "Ed25519" or set(sig) != {"alg", "key_id", "value"}:
         raise AlertRejected("missing or unsupported signature")
     # The sig object is outside the signed bytes, so each of its fields is checked on its own.
     if sig["key_id"] != key_id(public):
         raise AlertRejected(
-            f"bad signature: signed with key {sig['key_id']!r}, device {device_id!r} is registered "
+            f"bad signature: signed with key {str(sig['key_id'])[:40]!r}, device {device_id!r} is registered "
             f"with key {key_id(public)!r}"
         )
     signature = _unb64(sig.get("value"), "signature")
@@ -290,6 +291,82 @@ def _verify(
     # The wire bytes must be the canonical form: then no byte can change without breaking the signature.
     if canonical_json(msg) != payload.strip():
         raise AlertRejected("signed content is valid but the message is not in canonical form")
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch of an ISO 8601 UTC time as iso_utc writes it (…Z)."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"time {str(text)[:40]!r} is not ISO 8601 UTC (…Z)")
+    return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _jsonable(value: Any) -> Any:
+    """A status value in the form canonical_json takes: no NaN, no tuples, no foreign types."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def build_status(fields: Mapping[str, Any], device_id: str, signer: Ed25519PrivateKey) -> bytes:
+    """A status message signed like an alert (same helper, type "status"), so the back office can
+    tell a device's own status from one any broker user could publish."""
+    msg = {k: _jsonable(v) for k, v in fields.items() if k not in PROTOCOL_FIELDS}
+    msg.setdefault("time", iso_utc(dt.datetime.now(dt.timezone.utc).timestamp()))
+    msg.update(v=VERSION, type=STATUS_TYPE, device_id=device_id)
+    return sign_message(msg, signer)
+
+
+def verify_status(
+    payload: bytes, device_keys: Mapping[str, Ed25519PublicKey], topic_device: str | None = None
+) -> dict[str, Any]:
+    """The status fields (without v/type/sig) of a status signed by its registered device;
+    AlertRejected naming what is wrong otherwise."""
+    try:
+        msg = _load_object(payload, "a status")
+        if msg.get("v") != VERSION or msg.get("type") != STATUS_TYPE:
+            raise AlertRejected("unsigned or unsupported status (no v/type/sig of a signed device status)")
+        device_id = msg.get("device_id")
+        if not isinstance(device_id, str) or not device_id:
+            raise AlertRejected("field 'device_id' is missing or not a string")
+        if topic_device is not None and topic_device != device_id:
+            raise AlertRejected(f"device_id {device_id[:64]!r} does not match the topic's device {topic_device!r}")
+        public = device_keys.get(device_id)
+        if public is None:
+            raise AlertRejected(f"unknown device {device_id[:64]!r} (not in the back-office device list)")
+        _check_signature(msg, payload, public, device_id)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as e:
+        raise AlertRejected(f"malformed status ({type(e).__name__}: {str(e)[:120]})") from None
+    return {k: v for k, v in msg.items() if k not in PROTOCOL_FIELDS}
+
+
+def _verify(
+    payload: bytes,
+    device_keys: Mapping[str, Ed25519PublicKey],
+    unseal_key: X25519PrivateKey | None,
+    topic_device: str | None,
+) -> VerifiedAlert:
+    msg = _load_object(payload, "an alert")
+    if msg.get("v") != VERSION or msg.get("type") != "alert":
+        raise AlertRejected(f"unsupported message version/type {msg.get('v')!r}/{msg.get('type')!r}")
+    for f in HEADER_FIELDS[2:]:
+        if not isinstance(msg.get(f), str) or not msg[f]:
+            raise AlertRejected(f"field {f!r} is missing or not a string")
+    device_id = msg["device_id"]
+    if topic_device is not None and topic_device != device_id:
+        raise AlertRejected(f"device_id {device_id!r} does not match the topic's device {topic_device!r}")
+    public = device_keys.get(device_id)
+    if public is None:
+        raise AlertRejected(f"unknown device {device_id[:64]!r} (not in the back-office device list)")
+    _check_signature(msg, payload, public, device_id)
     body: dict[str, Any] | None
     if "sealed" in msg:
         sealed = msg["sealed"]

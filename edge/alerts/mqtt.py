@@ -91,6 +91,9 @@ class LinkSettings:
     clean_start: bool = True
     session_expiry_s: int = 0  # v5: how long the broker keeps our session (and queued QoS 1) offline
     max_inflight: int = 20
+    # v5: the largest packet this client accepts (0: no limit). The broker then never sends it a
+    # larger message, so an oversized payload is not received into memory at all.
+    max_packet_size: int = 0
 
     @staticmethod
     def from_connection(conn: Any, client_id: str, will_topic: str | None, **extra: Any) -> LinkSettings:
@@ -116,7 +119,22 @@ class LinkSettings:
     @staticmethod
     def from_config(cfg: Config) -> LinkSettings:
         m = cfg.mqtt
-        return LinkSettings.from_connection(m, m.client_id or f"lfr-edge-{cfg.device.id}", f"{cfg.topic_prefix}/status")
+        return LinkSettings.from_connection(
+            m,
+            m.client_id or f"lfr-edge-{cfg.device.id}",
+            f"{cfg.topic_prefix}/status",
+            max_packet_size=device_max_packet(cfg),
+        )
+
+
+# Room for the PUBLISH header and topic around the largest bundle the device accepts.
+PACKET_OVERHEAD = 64 << 10
+MQTT_MAX_PACKET = 268_435_455  # the largest Maximum Packet Size the protocol (and paho) allows
+
+
+def device_max_packet(cfg: Config) -> int:
+    """The largest message a device takes over MQTT: its watchlist.max_bundle_mb plus the header."""
+    return min(MQTT_MAX_PACKET, int(cfg.watchlist.max_bundle_mb * (1 << 20)) + PACKET_OVERHEAD)
 
 
 def read_password(path: Path) -> str:
@@ -388,10 +406,14 @@ class MqttLink:
             return client
 
     def _connect_properties(self, v5: bool) -> Properties | None:
-        if not v5 or not self.settings.session_expiry_s:
+        s = self.settings
+        if not v5 or not (s.session_expiry_s or s.max_packet_size):
             return None
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.settings.session_expiry_s
+        if s.session_expiry_s:
+            props.SessionExpiryInterval = s.session_expiry_s
+        if s.max_packet_size:
+            props.MaximumPacketSize = s.max_packet_size
         return props
 
     def _try_connect(self, index: int) -> str | None:

@@ -9,7 +9,7 @@ every connect and every mqtt.status_interval_s.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import platform
 import queue
@@ -23,8 +23,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge.alerts.message import build_alert, iso_utc
-from edge.alerts.mqtt import MqttLink, PublishHandle
+from edge.alerts.message import build_alert, build_status, iso_utc
+from edge.alerts.mqtt import LinkSettings, MqttLink, PublishHandle
 from edge.alerts.spool import DropCallback, Spool
 from edge.config import Config
 from edge.keys import DeviceKeys, load_device_keys, load_x25519_public, storage_key
@@ -109,9 +109,11 @@ class AlertPublisher:
             on_drop=on_drop,
         )
         seal_to = load_x25519_public(cfg.alerts.seal_to) if cfg.alerts.seal_to else None
-        return AlertPublisher(
-            cfg, link or MqttLink.from_config(cfg), spool, keys.ed25519, seal_to, status_provider
-        )
+        if link is None:
+            # The Last Will is signed too: the back office shows no status it cannot verify.
+            offline = build_status({"state": "offline"}, cfg.device.id, keys.ed25519)
+            link = MqttLink(dataclasses.replace(LinkSettings.from_config(cfg), will_payload=offline))
+        return AlertPublisher(cfg, link, spool, keys.ed25519, seal_to, status_provider)
 
     # ----------------------------------------------------------------------- sinks
 
@@ -298,5 +300,5 @@ class AlertPublisher:
             if self._stop.is_set():
                 break
             if self.link.connected:
-                payload = json.dumps(self.status(), separators=(",", ":"), default=str).encode()
+                payload = build_status(self.status(), self.cfg.device.id, self.signer)
                 self.link.publish(self.status_topic, payload, qos=1, retain=True)

@@ -22,6 +22,7 @@ from edge.audit import log as al
 from edge.audit.deployment import record_deployment
 from edge.audit.log import AuditLog
 from edge.audit.service import (
+    SpoolDropRecorder,
     audit_alert,
     audit_config_start,
     audit_stop,
@@ -50,6 +51,7 @@ class ServiceAudit:
         self._counters = counters
         self._watchlist = watchlist
         self._stopped = False
+        self._drops: SpoolDropRecorder | None = None
         # Audit records go out in the clear: seal who an alert was about, as the alert itself does.
         self.seal_to = load_x25519_public(cfg.alerts.seal_to) if cfg.alerts.seal_to else None
 
@@ -57,7 +59,8 @@ class ServiceAudit:
         self.log.publish = spool_publisher(enqueue, self.cfg)
 
     def spool_drop_hook(self) -> Callable[[str, str, int], None]:
-        return spool_drop_hook(self.log)
+        self._drops = spool_drop_hook(self.log)
+        return self._drops
 
     def watchlist_hook(self) -> Callable[[str, dict[str, Any]], None]:
         record = watchlist_hook(self.log)
@@ -99,6 +102,8 @@ class ServiceAudit:
                 dep = self.deployment(counters, watchlist)
             except (OSError, ValueError, TypeError):
                 logger.exception("deployment record not written")
+        if self._drops is not None:
+            self._drops.flush()  # summarised drops go on record before the final checkpoint
         audit_stop(self.log, reason)
         return dep
 

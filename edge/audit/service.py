@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -226,29 +227,82 @@ def watchlist_hook(audit: AuditLog) -> Callable[[str, dict[str, Any]], None]:
     return on_event
 
 
-def spool_drop_hook(audit: AuditLog) -> Callable[[str, str, int], None]:
+# Drops of audit records are summarised at most this often: when the broker refuses the audit
+# topic, each drop record is itself published, refused and dropped, a loop that would otherwise
+# write (and fsync) a record per round trip.
+AUDIT_DROP_SUMMARY_S = 60.0
+
+
+class SpoolDropRecorder:
     """`on_drop` for edge.alerts.spool.Spool: every dropped alert or audit record is itself audited.
+
+    Dropped alerts get one record each, at once. Dropped audit records get one record at once, then
+    at most one summary per `min_interval_s` carrying the count since (`flush` writes what is
+    pending, e.g. at stop), so a refused audit topic costs a record a minute, not a flood, and
+    every drop is still counted on record.
 
     The audit record goes out through the same spool, whose enqueue may drop again when it is full;
     drops reported while one is being recorded are folded into the next record instead of recursing.
     """
-    state = {"busy": False, "carried": 0}
 
-    def on_drop(kind: str, reason: str, count: int) -> None:
-        if state["busy"]:
-            state["carried"] += count
+    def __init__(
+        self, audit: AuditLog, min_interval_s: float = AUDIT_DROP_SUMMARY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.audit = audit
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self._busy = False
+        self._carried = 0
+        self._last_audit_record: float | None = None
+        self._pending: dict[str, int] = {}  # reason -> audit records dropped and not yet on record
+        self._pending_since = 0.0
+
+    def __call__(self, kind: str, reason: str, count: int) -> None:
+        # No lock: the spool may call this while holding its own, and the record goes back into the
+        # spool; the re-entry guard is what keeps that from recursing (as before this summary).
+        if self._busy:
+            self._carried += count
             return
-        state["busy"] = True
+        if kind != "audit":
+            self._write(kind, reason, count)
+            return
+        now = self.clock()
+        if self._last_audit_record is not None and now - self._last_audit_record < self.min_interval_s:
+            if not self._pending:
+                self._pending_since = now
+            self._pending[reason] = self._pending.get(reason, 0) + int(count)
+            return
+        self._last_audit_record = now
+        pending, self._pending = self._pending, {}
+        summarised = bool(pending)
+        count += pending.pop(reason, 0)
+        for other, n in pending.items():
+            self._write("audit", other, n, summarised=True)
+        self._write(kind, reason, count, summarised=summarised)
+
+    def flush(self) -> None:
+        """Record the audit drops still being summarised."""
+        pending, self._pending = self._pending, {}
+        for reason, n in pending.items():
+            self._write("audit", reason, n, summarised=True)
+
+    def _write(self, kind: str, reason: str, count: int, summarised: bool = False) -> None:
+        self._busy = True
         try:
-            carried, state["carried"] = state["carried"], 0
+            carried, self._carried = self._carried, 0
             fields: dict[str, Any] = {"count": int(count), "reason": reason, "kind": kind}
             if carried:
                 fields["also_dropped_while_recording"] = carried
-            audit.append(al.SPOOL_DROP, fields)
+            if summarised:
+                fields["summarised_over_s"] = round(self.clock() - self._pending_since, 1)
+            self.audit.append(al.SPOOL_DROP, fields)
         finally:
-            state["busy"] = False
+            self._busy = False
 
-    return on_drop
+
+def spool_drop_hook(audit: AuditLog, min_interval_s: float = AUDIT_DROP_SUMMARY_S) -> SpoolDropRecorder:
+    """`on_drop` for the spool (see SpoolDropRecorder)."""
+    return SpoolDropRecorder(audit, min_interval_s)
 
 
 def spool_publisher(enqueue: Callable[[str, bytes, str], int], cfg: Config) -> Publish | None:

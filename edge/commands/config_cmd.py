@@ -1,29 +1,42 @@
-"""`lfr-edge check-config`: validate a configuration file without starting anything."""
+"""`lfr-edge check-config`: validate a device or back-office configuration without starting anything."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from edge.config import config_path, load_config
-from edge.errors import EXIT_OK
+from edge.config import config_path
+from edge.errors import EXIT_INPUT, EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check-config", help="validate a configuration file: prints OK or every error (exit 2)")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration file: prints OK or every error (exit 2), then warnings",
+        description="Runs the checks `run` (or, for a back-office file, `alerts listen`) makes before it "
+        "starts: schema, referenced files and their key kinds, models known to the manifest, device keys. "
+        "Every error is printed in one pass, one line each with its key path, then one warning line per "
+        "insecure choice. Exit 0 when there are no errors (warnings allowed), 2 otherwise.",
+    )
     p.add_argument("--config", help="config file (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--backoffice", action="store_true", help="check a back-office file (default: by its keys)")
+    kind.add_argument("--device", action="store_true", help="check a device file (default: by its keys)")
     p.set_defaults(handler=_check)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from edge.watchlist.policy import policy_for, warnings_for
+    from edge.config_check import ConfigKind, check_file
 
     path = config_path(args.config)
-    cfg = load_config(path)  # ConfigError → every problem printed by the CLI, exit 2
-    # The threshold is checked against the embedder's calibration as `run` checks it.
-    policy = policy_for(cfg)
-    for w in warnings_for(policy, policy.scoring.reference_list_size):
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"OK: {path}")
+    kind = ConfigKind.BACKOFFICE if args.backoffice else ConfigKind.DEVICE if args.device else None
+    report = check_file(path, kind)
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if not report.ok:
+        return EXIT_INPUT
+    print(f"OK: {path} ({report.kind.value} config{', with warnings' if report.warnings else ''})")
     sys.stdout.flush()
     return EXIT_OK

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from types import FrameType
 
 from edge.config import config_path, load_config
-from edge.errors import EXIT_OK, InputError
+from edge.config_check import check_device
+from edge.errors import EXIT_OK, ConfigError, InputError
 
 log = logging.getLogger("lfr_edge.run")
 
@@ -50,7 +51,11 @@ def _run(args: argparse.Namespace) -> int:
     from edge.pipeline_sinks import JsonlSink
     from edge.service import serve
 
-    cfg = load_config(config_path(args.config))
+    path = config_path(args.config)
+    report = check_device(path)  # exactly what check-config reports, before anything starts
+    if not report.ok:
+        raise ConfigError(report.errors)
+    cfg = load_config(path)
     setup_logging(cfg.logging.level, cfg.logging.format)
     if args.max_frames is not None and args.max_frames < 1:
         raise InputError(f"--max-frames: {args.max_frames} must be >= 1")

@@ -9,6 +9,8 @@ import argparse
 import base64
 import contextlib
 import json
+import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -111,12 +113,42 @@ def _read_bundle(path: Path) -> bytes:
         raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
 
 
+def _read_install_bundle(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, its size checked before reading and the read stopped past `limit`:
+    an 8 GiB file or /dev/zero is refused without being read."""
+    from edge.watchlist.bundle import BundleError, Reason
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path}: not a regular file; a bundle is installed from a file")
+        too_big = f"{path}: more than the {limit}-byte limit (watchlist.max_bundle_mb)"
+        if st.st_size > limit:
+            raise BundleError(Reason.OVERSIZE, f"{path}: {st.st_size} bytes is more than the {limit}-byte limit (watchlist.max_bundle_mb)")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+    if len(data) > limit:
+        raise BundleError(Reason.OVERSIZE, too_big)
+    return data
+
+
 def _install(args: argparse.Namespace) -> int:
+    from edge.watchlist.bundle import BundleError
     from edge.watchlist.store import describe
 
     path = Path(args.file)
-    data = _read_bundle(path)
     store = _device_store(args.config)
+    try:
+        data = _read_install_bundle(path, store.max_bytes)
+    except BundleError as e:
+        store.report_refusal(e, f"cli:{path.name}")
+        raise
     try:
         store.load()
     except InputError as e:  # a damaged stored list must not block installing a good one

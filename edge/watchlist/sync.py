@@ -200,6 +200,13 @@ class CommandVerifier:
 # --------------------------------------------------------------------------- sync service
 
 
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit`: never reads more than limit + 1."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 class WatchlistSync:
     """Feeds MQTT messages and inbox files to the store; executes signed wipe commands."""
 
@@ -304,6 +311,16 @@ class WatchlistSync:
 
     def handle_message(self, msg: _Msg) -> None:
         """Transport callback (network thread): queue for the worker, newest bundle wins."""
+        limit = self.store.max_bytes if msg.topic == self.watchlist_topic else MAX_CMD_BYTES
+        size = len(msg.payload)
+        if size > limit:
+            # Refused before any copy or queueing; on MQTT v5 the broker does not even send it
+            # (the link advertises the limit), so this guards v3.1.1 links.
+            text = f"{size} bytes is more than the {limit}-byte limit"
+            if msg.topic == self.watchlist_topic:
+                self.store.report_refusal(BundleError(Reason.OVERSIZE, text), "mqtt")
+            self._record(Outcome("refused", f"mqtt:{msg.topic}: {text}", Reason.OVERSIZE))
+            return
         item = (msg.topic, bytes(msg.payload))
         try:
             self._queue.put_nowait(item)
@@ -342,13 +359,18 @@ class WatchlistSync:
                 outcome = self._record(Outcome("refused", f"inbox:{p.name}: {msg}", Reason.OVERSIZE))
             else:
                 try:
-                    data = p.read_bytes()
+                    data = read_bounded(p, self.store.max_bytes)
                 except OSError as e:
                     out.append(
                         self._record(Outcome("refused", f"inbox:{p.name}: cannot read ({e.strerror})", "io"))
                     )
                     continue
-                outcome = self.handle_bundle(data, f"inbox:{p.name}")
+                if data is None:  # grew past the limit after the size check
+                    msg = f"more than the {self.store.max_bytes}-byte limit"
+                    self.store.report_refusal(BundleError(Reason.OVERSIZE, msg), f"inbox:{p.name}")
+                    outcome = self._record(Outcome("refused", f"inbox:{p.name}: {msg}", Reason.OVERSIZE))
+                else:
+                    outcome = self.handle_bundle(data, f"inbox:{p.name}")
             self._dispose(p, outcome)
             out.append(outcome)
         return out
