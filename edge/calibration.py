@@ -3,7 +3,7 @@
 The false-match rate per single comparison (FMR) is measured on every impostor pair of the
 evaluation half (about 9 M pairs on the LFW developer split), so it is resolved down to ~1e-5
 with at least a hundred pairs above each threshold. Named operating points need rates far below
-that (a 500-subject list at one false alert in 6,000 faces is an FMR of 3e-7), where a handful
+that (a 500-subject list at one false alert in 10,000 faces is an FMR of 2e-7), where a handful
 of pairs, and LFW's own label errors, would set the threshold. Below the resolved range the curve
 is therefore an exponential tail fitted to the deepest well-populated part (log FMR linear in the
 score, the usual extreme-value model for S-norm scores); those points are marked extrapolated.
@@ -28,8 +28,11 @@ from edge.types import F32
 from edge.vision.scoring import CohortNorm
 
 REFERENCE_LIST_SIZE = 500
-# (name, per-face FPIR with the reference list); the floor is the 1e-2 point.
-TARGETS = (("strict", 1.0 / 6000.0), ("balanced", 1e-3))
+# (name, per-face FPIR with the reference list); the floor is the 1e-2 point. Strict is one false
+# alert in 10,000 stranger faces: a track is matched several times as its view improves, so per
+# track the rate is higher than per face, and strict keeps it under the 1/6000 an LFR
+# deployment is judged by (docs/BENCHMARKS.md, "Recognition", end to end).
+TARGETS = (("strict", 1e-4), ("balanced", 1e-3))
 FLOOR_FPIR = 1e-2
 # Pairs that must lie above a threshold for its empirical FMR to be trusted.
 MIN_PAIRS_ABOVE = 100
@@ -117,8 +120,9 @@ def calibrate_scoring(
     curve, fit = fmr_curve(imp)
     points: dict[str, Any] = {}
     for name, fpir in TARGETS:
-        thr = threshold_for(curve, fmr_for_fpir(fpir, list_size))
-        points[name] = {"threshold": round(thr, 4), "target_fpir": fpir}
+        # Rounded up: a threshold stored a hair low would promise a rate it does not keep.
+        thr = math.ceil(threshold_for(curve, fmr_for_fpir(fpir, list_size)) * 1e4) / 1e4
+        points[name] = {"threshold": thr, "target_fpir": fpir}
     floor = round(threshold_for(curve, fmr_for_fpir(FLOOR_FPIR, list_size)), 4)
     # Evidence: at each point, TPIR and FPIR measured by open-set identification on this half
     # (its own, smaller list), beside what the independence model predicts for that list.

@@ -126,7 +126,7 @@ class TrackingConfig(Section):
 class OperatingPoint(str, enum.Enum):
     """Named thresholds, calibrated per embedder (models/MANIFEST.json, `lfr-edge eval --calibrate`)."""
 
-    STRICT = "strict"  # per-face FPIR ≤ 1/6000 with the reference list: the default
+    STRICT = "strict"  # per-face FPIR ≤ 1e-4 with the reference list: the default
     BALANCED = "balanced"  # per-face FPIR ≤ 1e-3 with the same list: more found, more false alerts
 
 

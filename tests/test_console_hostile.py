@@ -7,7 +7,6 @@ CSRF token changes nothing; a device that falls silent turns red.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from edge.alerts.message import build_alert
+from edge.alerts.message import build_alert, build_status
 from edge.alerts.mqtt import LinkSettings, MqttLink
 from edge.alerts.testbroker import MosquittoBroker
 from edge.audit.log import canonical
@@ -129,10 +128,9 @@ def test_injection_in_subject_device_note_and_records_renders_inert(
     assert page.locator("#users tbody tr").count() == 2  # no DELETE ran
 
     # Devices: retained status makes one online; silence past offline_after_s turns it red.
-    status = {"state": "online", "device_id": EVIL_DEVICE, "alerts": {"raised": 1, "pending": 0}}
-    assert (
-        hostile["link"].publish(f"lfr/{EVIL_DEVICE}/status", json.dumps(status).encode(), qos=1, retain=True).wait(10)
-    )
+    status = {"state": "online", "alerts": {"raised": 1, "pending": 0}}
+    signed = build_status(status, EVIL_DEVICE, hostile["keys"][EVIL_DEVICE].ed25519)  # statuses are signed
+    assert hostile["link"].publish(f"lfr/{EVIL_DEVICE}/status", signed, qos=1, retain=True).wait(10)
     record = {"seq": 3, "time": "2026-01-01T00:00:00Z", "kind": "deployment_record", "prev_hash": "0" * 64,
               "hash": "cd" * 32, "fields": {"device_id": EVIL_DEVICE, "location": "<img src=x onerror=alert(3)>"}}  # fmt: skip
     assert hostile["link"].publish(f"lfr/{EVIL_DEVICE}/audit", canonical(record), qos=1).wait(10)

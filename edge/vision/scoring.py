@@ -42,7 +42,7 @@ FACES_PER_REPORT = 10_000
 class OperatingPointName(str, enum.Enum):
     """Named thresholds calibrated per embedder by `lfr-edge eval --calibrate`."""
 
-    STRICT = "strict"  # per-face FPIR ≤ 1/6000 with a reference list (the shipped default)
+    STRICT = "strict"  # per-face FPIR ≤ 1e-4 with a reference list (the shipped default)
     BALANCED = "balanced"  # per-face FPIR ≤ 1e-3 with the same list
 
 

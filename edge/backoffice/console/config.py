@@ -12,7 +12,10 @@ from edge.alerts.listener import BackofficeConfig, DeviceEntry
 from edge.errors import ConfigError
 
 # A crop larger than this is refused at ingest (the device sends ~10 kB JPEGs).
-MAX_CROP_BYTES = 10 * 1024 * 1024
+# A face crop past this is refused at storage. The listener refuses any alert over 4 MiB before it
+# is parsed (edge.alerts.message), so larger crops never get this far; this bound keeps the
+# console's own promise whatever that limit becomes. Real crops are 15-60 kB.
+MAX_CROP_BYTES = 2 * 1024 * 1024
 
 
 class _Section(BaseModel):
