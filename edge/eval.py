@@ -34,10 +34,10 @@ from edge.imageio import decode_rgb
 from edge.inference import TFLiteModel, default_models_dir, load_manifest, load_model, runtime_name, sha256_file
 from edge.sysinfo import cpu_model
 from edge.types import F32, U8, Rejection
-from edge.vision.align import Aligner
+from edge.vision.align import ChipTemplate
 from edge.vision.analyze import primary_index
 from edge.vision.detect import FaceDetector
-from edge.vision.embed import Embedder
+from edge.vision.embed import Embedder, aligner_for
 from edge.vision.quality import QualityGate
 
 SCHEMA_VERSION = 1
@@ -312,7 +312,8 @@ def _mesh_aligner(models_dir: Path, num_threads: int, notes: list[str]) -> Any:
 
 
 def _model_id(v: str) -> str:
-    return v if v.startswith("dlib_resnet") else f"dlib_resnet_v1_{v}"
+    """A precision names the shipped dlib embedder; anything else is a manifest embedder id."""
+    return f"dlib_resnet_v1_{v}" if v in ("int8", "fp32") else v
 
 
 def _progress(i: int, n: int, t0: float, show: bool) -> None:
@@ -377,11 +378,15 @@ def run_eval(
     embedders = {
         v: Embedder(load_model(_model_id(v), mdir, num_threads=cfg.models.num_threads)) for v in variants
     }
-    aligner = Aligner()
+    aligner = aligner_for(list(embedders.values()))
+    if aligner.kind is not ChipTemplate.DLIB150:
+        # dlib's chip and the mesh template are dlib150 geometry; other templates align from keypoints.
+        notes += [f"{a} alignment skipped: {aligner.kind.value} embedder" for a in aligns if a != "ours"]
+        aligns = ["ours"]
     gate = QualityGate(cfg.quality)
     n = len(ds.paths)
     keys = [f"{v}/{a}" for v in variants for a in aligns]
-    emb = {k: np.zeros((n, 128), np.float32) for k in keys}
+    emb = {k: np.zeros((n, embedders[k.split("/")[0]].dim), np.float32) for k in keys}
     has_face = np.zeros(n, bool)
     gated = np.zeros(n, bool)  # refused by the quality gate (only matters with apply_gate)
     n_faces = np.zeros(n, np.int64)
