@@ -382,6 +382,9 @@ def build(
         }
         if prec == "int8":
             entry["calibration"] = calib_desc
+        # The device reads its chip and normalisation from these (edge.vision.embed.EmbedderSpec).
+        entry.update(template="dlib150", chip_size=inp["shape"][1], dim=outp["shape"][-1],
+                     preprocess={"channels": "rgb", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})  # fmt: skip
         entries.append(entry)
     return entries
 

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="verify the shipped models (sha256 + one inference) or rebuild them")
     msub = p.add_subparsers(dest="models_cmd", metavar="ACTION", required=True)
 
-    v = msub.add_parser("verify", help="check every manifest sha256 and run one inference per model (exit 2 on mismatch)")
+    v = msub.add_parser(
+        "verify", help="check every manifest sha256 and each model's golden output (exit 2 on any mismatch)"
+    )
     v.add_argument("--models-dir", type=Path, help="models folder (default: the shipped models)")
     v.add_argument("--json", action="store_true", help="machine-readable result")
     v.set_defaults(handler=_verify)
@@ -55,7 +57,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 # ------------------------------------------------------------------------------------------------
 def verify_models(models_dir: Path) -> dict[str, Any]:
-    """Every manifest entry: file present, sha256 equal, one inference on zeros in this runtime."""
+    """Every manifest entry: file present, sha256 equal, one inference on zeros in this runtime, and
+    its golden input giving its recorded output within the stated tolerance (edge.golden)."""
+    from edge import golden
     from edge.inference import TFLiteModel, load_manifest, runtime_name, sha256_file
 
     manifest = load_manifest(models_dir)
@@ -76,7 +80,7 @@ def verify_models(models_dir: Path) -> dict[str, Any]:
             rows.append(row)
             continue
         try:
-            model = TFLiteModel(path, num_threads=1, model_id=mid)
+            model = TFLiteModel(path, num_threads=1, model_id=mid, entry=entry)
             xs = [np.zeros(tuple(int(s) for s in d["shape"]), d["dtype"]) for d in model.inputs]
             outs = model.invoke(*xs)
             finite = all(np.isfinite(o.astype(np.float64)).all() for o in outs)
@@ -86,6 +90,11 @@ def verify_models(models_dir: Path) -> dict[str, Any]:
             )
             if not finite:
                 row["problem"] = "inference produced NaN or inf"
+            else:
+                result = golden.check(model, entry, models_dir)
+                row.update(ok=result.ok, golden=result.figure)
+                if not result.ok:
+                    row["problem"] = result.figure
         except InputError as e:
             row.update(ok=False, problem=str(e))
         rows.append(row)
@@ -103,12 +112,12 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"runtime: {result['runtime']}  models: {result['models_dir']}")
         for r in result["models"]:
             status = "OK " if r["ok"] else "BAD"
-            detail = r.get("problem") or f"sha256 ok, inference ok {r['inference']['outputs']}"
+            detail = r.get("problem") or f"sha256 ok, {r['golden']}"
             print(f"{status} {r['id']:<28} {r['precision']:<5} {detail}")
     if not result["ok"]:
         for r in result["models"]:
             if not r["ok"]:
-                print(f"error: {r['file']}: {r['problem']}", file=sys.stderr)
+                print(f"error: {r['file']}: model {r['id']}: {r['problem']}", file=sys.stderr)
         return EXIT_INPUT
     return EXIT_OK
 
