@@ -42,7 +42,7 @@ FACE_SQUARE = (110, 0, 230)
 def astronaut() -> U8:
     from skimage import data
 
-    img: U8 = np.ascontiguousarray(data.astronaut()[:, :, :3])
+    img: U8 = np.ascontiguousarray(data.astronaut()[:, :, :3])  # type: ignore[no-untyped-call]
     return img
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -13,8 +14,11 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EXIT_INPUT, EXIT_OK, InputError
+from edge.vision.align import ChipTemplate
 
 BUILD_MODULES = ("torch", "litert_torch", "ai_edge_quantizer")
+IMPORT_MODULES = (*BUILD_MODULES, "onnx", "onnx2torch")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{1,47}$")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +37,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--faces", type=Path, help="public face data for calibration (has lfw/)")
     b.add_argument("--out", type=Path, help="where .tflite files and MANIFEST.json go (default models/)")
     b.set_defaults(handler=_build)
+
+    i = msub.add_parser(
+        "import",
+        help="import a licensed ONNX face embedder: fp32 + calibrated int8 TFLite and manifest entries (checkout + [build] extra)",
+    )
+    i.add_argument("--onnx", type=Path, required=True, help="the ONNX file (one NCHW or NHWC image in, [N,D] out)")
+    i.add_argument("--template", required=True, choices=[t.value for t in ChipTemplate],
+                   help="chip template the network was trained on: dlib150, or arcface112 (InsightFace 5-point)")  # fmt: skip
+    i.add_argument("--input", dest="channels", required=True, choices=["rgb", "bgr"], help="channel order it expects")
+    i.add_argument("--mean", required=True, help="per-channel mean subtracted from 0..255 pixels, R,G,B order of --input")
+    i.add_argument("--std", required=True, help="per-channel divisor after the mean, e.g. 127.5,127.5,127.5")
+    i.add_argument("--id", dest="name", required=True, help="model name; entries NAME_fp32 and NAME_int8")
+    i.add_argument("--licence", help="REQUIRED: the licence under which this force may run the weights")
+    i.add_argument("--source", help="where the weights came from (vendor, version, contract), kept in the manifest")
+    i.add_argument("--faces", type=Path, required=True, help="public labelled faces for calibration (folder with labels.csv, e.g. faces/lfw)")
+    i.add_argument("--models-dir", type=Path, help="where the .tflite files and MANIFEST.json go (default: the shipped models)")
+    i.add_argument("--calib", type=int, default=128, help="calibration chips, one per identity (default 128)")
+    i.add_argument("--held-out", type=int, default=64, help="chips of other identities for the int8 check (default 64)")
+    i.add_argument("--min-int8-cosine", type=float, default=0.98,
+                   help="refuse the int8 model below this worst-case cosine to fp32 (default 0.98)")  # fmt: skip
+    i.set_defaults(handler=_import)
 
     e = sub.add_parser("eval", help="accuracy on a labelled face folder: detection, verification, identification")
     e.add_argument("--faces", type=Path, required=True, help="folder of <identity>/<image> (LFW layout)")
@@ -154,6 +179,59 @@ def _build(args: argparse.Namespace) -> int:
     finally:
         sys.argv = old_argv
     return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Arguments checked here, cheaply and before any heavy import; the work is models/import_onnx.py."""
+    from edge.inference import default_models_dir
+    from edge.vision.embed import Preprocess
+
+    licence = (args.licence or "").strip()
+    if not licence:
+        raise InputError("--licence is required: state the licence under which the weights may be run "
+                         "(it goes into the manifest with the model)")  # fmt: skip
+    if not _NAME.match(args.name):
+        raise InputError(f"--id {args.name!r}: use 2-48 lowercase letters, digits and _, starting with a letter")
+    if args.name.startswith("dlib_resnet") or args.name.startswith("blazeface"):
+        raise InputError(f"--id {args.name!r}: that name belongs to a shipped model")
+    onnx_path: Path = args.onnx
+    if not onnx_path.is_file():
+        raise InputError(f"--onnx {onnx_path}: no such file")
+    pre = Preprocess.from_manifest(
+        {"channels": args.channels, "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std")}, "--mean/--std"
+    )
+    faces: Path = args.faces
+    if not (faces / "labels.csv").exists():
+        raise InputError(f"--faces {faces}: no labels.csv (path,identity) there; give the LFW folder, e.g. faces/lfw")
+    if args.calib < 8 or args.held_out < 4:
+        raise InputError(f"--calib {args.calib} / --held-out {args.held_out}: need at least 8 and 4 chips")
+    root = Path(__file__).resolve().parent.parent.parent
+    if not (root / "models" / "import_onnx.py").exists():
+        raise InputError("lfr-edge models import runs models/import_onnx.py from a source checkout; this install has none")
+    missing = [m for m in IMPORT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"the [build] extra is missing ({', '.join(missing)}): pip install -e '.[build]' in the checkout"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from models.import_onnx import ImportRequest, import_model
+
+    import_model(ImportRequest(
+        onnx=onnx_path.resolve(), template=ChipTemplate(args.template), preprocess=pre, name=args.name,
+        licence=licence, source=args.source, faces=faces.resolve(),
+        models_dir=(args.models_dir or default_models_dir()).resolve(), n_calib=args.calib,
+        n_held_out=args.held_out, min_int8_cosine=args.min_int8_cosine,
+        command="lfr-edge models import " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["models", "import"] else []),
+    ))  # fmt: skip
+    return EXIT_OK
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected three numbers, e.g. 127.5,127.5,127.5") from None
 
 
 def _eval(args: argparse.Namespace) -> int:
