@@ -68,17 +68,27 @@ def test_verify_reports_a_missing_file(shipped: Path, tmp_path: Path, capsys: py
     assert "file missing" in capsys.readouterr().err
 
 
-def test_build_without_the_build_extra_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
+def test_build_and_import_without_the_build_extra_are_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
 
-    from edge.commands.models_cmd import BUILD_MODULES
-
-    if all(importlib.util.find_spec(m) is not None for m in BUILD_MODULES):
-        pytest.skip("the [build] extra is installed here; a test must not rebuild the models")
+    # A None entry in sys.modules makes find_spec report the package absent, installed or not.
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
     assert main(["models", "build", "--only", "embedder"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "[build] extra" in err
+    assert err.startswith("error: ") and "[build] extra" in err and "litert_torch" in err
     assert len(err.strip().splitlines()) == 1
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x07")
+    (tmp_path / "labels.csv").write_text("path,identity\n")
+    assert main(["models", "import", "--onnx", str(onnx), "--template", "arcface112", "--input", "rgb",
+                 "--mean", "0,0,0", "--std", "1,1,1", "--id", "mine", "--licence", "test",
+                 "--faces", str(tmp_path), "--models-dir", str(tmp_path / "out")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("error: the [build] extra is missing") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 NO_TORCH = """
