@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -141,7 +142,11 @@ class Embedder:
         self._xor_path = plain and in_dtype == np.int8 and self._in_q.scale == 1.0 and self._in_q.zero_point == -128
         self._float_path = plain and self._in_q.scale == 0.0
         self._bgr = spec.preprocess.channels is ChannelOrder.BGR
+        self._swap: U8 = np.zeros((s, s, 3), np.uint8)
         self._lut: npt.NDArray[Any] = self._in_q.quantize(spec.preprocess.table())
+        # OpenCV's LUT takes one table per channel for these dtypes: ~25 us for a 112 px chip
+        # against ~220 us for numpy's gather.
+        self._lut_cv = self._lut.reshape(1, 256, 3) if self._lut.dtype in (np.uint8, np.int8, np.float32) else None
         self._ch = np.arange(3)
 
     @classmethod
@@ -158,8 +163,11 @@ class Embedder:
         elif self._float_path:
             self._buf[0] = chip  # float32 model: raw pixel values, the model normalises
         else:
-            src = chip[..., ::-1] if self._bgr else chip
-            self._buf[0] = self._lut[src, self._ch]  # normalise + quantise: one gather per value
+            src = cv2.cvtColor(chip, cv2.COLOR_RGB2BGR, dst=self._swap) if self._bgr else chip
+            if self._lut_cv is not None:
+                cv2.LUT(src, self._lut_cv, dst=self._buf[0])  # normalise + quantise in one pass
+            else:
+                self._buf[0] = self._lut[src, self._ch]
 
     def embed(self, chips: U8) -> F32:
         """(N,S,S,3) uint8 RGB chips (S = chip_size) -> (N,dim) float32, each row L2-normalised."""
