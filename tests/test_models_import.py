@@ -291,14 +291,18 @@ def test_arcface112_model_enrols_runs_the_loop_and_is_refused_elsewhere(
 def test_eval_runs_on_the_imported_model(models_dir: Path, arc_onnx: Path, faces_dir: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     code = main(["eval", "--faces", str(faces_dir / "lfw"), "--limit", "200", "--variants", "tinyarc_int8",
-                 "--models-dir", str(models_dir), "--impostors", "5000", "--id-splits", "2", "--json"])  # fmt: skip
+                 "--align", "ours,mesh,dlib", "--models-dir", str(models_dir), "--impostors", "5000",
+                 "--id-splits", "2", "--json"])  # fmt: skip
     assert code == 0
     r = json.loads(capsys.readouterr().out)
-    assert list(r["variants"]) == ["tinyarc_int8/ours"]
-    v = r["variants"]["tinyarc_int8/ours"]
-    assert v["embedder"] == "tinyarc_int8"
-    assert v["verification"]["genuine_pairs"] > 20 and v["identification"]["mated_probes"] > 0
+    assert sorted(r["variants"]) == ["tinyarc_int8/mesh", "tinyarc_int8/ours"]  # dlib's chips are dlib150 only
     assert any("dlib alignment skipped" in n for n in r["notes"])
+    for v in r["variants"].values():
+        assert v["embedder"] == "tinyarc_int8"
+        ver = v["verification"]
+        assert ver["genuine_pairs"] > 20 and v["identification"]["mated_probes"] > 0
+        # A weak recogniser, yet a recogniser: the same people score higher than strangers.
+        assert ver["genuine_mean"] > ver["impostor_mean"]
 
 
 def _person_at(truth: Any, frame: int, bbox: Any) -> Any:
