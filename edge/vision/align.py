@@ -1,4 +1,7 @@
-"""Face alignment: detector keypoints → the embedder's canonical 150x150 chip, one warpAffine per face.
+"""Face alignment: detector keypoints → the embedder's chip, one warpAffine per face.
+
+Two templates (ChipTemplate; the embedder's manifest entry names its own): dlib150, below, and
+InsightFace's five-point arcface112 for imported ArcFace-class models.
 
 The dlib ResNet embedder was trained on chips cut by dlib's `get_face_chip_details` (5-point
 shape predictor, size 150, padding 0.25): it only gives its published accuracy when a face sits
@@ -50,7 +53,6 @@ TEMPLATE: F32 = np.array(
 )
 # Least-squares weights per keypoint (0 = unused): inverse residual variance from the calibration.
 WEIGHTS: F32 = np.array([1.0, 0.921, 0.132, 0.34, 0.0, 0.0], dtype=np.float32)
-
 
 
 class ChipTemplate(str, enum.Enum):
