@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,7 +352,6 @@ def _io_block(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def import_model(req: ImportRequest) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     onnx_model, io = inspect_onnx(req.onnx, _template_size(req.template))
-    import litert_torch  # type: ignore[import-untyped]
     import torch
 
     torch.manual_seed(0)
@@ -367,8 +369,22 @@ def import_model(req: ImportRequest) -> list[dict[str, Any]]:
           f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
 
     req.models_dir.mkdir(parents=True, exist_ok=True)
-    fp32_path = req.models_dir / f"{req.name}_fp32.tflite"
-    int8_path = req.models_dir / f"{req.name}_int8.tflite"
+    # Built beside the models and moved in only once every check passed: a failed import leaves
+    # the models folder as it was.
+    work = Path(tempfile.mkdtemp(prefix=".import-", dir=req.models_dir))
+    try:
+        return _build(req, wrapper, io, x_cal, x_held, calib_ids, work, t0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(req: ImportRequest, wrapper: Any, io: OnnxIO, x_cal: F32, x_held: F32, calib_ids: list[str],
+           work: Path, t0: float) -> list[dict[str, Any]]:  # fmt: skip
+    import litert_torch  # type: ignore[import-untyped]
+    import torch
+
+    fp32_path = work / f"{req.name}_fp32.tflite"
+    int8_path = work / f"{req.name}_int8.tflite"
     sample = (torch.from_numpy(x_cal[:1]),)
     try:
         litert_torch.convert(wrapper, sample).export(str(fp32_path))
@@ -377,7 +393,7 @@ def import_model(req: ImportRequest) -> list[dict[str, Any]]:
     ref = torch_descriptors(wrapper, x_held)
     fp32_out = _run(fp32_path, x_held)
     tt_cos = float(cosines(ref, fp32_out).min())
-    print(f"[import] torch vs fp32 TFLite: min cosine {tt_cos:.7f} ({len(held)} held-out chips): {op_counts(fp32_path)}")
+    print(f"[import] torch vs fp32 TFLite: min cosine {tt_cos:.7f} ({len(x_held)} held-out chips): {op_counts(fp32_path)}")
     if tt_cos < TORCH_TFLITE_MIN_COS:
         raise RuntimeError(f"fp32 TFLite disagrees with the ONNX network: min cosine {tt_cos} < {TORCH_TFLITE_MIN_COS}")
 
@@ -385,7 +401,7 @@ def import_model(req: ImportRequest) -> list[dict[str, Any]]:
     int8_out = _run(int8_path, x_held)
     cos = cosines(int8_out, fp32_out)
     q_min, q_mean = float(cos.min()), float(cos.mean())
-    print(f"[import] int8 vs fp32 on {len(held)} held-out chips: min cosine {q_min:.5f}, mean {q_mean:.5f}")
+    print(f"[import] int8 vs fp32 on {len(x_held)} held-out chips: min cosine {q_min:.5f}, mean {q_mean:.5f}")
     if q_min < req.min_int8_cosine:
         raise RuntimeError(f"int8 too far from fp32: min cosine {q_min:.5f} < {req.min_int8_cosine} "
                            "(more --calib chips may help; the fp32 model is usable as it is)")  # fmt: skip
@@ -397,9 +413,9 @@ def import_model(req: ImportRequest) -> list[dict[str, Any]]:
     versions = {t: _version(t) for t in TOOLS}
     calibration = {
         "faces": str(req.faces),
-        "images": len(calib),
+        "images": len(x_cal),
         "selection": f"one image per identity from labels.csv; identities sorted, permuted with numpy "
-        f"default_rng({SEED}), first half = calibration, second half = held-out ({len(held)} images for "
+        f"default_rng({SEED}), first half = calibration, second half = held-out ({len(x_held)} images for "
         f"the int8 check); chips by the shipped {CHIP_DETECTOR} + {req.template.value} template; "
         "activation ranges = global min/max",
         "identities": ", ".join(calib_ids),
@@ -429,10 +445,13 @@ def import_model(req: ImportRequest) -> list[dict[str, Any]]:
             entry["checks"] = {
                 "int8_vs_fp32_min_cosine": round(q_min, 6),
                 "int8_vs_fp32_mean_cosine": round(q_mean, 6),
-                "eval_set": f"{len(held)} held-out chips, identities disjoint from calibration",
+                "eval_set": f"{len(x_held)} held-out chips, identities disjoint from calibration",
             }
             entry["calibration"] = calibration
-        entries.append(record_entry(req.models_dir, entry))
+        entries.append(entry)
+    for entry, path in zip(entries, (fp32_path, int8_path), strict=True):
+        os.replace(path, req.models_dir / path.name)
+        record_entry(req.models_dir, entry)
     write_manifest(req.models_dir, entries)
     print(f"[import] wrote {', '.join(e['id'] for e in entries)} to {req.models_dir} in {time.perf_counter() - t0:.0f}s")
     return entries

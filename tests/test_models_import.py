@@ -197,6 +197,7 @@ def test_dlib_rebuild_imported_from_onnx_gives_the_shipped_outputs_back(models_d
         assert raw["template"] == "dlib150" and raw["chip_size"] == 150 and raw["dim"] == 128
         assert set(raw["built_with"]) >= {"torch", "onnx", "onnx2torch", "litert-torch", "ai-edge-quantizer"}
         assert raw["golden"]["input"] == "golden/astronaut_dlib150_150.png"
+        assert raw["import_command"].startswith("lfr-edge models import --onnx dlib_rebuild.onnx --template dlib150")
         assert sha256_file(mine / raw["file"]) == raw["sha256"]
     assert len(m["dlibonnx_int8"].raw["calibration"]["identities"].split(", ")) == 32
     # The shipped entries were kept as they were.
@@ -221,6 +222,20 @@ def test_arcface112_import_writes_its_contract_and_passes_verify(
     assert {"tinyarc_fp32", "tinyarc_int8"} <= set(rows)
     assert all(r["ok"] for r in rows.values())
     assert "golden cosine" in rows["tinyarc_int8"]["golden"]
+
+
+def test_a_failed_import_leaves_the_models_folder_as_it_was(
+    models_dir: Path, arc_onnx: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (models_dir / "MANIFEST.json").read_bytes()
+    files = sorted(p.name for p in models_dir.iterdir())
+    args = _base_args(arc_onnx, faces_dir / "lfw", models_dir, "tooexact")
+    args[args.index("--input") + 1] = "bgr"
+    # No int8 model is that close to its float original: the import must stop before writing.
+    assert main([*args, "--licence", "test", "--calib", "8", "--held-out", "4", "--min-int8-cosine", "0.999999"]) == 1
+    assert "int8 too far from fp32" in capsys.readouterr().err
+    assert (models_dir / "MANIFEST.json").read_bytes() == before
+    assert sorted(p.name for p in models_dir.iterdir()) == files  # no model files, no work folder left
 
 
 def _cfg(models_dir: Path, embedder: str, threshold: float) -> Config:

@@ -222,7 +222,9 @@ def _import(args: argparse.Namespace) -> int:
         licence=licence, source=args.source, faces=faces.resolve(),
         models_dir=(args.models_dir or default_models_dir()).resolve(), n_calib=args.calib,
         n_held_out=args.held_out, min_int8_cosine=args.min_int8_cosine,
-        command="lfr-edge models import " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["models", "import"] else []),
+        command=(f"lfr-edge models import --onnx {onnx_path.name} --template {args.template} --input {args.channels} "
+                 f"--mean {args.mean} --std {args.std} --id {args.name} --faces {faces} --calib {args.calib} "
+                 f"--held-out {args.held_out} --licence … (see licence)"),
     ))  # fmt: skip
     return EXIT_OK
 
