@@ -140,7 +140,7 @@ rm -rf /opt/lfr-edge/models && mv /opt/lfr-edge/models.new /opt/lfr-edge/models
 install -m 0644 "$HERE/README.md" /opt/lfr-edge/README.md
 install -m 0640 -o root -g lfr-edge "$HERE/config/lfr-edge.example.yaml" /etc/lfr-edge/lfr-edge.example.yaml
 LFR_EDGE_MODELS=/opt/lfr-edge/models /opt/lfr-edge/venv/bin/lfr-edge models verify >/dev/null \
-  && say "models verified (sha256 + one inference each)" || die "model verification failed: run lfr-edge models verify"
+  && say "models verified (sha256 + each golden output)" || die "model verification failed: run lfr-edge models verify"
 
 runuser -u lfr-edge -- /opt/lfr-edge/venv/bin/python -c '' 2>/dev/null \
   || die "the service user lfr-edge cannot run $(readlink -f /opt/lfr-edge/venv/bin/python); use a system Python: PYTHON=/usr/bin/python3 ./setup.sh"

@@ -35,10 +35,10 @@ from edge.imageio import decode_rgb
 from edge.inference import TFLiteModel, default_models_dir, load_manifest, load_model, runtime_name, sha256_file
 from edge.sysinfo import cpu_model
 from edge.types import F32, U8, Rejection
-from edge.vision.align import Aligner
+from edge.vision.align import ChipTemplate
 from edge.vision.analyze import primary_index
 from edge.vision.detect import FaceDetector
-from edge.vision.embed import Embedder
+from edge.vision.embed import Embedder, aligner_for
 from edge.vision.quality import QualityGate
 from edge.vision.scoring import CohortNorm, load_scoring
 
@@ -379,7 +379,8 @@ def _mesh_aligner(models_dir: Path, num_threads: int, notes: list[str]) -> Any:
 
 
 def _model_id(v: str) -> str:
-    return v if v.startswith("dlib_resnet") else f"dlib_resnet_v1_{v}"
+    """A precision names the shipped dlib embedder; anything else is a manifest embedder id."""
+    return f"dlib_resnet_v1_{v}" if v in ("int8", "fp32") else v
 
 
 def _progress(i: int, n: int, t0: float, show: bool) -> None:
@@ -468,7 +469,15 @@ def run_eval(
     embedders = {
         v: Embedder(load_model(_model_id(v), mdir, num_threads=cfg.models.num_threads)) for v in variants
     }
-    aligner = Aligner()
+    aligner = aligner_for(list(embedders.values()))
+    if aligner.kind is not ChipTemplate.DLIB150:
+        # dlib's chips are dlib150 geometry; the mesh places the embedder's own template's points.
+        notes += [f"dlib alignment skipped: {aligner.kind.value} embedder" for a in aligns if a == "dlib"]
+        aligns = [a for a in aligns if a != "dlib"]
+        if mesh_aligner is not None:
+            from edge.vision.landmarks import MeshAligner
+
+            mesh_aligner = MeshAligner(mesh_aligner.landmarker, aligner.size, aligner.kind)
     gate = QualityGate(cfg.quality)
     n = len(ds.paths)
     need_mirror = any(sc in ("flip", "device") for sc in scorings)

@@ -118,10 +118,14 @@ def _quant(detail: dict[str, Any]) -> Quant:
 class TFLiteModel:
     """A loaded interpreter with its tensors described once; invoke() is the only per-frame call."""
 
-    def __init__(self, path: Path, num_threads: int = 2, model_id: str | None = None) -> None:
+    def __init__(
+        self, path: Path, num_threads: int = 2, model_id: str | None = None, entry: ModelEntry | None = None
+    ) -> None:
         cls, self.runtime = _interpreter_class()
         self.path = path
         self.id = model_id or path.stem
+        # The manifest entry it was loaded by (load_model), so stages read their contract from it.
+        self.entry = entry
         try:
             self._interp = cls(model_path=str(path), num_threads=num_threads)
             self._interp.allocate_tensors()
@@ -176,4 +180,4 @@ def load_model(
             raise InputError(
                 f"{path}: sha256 {digest[:12]}… does not match the manifest ({entry.sha256[:12]}…); refusing it"
             )
-    return TFLiteModel(path, num_threads=num_threads, model_id=model_id)
+    return TFLiteModel(path, num_threads=num_threads, model_id=model_id, entry=entry)

@@ -30,7 +30,7 @@ from edge.camera.grabber import LatestFrameGrabber
 from edge.config import Config
 from edge.types import F32, U8, Counters, Detections, Frame, Match, MatchEvent, Quality
 from edge.vision.quality import FACE_REGION, count_rejections
-from edge.vision.track import Track, Tracker
+from edge.vision.track import EMBED_DIM, Track, Tracker
 from edge.watchlist.match import Matcher
 from edge.watchlist.model import Watchlist
 from edge.watchlist.policy import MatchingPolicy
@@ -75,6 +75,7 @@ class Stages:
     # Whole-frame pass only, for the frames between tile passes (detection.tiles_every_n > 1).
     detector_light: Detector | None = None
     tiles_every_n: int = 1
+    embed_dim: int = EMBED_DIM  # the embedder's descriptor size: the tracks' buffers are this wide
 
 
 class Pipeline:
@@ -92,7 +93,9 @@ class Pipeline:
         self.sink = sink
         self.camera = camera or cfg.device.camera_name
         t = cfg.tracking
-        self.tracker = Tracker(t.iou_threshold, t.max_centre_dist, t.max_missed_frames, t.best_k, t.max_tracks)
+        self.tracker = Tracker(
+            t.iou_threshold, t.max_centre_dist, t.max_missed_frames, t.best_k, t.max_tracks, dim=stages.embed_dim
+        )
         self.counters = Counters()
         self.suppressed = 0  # matches silenced by the per-subject cooldown
         # Per-subject time of the last alert; at most one entry per watchlist subject, pruned by age.
@@ -306,13 +309,14 @@ def build_stages(cfg: Config) -> Stages:
     embedder = _Embedder(load_model(m.embedder, m.dir, num_threads=m.num_threads), flip=policy.scoring.flip)
     return Stages(
         detector=detector,
-        aligner=_Aligner(),
+        aligner=_Aligner.for_template(embedder.template, embedder.chip_size),
         quality=_Gate(cfg.quality),
         embedder=embedder,
         model_ids={"detector": m.detector, "embedder": m.embedder},
         policy=policy,
         detector_light=light,
         tiles_every_n=d.tiles_every_n,
+        embed_dim=embedder.dim,
     )
 
 

@@ -23,6 +23,8 @@ if str(ROOT) not in sys.path:
     # `models.*` and `edge.*` from the checkout.
     sys.path.insert(0, str(ROOT))
 
+from models.golden_inputs import record_entry  # noqa: E402
+
 MANIFEST = "MANIFEST.json"
 Builder = Callable[[Path, Path], list[dict[str, Any]]]
 
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         entries = fn(out, args.faces.resolve())
         for e in entries:
             e.setdefault("build_command", cmd)
+            record_entry(out, e)  # golden output for `lfr-edge models verify` (models/golden_inputs.py)
         new += entries
     if not new:
         print("[build] nothing built; manifest left unchanged")

@@ -191,8 +191,9 @@ def convert_fp32(model: Any, out: Path) -> None:
     litert_torch.convert(model.eval(), sample).export(str(out))
 
 
-def quantize_int8(fp32: Path, calib: U8, out: Path) -> None:
-    """Full static int8 (weights per-channel, activations per-tensor) calibrated on real chips.
+def quantize_int8(fp32: Path, calib: npt.NDArray[Any], out: Path) -> None:
+    """Full static int8 (weights per-channel, activations per-tensor) calibrated on real chips
+    (calib: the fp32 model's inputs, NHWC, one row per chip).
 
     Activation ranges are the global min/max over the calibration set. Quantizer.calibrate()
     would use its default moving-average update (factor 0.95), which in effect keeps only the
@@ -382,6 +383,9 @@ def build(
         }
         if prec == "int8":
             entry["calibration"] = calib_desc
+        # The device reads its chip and normalisation from these (edge.vision.embed.EmbedderSpec).
+        entry.update(template="dlib150", chip_size=inp["shape"][1], dim=outp["shape"][-1],
+                     preprocess={"channels": "rgb", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})  # fmt: skip
         entries.append(entry)
     return entries
 

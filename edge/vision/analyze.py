@@ -17,10 +17,10 @@ from edge.config import Config
 from edge.errors import InputError
 from edge.inference import load_model
 from edge.types import F32, U8, Quality
-from edge.vision.align import Aligner
+from edge.vision.align import CHIP_SIZE, Aligner, ChipTemplate
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
-from edge.vision.quality import QualityGate
+from edge.vision.quality import FACE_REGION, QualityGate
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +29,9 @@ class AnalyzedFace:
     keypoints: F32  # (6, 2) image px, MediaPipe order
     score: float
     quality: Quality
-    chip: U8  # (150, 150, 3) RGB, an owned copy
+    chip: U8  # (S, S, 3) RGB at the embedder's chip size, an owned copy
     matrix: F32  # (2, 3) image → chip
-    embedding: F32 | None  # (128,) L2-normalised; None when the gate rejected the face
+    embedding: F32 | None  # (dim,) L2-normalised; None when the gate rejected the face
 
 
 def primary_index(boxes: F32, width: int, height: int) -> int:
@@ -105,7 +105,7 @@ class FaceAnalyzer:
     ) -> None:
         self.detector = detector
         self.embedder = embedder
-        self.aligner = aligner or Aligner()
+        self.aligner = aligner or Aligner.for_template(embedder.template, embedder.chip_size)
         self.gate = gate or QualityGate()
         # Evaluation measures the embedder on every face it can; the device never embeds rejects.
         self.embed_rejected = embed_rejected
@@ -128,7 +128,7 @@ class FaceAnalyzer:
         embedder = Embedder.from_config(
             mdir, model_id=embedder_id or cfg.models.embedder, num_threads=cfg.models.num_threads
         )
-        return cls(detector, embedder, Aligner(), QualityGate(cfg.quality), embed_rejected=embed_rejected)
+        return cls(detector, embedder, None, QualityGate(cfg.quality), embed_rejected=embed_rejected)
 
     def analyze(self, rgb: U8) -> list[AnalyzedFace]:
         """Every face in the image, in detector-score order."""
@@ -136,9 +136,9 @@ class FaceAnalyzer:
         if len(det) == 0:
             return []
         chips, mats = self.aligner.align(rgb, det.keypoints)
-        quals = self.gate.assess(det.keypoints, det.scores, chips)
+        quals = self.gate.assess(det.keypoints, det.scores, self._gate_view(rgb, chips, mats))
         todo = np.array([q.accepted or self.embed_rejected for q in quals])
-        emb = self.embedder.embed(chips[todo]) if todo.any() else np.zeros((0, 128), np.float32)
+        emb = self.embedder.embed(chips[todo]) if todo.any() else np.zeros((0, self.embedder.dim), np.float32)
         rows = np.cumsum(todo) - 1
         return [
             AnalyzedFace(
@@ -152,6 +152,14 @@ class FaceAnalyzer:
             )
             for i in range(len(det))
         ]
+
+    def _gate_view(self, rgb: U8, chips: U8, mats: F32) -> U8:
+        """What the gate judges: dlib150 chips as they are; other templates' face region re-cut in
+        the gate's reference geometry (Aligner.cut), so its thresholds keep their meaning."""
+        if self.aligner.kind is ChipTemplate.DLIB150 and chips.shape[1] == CHIP_SIZE:
+            return chips
+        regions: U8 = self.aligner.cut(rgb, mats, *FACE_REGION)
+        return regions
 
     def primary(self, rgb: U8) -> AnalyzedFace | None:
         """The largest / most central face, or None when there is none."""

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from edge.errors import InputError
 from edge.inference import TFLiteModel
 from edge.types import F32, U8
-from edge.vision.align import CHIP_SIZE, Aligner, invert_affine, similarity_fit
+from edge.vision.align import ARCFACE5, ARCFACE_SIZE, CHIP_SIZE, Aligner, ChipTemplate, invert_affine, similarity_fit
 
 MESH_INPUT = 192
 MESH_POINTS = 468
@@ -40,6 +40,10 @@ MESH_TEMPLATE: F32 = np.array(
     [[112.67, 45.25], [88.27, 46.64], [34.58, 45.65], [58.67, 46.80], [73.35, 85.74]], dtype=np.float32
 )
 MESH_WEIGHTS: F32 = np.ones(5, np.float32)
+
+# InsightFace's five ArcFace points as mesh vertices, in ARCFACE5's order: each eye centre as the
+# midpoint of its corners (the 468-point mesh has no iris), the nose tip, the mouth corners.
+MESH_ARCFACE5 = ((33, 133), (362, 263), (1,), (61,), (291,))
 
 
 class MeshLandmarker:
@@ -78,13 +82,26 @@ class MeshLandmarker:
 
 
 class MeshAligner:
-    """Drop-in for Aligner: BlazeFace keypoints → mesh crop → dlib's 5 points → canonical chip."""
+    """Drop-in for Aligner: BlazeFace keypoints → mesh crop → the template's 5 points → its chip.
 
-    def __init__(self, landmarker: MeshLandmarker, size: int = CHIP_SIZE) -> None:
+    dlib150 uses dlib's 5 landmarks placed by the mesh (MESH_DLIB5 on MESH_TEMPLATE); arcface112
+    uses InsightFace's 5 points (MESH_ARCFACE5 on ARCFACE5, equal weights).
+    """
+
+    def __init__(
+        self, landmarker: MeshLandmarker, size: int | None = None, template: ChipTemplate = ChipTemplate.DLIB150
+    ) -> None:
         self.landmarker = landmarker
         self.first = Aligner(size=CHIP_SIZE)
-        self.final = Aligner(size=size, template=MESH_TEMPLATE, weights=MESH_WEIGHTS)
-        self.size = size
+        self.kind = template
+        if template is ChipTemplate.DLIB150:
+            self.size = size or CHIP_SIZE
+            self._groups: tuple[tuple[int, ...], ...] = tuple((v,) for v in MESH_DLIB5)
+            self.final = Aligner(size=self.size, template=MESH_TEMPLATE, weights=MESH_WEIGHTS)
+        else:
+            self.size = size or ARCFACE_SIZE
+            self._groups = MESH_ARCFACE5
+            self.final = Aligner(self.size, ARCFACE5, np.ones(5, np.float32), base_size=ARCFACE_SIZE)
         s = MESH_INPUT / MESH_ROI_SIDE
         self._roi = np.array(
             [[s, 0.0, MESH_INPUT / 2 - s * MESH_ROI_CENTRE[0]], [0.0, s, MESH_INPUT / 2 - s * MESH_ROI_CENTRE[1]],
@@ -103,8 +120,14 @@ class MeshAligner:
         out: F32 = lm[:, list(MESH_DLIB5)]
         return out
 
+    def points(self, image: U8, keypoints: F32) -> F32:
+        """The template's 5 points in frame px, placed by the mesh."""
+        lm = self.landmarker.landmarks(image, self.crop_matrices(keypoints))
+        out: F32 = np.stack([lm[:, list(g)].mean(axis=1) for g in self._groups], axis=1).astype(np.float32)
+        return out
+
     def matrices(self, image: U8, keypoints: F32) -> F32:
-        pts = self.dlib5(image, keypoints)
+        pts = self.points(image, keypoints)
         return similarity_fit(pts, self.final.template, self.final.weights)
 
     def align(self, image: U8, keypoints: F32) -> tuple[U8, F32]:

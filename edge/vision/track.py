@@ -19,7 +19,7 @@ import numpy.typing as npt
 from edge.types import F32
 from edge.vision.detect import iou_matrix
 
-EMBED_DIM = 128
+EMBED_DIM = 128  # the shipped dlib descriptor; the pipeline passes the loaded embedder's dim
 RANK_IMPROVEMENT = 1.10  # a view must be 10 % better than the best so far to earn an extra embedding
 
 
