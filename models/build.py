@@ -46,7 +46,7 @@ def _load_builder(name: str) -> Builder | None:
 
 # Written by calibration (`lfr-edge eval --calibrate`), not by the builders: a rebuild that
 # reproduces the same file keeps them, a rebuild that changes the file drops them (recalibrate).
-CALIBRATION_KEYS = ("scoring",)
+CALIBRATION_KEYS = ("scoring", "enrolment")
 
 
 def merge_manifest(path: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
