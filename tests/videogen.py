@@ -21,11 +21,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge.bench.recognition import face_sprite as bench_face_sprite
+from edge.bench.recognition import paste_face
+
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 
-LFW_CROP = (45, 205)  # rows/cols of the 250x250 image kept around the face
-LFW_FACE_PX = 110.0  # approximate face width inside the LFW image
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,9 @@ def enrolment_images(lfw: Path, identity: str, n: int = 3) -> list[Path]:
 
 def face_sprite(lfw: Path, rel: str) -> tuple[U8, F32]:
     """RGB face region and its feathered elliptical alpha (float 0..1)."""
-    bgr = cv2.imread(str(lfw / rel), cv2.IMREAD_COLOR)
-    if bgr is None:
+    if not (lfw / rel).exists():
         raise FileNotFoundError(lfw / rel)
-    a, b = LFW_CROP
-    rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[a:b, a:b])
-    h, w = rgb.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    r = ((xx - w / 2) / (0.46 * w)) ** 2 + ((yy - h / 2) / (0.50 * h)) ** 2
-    alpha = np.clip((1.0 - r) / 0.15, 0.0, 1.0).astype(np.float32)
-    return rgb, alpha
+    return bench_face_sprite(lfw / rel)
 
 
 def background(width: int, height: int, rng: np.random.Generator) -> U8:
@@ -97,23 +91,7 @@ def background(width: int, height: int, rng: np.random.Generator) -> U8:
     return np.asarray(cv2.GaussianBlur(bg, (0, 0), 3.0), np.uint8)
 
 
-def _paste(frame: U8, sprite: U8, alpha: F32, cx: float, cy: float, face_px: float) -> tuple[float, ...]:
-    scale = face_px / LFW_FACE_PX
-    side = max(8, round(sprite.shape[1] * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    s = cv2.resize(sprite, (side, side), interpolation=interp).astype(np.float32)
-    a = cv2.resize(alpha, (side, side), interpolation=cv2.INTER_LINEAR)[:, :, None]
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    h, w = frame.shape[:2]
-    xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
-    if xb <= xa or yb <= ya:
-        return (0.0, 0.0, 0.0, 0.0)
-    roi = frame[ya:yb, xa:xb].astype(np.float32)
-    sa = a[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    ss = s[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    frame[ya:yb, xa:xb] = np.clip(roi * (1.0 - sa) + ss * sa + 0.5, 0, 255).astype(np.uint8)
-    half = face_px / 2
-    return (cx - half, cy - half * 1.1, cx + half, cy + half * 1.1)
+_paste = paste_face
 
 
 def generate(

@@ -93,7 +93,8 @@ def choose_cast(faces: Path, seed: int, enrol_max: int, limit: int | None, frame
     return Cast(enrolled, shown)
 
 
-def _sprite(path: Path) -> tuple[U8, F32]:
+def face_sprite(path: Path) -> tuple[U8, F32]:
+    """RGB face region of an LFW photo and its feathered elliptical alpha (float 0..1)."""
     import cv2
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -138,19 +139,20 @@ def write_video(path: Path, faces: Path, cast: Cast, size: tuple[int, int], fps:
     try:
         for f in range(n_frames):
             live = [x for x in live if x[0].last >= f]
-            live += [(a, *_sprite(faces / a.photo)) for a in starts.get(f, [])]
+            live += [(a, *face_sprite(faces / a.photo)) for a in starts.get(f, [])]
             frame = bg.copy()
             for a, sprite, alpha in live:
                 t = (f - a.first) / max(a.last - a.first, 1)
                 cx, cy = cell_centre(a.cell, size, t)
-                _paste(frame, sprite, alpha, cx, cy, face_width(t, *face_px))
+                paste_face(frame, sprite, alpha, cx, cy, face_width(t, *face_px))
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
     return n_frames
 
 
-def _paste(frame: U8, sprite: U8, alpha: F32, cx: float, cy: float, face_px: float) -> None:
+def paste_face(frame: U8, sprite: U8, alpha: F32, cx: float, cy: float, face_px: float) -> tuple[float, ...]:
+    """Blend a face sprite into the frame, face `face_px` wide centred at (cx, cy); its box."""
     import cv2
 
     scale = face_px / LFW_FACE_PX
@@ -162,11 +164,13 @@ def _paste(frame: U8, sprite: U8, alpha: F32, cx: float, cy: float, face_px: flo
     h, w = frame.shape[:2]
     xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
     if xb <= xa or yb <= ya:
-        return
+        return (0.0, 0.0, 0.0, 0.0)
     roi = frame[ya:yb, xa:xb].astype(np.float32)
     sa = a[ya - y0 : yb - y0, xa - x0 : xb - x0]
     ss = s[ya - y0 : yb - y0, xa - x0 : xb - x0]
     frame[ya:yb, xa:xb] = np.clip(roi * (1.0 - sa) + ss * sa + 0.5, 0, 255).astype(np.uint8)
+    half = face_px / 2
+    return (cx - half, cy - half * 1.1, cx + half, cy + half * 1.1)
 
 
 def who_is_there(cast: Cast, size: tuple[int, int], frame: int, bbox: list[float]) -> Appearance | None:
