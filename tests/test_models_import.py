@@ -29,7 +29,7 @@ import pytest
 from edge.cli import main
 from edge.commands.models_cmd import IMPORT_MODULES
 from edge.config import Config, parse_config
-from edge.inference import default_models_dir, load_manifest, sha256_file
+from edge.inference import default_models_dir, load_manifest, load_model, sha256_file
 from edge.types import Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -176,10 +176,11 @@ def test_dlib_rebuild_imported_from_onnx_gives_the_shipped_outputs_back(models_d
     chips = _real_chips("dlib150", 150, 48)
     shipped, mine = default_models_dir(), models_dir
     e = {
-        "ship_fp32": Embedder.from_config(shipped, "dlib_resnet_v1_fp32").embed(chips),
-        "ship_int8": Embedder.from_config(shipped, "dlib_resnet_v1_int8").embed(chips),
-        "fp32": Embedder.from_config(mine, "dlibonnx_fp32").embed(chips),
-        "int8": Embedder.from_config(mine, "dlibonnx_int8").embed(chips),
+        # The networks' own descriptors (no test-time flip: that is the shipped scoring's choice).
+        "ship_fp32": Embedder(load_model("dlib_resnet_v1_fp32", shipped)).embed(chips),
+        "ship_int8": Embedder(load_model("dlib_resnet_v1_int8", shipped)).embed(chips),
+        "fp32": Embedder(load_model("dlibonnx_fp32", mine)).embed(chips),
+        "int8": Embedder(load_model("dlibonnx_int8", mine)).embed(chips),
     }
 
     def cos(a: str, b: str) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -240,7 +241,7 @@ def test_a_failed_import_leaves_the_models_folder_as_it_was(
 
 def _cfg(models_dir: Path, embedder: str, threshold: float) -> Config:
     return parse_config({"models": {"dir": str(models_dir), "embedder": embedder},
-                         "matching": {"threshold": threshold, "floor": 0.5, "min_margin": 0.0, "cooldown_s": 60.0},
+                         "matching": {"threshold": threshold, "min_margin": 0.0, "cooldown_s": 60.0},
                          "camera": {"source": "dir:/nonexistent"}}, ROOT)  # fmt: skip
 
 
@@ -306,11 +307,11 @@ def test_arcface112_model_enrols_runs_the_loop_and_is_refused_elsewhere(
 def test_eval_runs_on_the_imported_model(models_dir: Path, arc_onnx: Path, faces_dir: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     code = main(["eval", "--faces", str(faces_dir / "lfw"), "--limit", "200", "--variants", "tinyarc_int8",
-                 "--align", "ours,mesh,dlib", "--models-dir", str(models_dir), "--impostors", "5000",
+                 "--align", "ours,mesh,dlib", "--scoring", "raw", "--models-dir", str(models_dir), "--impostors", "5000",
                  "--id-splits", "2", "--json"])  # fmt: skip
     assert code == 0
     r = json.loads(capsys.readouterr().out)
-    assert sorted(r["variants"]) == ["tinyarc_int8/mesh", "tinyarc_int8/ours"]  # dlib's chips are dlib150 only
+    assert sorted(r["variants"]) == ["tinyarc_int8/mesh/raw", "tinyarc_int8/ours/raw"]  # dlib's chips are dlib150 only
     assert any("dlib alignment skipped" in n for n in r["notes"])
     for v in r["variants"].values():
         assert v["embedder"] == "tinyarc_int8"
