@@ -321,6 +321,32 @@ def test_eval_runs_on_the_imported_model(models_dir: Path, arc_onnx: Path, faces
         assert ver["genuine_mean"] > ver["impostor_mean"]
 
 
+def test_an_imported_model_gets_its_own_cohort_and_calibrated_operating_points(
+    models_dir: Path, arc_onnx: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole of part B's promise: import, cohort, calibrate, and the device scores with it.
+    (Last in this file: it gives tinyarc_int8 S-norm scoring, which the tests above do not expect.)"""
+    from edge.vision.scoring import load_scoring
+    from edge.watchlist.policy import policy_for
+
+    assert main(["models", "cohort", "--embedder", "tinyarc_int8", "--faces", str(faces_dir / "lfw"),
+                 "--models-dir", str(models_dir)]) == 0  # fmt: skip
+    assert "cohort_tinyarc_int8" in capsys.readouterr().out
+    code = main(["eval", "--faces", str(faces_dir / "lfw"), "--limit", "1700", "--variants", "tinyarc_int8",
+                 "--align", "ours", "--scoring", "device", "--models-dir", str(models_dir), "--impostors", "5000",
+                 "--id-splits", "2", "--calibrate", "--json"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    s = load_scoring("tinyarc_int8", models_dir)
+    assert s.flip and s.norm is not None and s.norm.dim == 512 and s.units == "snorm"
+    assert s.operating_point("strict").threshold > s.operating_point("balanced").threshold > s.floor
+    cfg = _cfg(models_dir, "tinyarc_int8", 0.5).model_copy(
+        update={"matching": parse_config({}, ROOT).matching}
+    )  # the default: the strict point of the model in force
+    assert policy_for(cfg).threshold == s.operating_point("strict").threshold
+    assert main(["models", "verify", "--models-dir", str(models_dir)]) == 0  # the cohort is checked too
+
+
 def _person_at(truth: Any, frame: int, bbox: Any) -> Any:
     """Which person of the clip's ground truth the alerted box covers."""
     cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2

@@ -32,6 +32,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--json", action="store_true", help="machine-readable result")
     v.set_defaults(handler=_verify)
 
+    c = msub.add_parser(
+        "cohort",
+        help="build an embedder's score cohort from the fit half of a labelled face folder (then eval --calibrate)",
+    )
+    c.add_argument("--embedder", action="append", required=True, help="manifest embedder id (repeatable)")
+    c.add_argument("--faces", type=Path, required=True, help="folder of <identity>/<image> (LFW layout)")
+    c.add_argument("--models-dir", type=Path, help="models folder (default: the shipped models)")
+    c.set_defaults(handler=_cohort)
+
     b = msub.add_parser("build", help="rebuild the models from public weights (checkout + the [build] extra)")
     b.add_argument("--only", choices=["embedder", "detector", "cohort"], help="build just one family")
     b.add_argument("--faces", type=Path, help="public face data for calibration (has lfw/)")
@@ -309,6 +318,19 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cohort(args: argparse.Namespace) -> int:
+    from edge.cohort import build_cohort, write_entries
+    from edge.inference import default_models_dir
+
+    mdir = args.models_dir or default_models_dir()
+    entries = build_cohort(mdir, args.faces, args.embedder, say=lambda m: print(m, file=sys.stderr))
+    write_entries(mdir, entries)
+    for e in entries:
+        if e["role"] == "cohort":
+            print(f"{e['id']}: {e['shape'][0]} identities, sha256 {e['sha256'][:12]}… (now run eval --calibrate)")
+    return EXIT_OK
+
+
 def _eval_command(args: argparse.Namespace) -> str:
     parts = ["lfr-edge eval", f"--faces {args.faces}", f"--variants {args.variants}", f"--align {args.align}",
              f"--scoring {args.scoring}", f"--half {args.half}", f"--seed {args.seed}",
@@ -327,7 +349,10 @@ def write_calibration(models_dir: Path, calibration: dict[str, Any], command: st
         measured = calibration.get(m["id"])
         if measured is None:
             continue
-        recipe = {k: v for k, v in (m.get("scoring") or {}).items() if k in ("flip", "cohort", "top_k", "cohort_sha256")}
+        # What was measured is the device scoring (flip, and S-norm when there is a cohort): the
+        # recipe written beside it says so, so the device scores the way it was calibrated.
+        recipe = {**{k: v for k, v in (m.get("scoring") or {}).items()
+                                   if k in ("cohort", "top_k", "cohort_sha256")}, "flip": True}  # fmt: skip
         measured["calibrated"]["command"] = command
         m["scoring"] = {**recipe, **measured}
         written.append(m["id"])
