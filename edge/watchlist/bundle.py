@@ -107,7 +107,11 @@ def iso_utc(ts: float) -> str:
 def parse_time(value: str, what: str) -> float:
     """ISO 8601 with an explicit offset (e.g. 2026-12-01T06:00:00Z) → unix seconds."""
     try:
-        dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        text = value.strip()
+        # Python 3.10's fromisoformat (JetPack 6) does not read a trailing Z; the offset form it does.
+        if text[-1:] in ("Z", "z"):
+            text = text[:-1] + "+00:00"
+        dt = datetime.fromisoformat(text)
     except (ValueError, AttributeError):
         raise InputError(f"{what}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T06:00:00Z)") from None
     if dt.tzinfo is None:
