@@ -387,7 +387,7 @@ def bench(args: argparse.Namespace) -> int:
         "watchlist": {"subjects": len(wl.subjects), "templates": wl.n_templates,
                       "kind": "enrolled" if images else "synthetic"},
         "threshold": stages.policy.threshold,
-        "threshold_units": stages.policy.scoring.units,
+        "threshold_units": stages.policy.scoring.units.value,
         "ours": ours,
     }  # fmt: skip
     if args.peer:

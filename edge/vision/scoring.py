@@ -46,6 +46,13 @@ class OperatingPointName(str, enum.Enum):
     BALANCED = "balanced"  # per-face FPIR ≤ 1e-3 with the same list
 
 
+class ScoreUnits(str, enum.Enum):
+    """What a threshold is measured in, for the embedder in force."""
+
+    SNORM = "snorm"  # S-normalised against the embedder's cohort
+    COSINE = "cosine"  # raw cosine of L2-normalised descriptors (an embedder without a cohort)
+
+
 @dataclass(frozen=True, slots=True)
 class OperatingPoint:
     name: str
@@ -94,7 +101,7 @@ class Scoring:
     embedder_id: str
     flip: bool
     norm: CohortNorm | None
-    units: str  # "snorm" or "cosine": what thresholds are measured in
+    units: ScoreUnits
     floor: float  # below this the per-face FPIR with the reference list passes 1e-2
     operating_points: dict[str, OperatingPoint]
     reference_list_size: int  # watchlist size the operating points were calibrated with
@@ -124,7 +131,8 @@ class Scoring:
         return float(1.0 - (1.0 - f) ** max(list_size, 0))
 
     def expected_false_alerts(self, threshold: float, list_size: int) -> float:
-        """Expected false alerts per FACES_PER_REPORT stranger faces (tracks), an estimate."""
+        """Expected false alerts per FACES_PER_REPORT stranger faces, an estimate. Per face: a track
+        is matched several times as its view improves and runs higher (docs/BENCHMARKS.md)."""
         return FACES_PER_REPORT * self.expected_fpir(threshold, list_size)
 
     def operating_point(self, name: str) -> OperatingPoint:
@@ -203,7 +211,7 @@ def _load_scoring(embedder_id: str, models_dir: str, _stamp: tuple[int, int]) ->
             embedder_id=embedder_id,
             flip=bool(block.get("flip", False)),
             norm=norm,
-            units="snorm" if norm is not None else "cosine",
+            units=ScoreUnits.SNORM if norm is not None else ScoreUnits.COSINE,
             floor=float(block.get("floor", -np.inf)),
             operating_points=points,
             reference_list_size=int(block.get("reference_list_size", 0)),

@@ -53,7 +53,7 @@ class MatchingPolicy:
         """What status, audit and deployment records state about matching (no subject data)."""
         out: dict[str, Any] = {
             "embedder": self.scoring.embedder_id,
-            "units": self.scoring.units,
+            "units": self.scoring.units.value,
             "operating_point": self.operating_point or "explicit",
             "threshold": round(self.threshold, 4),
             "floor": round(self.floor, 4),
@@ -83,7 +83,7 @@ def resolve_policy(m: MatchingConfig, scoring: Scoring) -> MatchingPolicy:
         key, value = next(iter(below.items()))
         raise InputError(
             f"matching.{key}: {value} is below the floor {scoring.floor:.3f} of embedder {scoring.embedder_id} "
-            f"({scoring.units} units); set allow_below_floor: true and below_floor_reason to accept the "
+            f"({scoring.units.value} units); set allow_below_floor: true and below_floor_reason to accept the "
             "higher false-alert rate"
         )
     return MatchingPolicy(
