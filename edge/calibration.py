@@ -59,7 +59,7 @@ def impostor_scores(
         sc = emb[s:e] @ emb.T
         if stats is not None:
             mu, sd = stats
-            sc = 0.5 * ((sc - mu[None, :]) / sd[None, :] + (sc - mu[s:e, None]) / sd[s:e, None])
+            sc = CohortNorm.apply(sc, mu, sd, mu[s:e], sd[s:e])
         cols = np.arange(n)[None, :]
         keep = (cols > np.arange(s, e)[:, None]) & (identity[None, :] != identity[s:e, None])
         out.append(sc[keep].astype(np.float32))

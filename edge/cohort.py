@@ -14,7 +14,6 @@ own runtime.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,8 +80,6 @@ def build_cohort(
     used = counts > 0
     if int(used.sum()) < 2 * TOP_K:
         raise InputError(f"{faces}: only {int(used.sum())} fit-half identities with a face; a cohort needs {2 * TOP_K}")
-    raw = json.loads((models_dir / MANIFEST_NAME).read_text())
-    old = {m["id"]: m for m in raw["models"]}
     entries: list[dict[str, Any]] = []
     for e in embedder_ids:
         rows = sums[e][used]
@@ -103,7 +100,7 @@ def build_cohort(
             "licence": "derived descriptors of the public faces named in source; no image ships",
             "build_command": build_command or f"lfr-edge models cohort --embedder {e} --faces {faces}",
         })  # fmt: skip
-        entry = dict(old[e])
+        entry = dict(manifest[e].raw)
         prev = entry.get("scoring") or {}
         recipe = {"flip": True, "cohort": cid, "top_k": TOP_K, "cohort_sha256": digest}
         # Measured operating points stay only while the cohort they were measured with is the same.
@@ -112,15 +109,3 @@ def build_cohort(
         entries.append(entry)
     say(f"[cohort] {int(used.sum())} identities of the fit half ({int(counts.sum())} images)")
     return entries
-
-
-def write_entries(models_dir: Path, entries: Sequence[dict[str, Any]]) -> None:
-    """Replace or add manifest entries by id, keep the rest (ordered by id), write atomically."""
-    path = models_dir / MANIFEST_NAME
-    data = json.loads(path.read_text())
-    new = {e["id"]: e for e in entries}
-    kept = [m for m in data["models"] if m["id"] not in new]
-    data["models"] = sorted([*kept, *new.values()], key=lambda m: str(m["id"]))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

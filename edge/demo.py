@@ -36,6 +36,7 @@ import numpy.typing as npt
 import yaml
 
 from edge.errors import InputError, RuntimeFailure
+from edge.localrig import backoffice_config, device_config, run_cli
 
 DEVICE_ID = "demo-van"
 SUBJECT_ID = "eileen_collins"
@@ -91,19 +92,6 @@ def make_video(path: Path, frames: int = 90, size: tuple[int, int] = (1280, 720)
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
-
-
-def _lfr(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=600)
-    if check and r.returncode != 0:
-        raise RuntimeFailure(f"lfr-edge {' '.join(args[:2])} failed: {r.stderr.strip().splitlines()[-1:]}")
-    return r
-
-
-def _secret(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
 
 
 def _start_console(bo: Path, bo_cfg: dict[str, Any]) -> tuple[subprocess.Popen[str], str]:
@@ -163,8 +151,8 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
     try:
         say(f"Mosquitto with TLS, passwords and an ACL on {broker.uri}")
         bo, dev = wd / "backoffice", wd / "device"
-        _lfr("backoffice", "init", "--dir", str(bo / "keys"))
-        _lfr("keys", "init", "--dir", str(dev / "keys"))
+        run_cli("backoffice", "init", "--dir", str(bo / "keys"))
+        run_cli("keys", "init", "--dir", str(dev / "keys"))
         say("back-office keys and device keys created (0600)")
 
         enrol = bo / "custody" / SUBJECT_ID
@@ -175,7 +163,7 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
         cv2.imwrite(str(enrol / "astronaut.png"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
         expires = (datetime.now(timezone.utc) + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
         bundle = bo / "watchlist-1.lfrw"
-        _lfr("watchlist", "build", "--faces", str(enrol.parent), "--sign", str(bo / "keys"),
+        run_cli("watchlist", "build", "--faces", str(enrol.parent), "--sign", str(bo / "keys"),
              "--to", str(dev / "keys" / "device_x25519.pub.pem"), "--expires", expires,
              "--version", "1", "--out", str(bundle))  # fmt: skip
         say(f"watchlist v1 enrolled from skimage astronaut (subject {SUBJECT_ID}), signed, encrypted to the device")
@@ -184,32 +172,18 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
         make_video(video, frames=frames)
         say(f"generated {frames}-frame 1280x720 video: the enrolled face, a cat and a rocket crossing a street")
 
-        dev_cfg = {
-            "device": {"id": DEVICE_ID, "location": "lfr-edge demo", "data_dir": str(dev / "data"),
-                       "keys_dir": str(dev / "keys")},
-            "camera": {"source": f"file:{video}"},
-            "watchlist": {"trusted_signers": [str(bo / "keys" / "backoffice_ed25519.pub.pem")],
-                          "inbox_dir": str(dev / "inbox")},
-            "mqtt": {"brokers": [broker.uri], "username": DEVICE_ID,
-                     "password_file": str(_secret(dev / "mqtt.password", passwords[DEVICE_ID])),
-                     "tls": {"ca_file": str(broker.ca_file)}, "status_interval_s": 5},
-            "alerts": {"seal_to": str(bo / "keys" / "backoffice_x25519.pub.pem")},
-            "logging": {"level": "WARNING", "format": "text"},
-        }  # fmt: skip
+        dev_cfg = device_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords[DEVICE_ID],
+                                f"file:{video}", "lfr-edge demo")  # fmt: skip
+        dev_cfg["watchlist"]["inbox_dir"] = str(dev / "inbox")
+        dev_cfg["mqtt"]["status_interval_s"] = 5
         (dev / "inbox").mkdir(parents=True, exist_ok=True)
         dev_yaml = dev / "lfr-edge.yaml"
         dev_yaml.write_text(yaml.safe_dump(dev_cfg, sort_keys=False))
-        _lfr("check-config", "--config", str(dev_yaml))
-        _lfr("watchlist", "install", str(bundle), "--config", str(dev_yaml))
+        run_cli("check-config", "--config", str(dev_yaml))
+        run_cli("watchlist", "install", str(bundle), "--config", str(dev_yaml))
         say("device: config checked, bundle verified (signature, recipient, expiry, model) and installed encrypted")
 
-        bo_cfg = {
-            "brokers": [broker.uri], "username": "backoffice",
-            "password_file": str(_secret(bo / "mqtt.password", passwords["backoffice"])),
-            "tls": {"ca_file": str(broker.ca_file)},
-            "unseal_key": str(bo / "keys"),
-            "devices": {DEVICE_ID: {"public_key": str(dev / "keys" / "device_ed25519.pub.pem")}},
-        }  # fmt: skip
+        bo_cfg = backoffice_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords["backoffice"])
         bo_yaml = bo / "backoffice.yaml"
         bo_yaml.write_text(yaml.safe_dump(bo_cfg, sort_keys=False))
         listener = subprocess.Popen(
@@ -231,7 +205,7 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
             say("review console subscribed too (it stores the alert for review)")
 
         t0 = time.monotonic()
-        run = _lfr("run", "--config", str(dev_yaml), check=False)
+        run = run_cli("run", "--config", str(dev_yaml), check=False)
         if run.returncode != 0:
             listener.kill()
             raise RuntimeFailure(f"lfr-edge run failed: {run.stderr.strip().splitlines()[-3:]}")
@@ -248,9 +222,9 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
             print(lerr.strip(), file=sys.stderr)
             raise RuntimeFailure("the back office did not receive the expected alert")
         print("---")
-        verify = _lfr("audit", "verify", "--config", str(dev_yaml), check=False)
+        verify = run_cli("audit", "verify", "--config", str(dev_yaml), check=False)
         say(f"audit log: {verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}")
-        report = _lfr("deployment", "report", "--config", str(dev_yaml), check=False)
+        report = run_cli("deployment", "report", "--config", str(dev_yaml), check=False)
         print("\n--- deployment record ---")
         print(report.stdout.strip())
         print("---")

@@ -40,7 +40,7 @@ from edge.vision.analyze import primary_index
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder, aligner_for
 from edge.vision.quality import QualityGate
-from edge.vision.scoring import CohortNorm, load_scoring
+from edge.vision.scoring import CohortNorm, load_scoring, snorm
 
 SCHEMA_VERSION = 1
 VERIFY_FARS = (1e-3, 1e-4)
@@ -569,7 +569,7 @@ def run_eval(
             s = np.einsum("ij,ij->i", e[pa], e[pb]).astype(np.float32)
             if stats is not None:
                 mu, sd = stats
-                s = 0.5 * ((s - mu[pa]) / sd[pa] + (s - mu[pb]) / sd[pb])
+                s = snorm(s, mu[pa], sd[pa], mu[pb], sd[pb])
             s[~pair_ok] = MISSING
             results[k] = {
                 "embedder": _model_id(v),

@@ -67,6 +67,25 @@ def load_manifest(models_dir: Path) -> dict[str, ModelEntry]:
     return out
 
 
+def write_manifest_entries(models_dir: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replace or add entries by id, keep the rest, order by id (stable diffs), write atomically.
+
+    The one writer of MANIFEST.json: model builds, imports, cohorts and calibration all go through it.
+    """
+    path = models_dir / MANIFEST_NAME
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        data = {"models": []}
+    new = {e["id"]: e for e in entries}
+    kept = [m for m in data.get("models", []) if m.get("id") not in new]
+    data["models"] = sorted([*kept, *new.values()], key=lambda m: str(m["id"]))
+    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return data
+
+
 def _interpreter_class() -> tuple[Any, str]:
     try:
         from ai_edge_litert.interpreter import Interpreter

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     # `models.*` and `edge.*` from the checkout.
     sys.path.insert(0, str(ROOT))
 
+from edge.inference import write_manifest_entries  # noqa: E402
 from models.golden_inputs import record_entry  # noqa: E402
 
 MANIFEST = "MANIFEST.json"
@@ -49,30 +50,20 @@ def _load_builder(name: str) -> Builder | None:
 CALIBRATION_KEYS = ("scoring", "enrolment")
 
 
-def merge_manifest(path: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
-    """Replace entries whose id was rebuilt, keep the rest, order by id for stable diffs."""
+def write_manifest(out_dir: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replace the rebuilt entries in out_dir/MANIFEST.json, keep the rest, return the manifest."""
+    path = out_dir / MANIFEST
     try:
-        old = json.loads(path.read_text()).get("models", [])
+        by_id = {m.get("id"): m for m in json.loads(path.read_text()).get("models", [])}
     except FileNotFoundError:
-        old = []
-    by_id = {m.get("id"): m for m in old}
+        by_id = {}
     for m in new:
         prev = by_id.get(m["id"])
         if prev is not None and prev.get("sha256") == m.get("sha256"):
             for k in CALIBRATION_KEYS:
                 if k in prev:
                     m.setdefault(k, prev[k])
-    built = {m["id"] for m in new}
-    kept = [m for m in old if m.get("id") not in built]
-    return {"models": sorted([*kept, *new], key=lambda m: str(m["id"]))}
-
-
-def write_manifest(out_dir: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge the entries into out_dir/MANIFEST.json (see merge_manifest), write it, return it."""
-    path = out_dir / MANIFEST
-    manifest = merge_manifest(path, new)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return write_manifest_entries(out_dir, new)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -342,7 +342,7 @@ def build(
         f"{maker.method}"
         + (" (HOG detector, centre-most face; centre box if none found)" if maker.method == "dlib-5pt" else "")
     )
-    versions = {p: _version(p) for p in ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert")}
+    versions = {p: tool_version(p) for p in ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert")}
     notes = {
         FP32_ID: "Float conversion of the PyTorch rebuild (models/dlib_resnet.py) via litert-torch; "
         "the reference for checks. The appliance runs the int8 model.",
@@ -390,7 +390,8 @@ def build(
     return entries
 
 
-def _version(dist: str) -> str:
+def tool_version(dist: str) -> str:
+    """An installed distribution's version for a manifest's provenance, or "absent"."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

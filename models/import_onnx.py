@@ -21,7 +21,6 @@ entry lists the calibration identities.
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -43,7 +42,7 @@ from edge.vision.analyze import primary_index
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Preprocess
 from models.build import write_manifest
-from models.build_embedder import cosines, op_counts, quantize_int8
+from models.build_embedder import cosines, op_counts, quantize_int8, tool_version
 from models.golden_inputs import record_entry
 
 SEED = 20240611  # the same identity permutation as the shipped embedder's build
@@ -329,13 +328,6 @@ def normalise(chips: U8, pre: Preprocess) -> F32:
 # ------------------------------------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def _io_block(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     m = TFLiteModel(path, num_threads=1)
     i, o = m.inputs[0], m.outputs[0]
@@ -410,7 +402,7 @@ def _build(req: ImportRequest, wrapper: Any, io: OnnxIO, x_cal: F32, x_held: F32
                               "producer": io.producer, "layout": io.layout}  # fmt: skip
     if req.source:
         source["origin"] = req.source
-    versions = {t: _version(t) for t in TOOLS}
+    versions = {t: tool_version(t) for t in TOOLS}
     calibration = {
         "faces": str(req.faces),
         "images": len(x_cal),

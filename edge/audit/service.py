@@ -119,15 +119,15 @@ def audit_config_start(audit: AuditLog, cfg: Config, watchlist: Any = None) -> N
     audit.append(al.CONFIG, {"config_hash": config_hash(cfg)})
     audit.append(al.MODELS, model_info(cfg))
     audit.append(al.THRESHOLDS, thresholds(cfg, len(watchlist.subjects) if watchlist is not None else None))
-    low = below_floor(cfg)
     if cfg.matching.allow_below_floor:
         from edge.watchlist.policy import policy_for
 
-        floor = policy_for(cfg).floor
+        policy = policy_for(cfg)
+        low = dict(policy.below_floor)
         audit.append(
             al.BELOW_FLOOR_OVERRIDE,
             {
-                "floor": floor,
+                "floor": policy.floor,
                 "below": low,
                 "in_use": bool(low),
                 "reason": cfg.matching.below_floor_reason[: al.MAX_STRING],
@@ -136,7 +136,7 @@ def audit_config_start(audit: AuditLog, cfg: Config, watchlist: Any = None) -> N
         if low:
             logger.warning(
                 "threshold below the floor %.3f (%s): %s",
-                floor, ", ".join(low), cfg.matching.below_floor_reason,
+                policy.floor, ", ".join(low), cfg.matching.below_floor_reason,
             )
     if watchlist is not None:
         audit.append("watchlist_loaded", watchlist_fields(watchlist))

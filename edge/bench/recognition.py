@@ -35,6 +35,7 @@ import numpy.typing as npt
 import yaml
 
 from edge.errors import EXIT_OK, InputError, RuntimeFailure
+from edge.localrig import backoffice_config, device_config, run_cli
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -233,20 +234,6 @@ def judge(cast: Cast, size: tuple[int, int], alerts: list[dict[str, Any]], in_li
     )
 
 
-def _lfr(*args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        tail = (r.stderr.strip() or r.stdout.strip()).splitlines()[-3:]
-        raise RuntimeFailure(f"lfr-edge {' '.join(args[:2])} failed (exit {r.returncode}): {tail}")
-    return r
-
-
-def _secret(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from edge.alerts.testbroker import MosquittoBroker, mosquitto_available
     from edge.sysinfo import cpu_model
@@ -268,8 +255,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     broker = MosquittoBroker(wd / "broker", tls=True, users=passwords).start()
     try:
         bo, dev = wd / "backoffice", wd / "device"
-        _lfr("backoffice", "init", "--dir", str(bo / "keys"))
-        _lfr("keys", "init", "--dir", str(dev / "keys"))
+        run_cli("backoffice", "init", "--dir", str(bo / "keys"))
+        run_cli("keys", "init", "--dir", str(dev / "keys"))
         custody = bo / "custody"
         for subject, photos in cast.enrolled.items():
             d = custody / subject
@@ -279,36 +266,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         expires = (datetime.now(timezone.utc) + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
         bundle = bo / "watchlist.lfrw"
         say(f"enrolling {len(cast.enrolled)} subjects from {sum(map(len, cast.enrolled.values()))} photos")
-        build = _lfr("watchlist", "build", "--faces", str(custody), "--sign", str(bo / "keys"),
+        build = run_cli("watchlist", "build", "--faces", str(custody), "--sign", str(bo / "keys"),
                      "--to", str(dev / "keys" / "device_x25519.pub.pem"), "--expires", expires,
-                     "--version", "1", "--out", str(bundle), "--json")  # fmt: skip
+                     "--version", "1", "--out", str(bundle), "--json", timeout=3600)  # fmt: skip
         video = wd / "street.mp4"
         n_frames = write_video(video, faces, cast, size, 15.0, (args.face_min, args.face_max))
         say(f"video: {n_frames} frames, {len(cast.shown)} people")
-        dev_cfg: dict[str, Any] = {
-            "device": {"id": DEVICE_ID, "location": "bench recognition", "data_dir": str(dev / "data"),
-                       "keys_dir": str(dev / "keys")},
-            "camera": {"source": f"file:{video}", "realtime": False},
-            "watchlist": {"trusted_signers": [str(bo / "keys" / "backoffice_ed25519.pub.pem")]},
-            "mqtt": {"brokers": [broker.uri], "username": DEVICE_ID,
-                     "password_file": str(_secret(dev / "mqtt.password", passwords[DEVICE_ID])),
-                     "tls": {"ca_file": str(broker.ca_file)}, "status_interval_s": 30},
-            "alerts": {"seal_to": str(bo / "keys" / "backoffice_x25519.pub.pem"), "include_crop": False},
-            "logging": {"level": "WARNING", "format": "text"},
-        }  # fmt: skip
+        dev_cfg = device_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords[DEVICE_ID],
+                                f"file:{video}", "bench recognition")  # fmt: skip
+        dev_cfg["camera"]["realtime"] = False
+        dev_cfg["mqtt"]["status_interval_s"] = 30
+        dev_cfg["alerts"]["include_crop"] = False
         if args.config:
             extra = yaml.safe_load(Path(args.config).read_text()) or {}
             for section, values in extra.items():
                 dev_cfg.setdefault(section, {}).update(values)
         dev_yaml = dev / "lfr-edge.yaml"
         dev_yaml.write_text(yaml.safe_dump(dev_cfg, sort_keys=False))
-        _lfr("watchlist", "install", str(bundle), "--config", str(dev_yaml))
-        bo_cfg = {
-            "brokers": [broker.uri], "username": "backoffice",
-            "password_file": str(_secret(bo / "mqtt.password", passwords["backoffice"])),
-            "tls": {"ca_file": str(broker.ca_file)}, "unseal_key": str(bo / "keys"),
-            "devices": {DEVICE_ID: {"public_key": str(dev / "keys" / "device_ed25519.pub.pem")}},
-        }  # fmt: skip
+        run_cli("watchlist", "install", str(bundle), "--config", str(dev_yaml))
+        bo_cfg = backoffice_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords["backoffice"])
         bo_yaml = bo / "backoffice.yaml"
         bo_yaml.write_text(yaml.safe_dump(bo_cfg, sort_keys=False))
         # The listener writes to a file, not a pipe: a pipe nobody drains fills up and stalls it.
@@ -324,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)  # the subscription lands before the first alert
             say("device running")
             t_run = time.monotonic()
-            _lfr("run", "--config", str(dev_yaml))
+            run_cli("run", "--config", str(dev_yaml), timeout=3600)
             run_s = time.monotonic() - t_run
             record = _deployment(dev_yaml)
             raised = int(record["alerts_raised"])
@@ -337,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             listener.terminate()
             listener.wait(timeout=30)
         out = received_path.read_text()
-        status = json.loads(_lfr("watchlist", "status", "--config", str(dev_yaml), "--json").stdout or "{}")
+        status = json.loads(run_cli("watchlist", "status", "--config", str(dev_yaml), "--json").stdout or "{}")
     finally:
         broker.stop()
         if not args.keep and not args.work:
@@ -368,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _deployment(dev_yaml: Path) -> dict[str, Any]:
     """The device's own record of the run: alerts raised (to check none went missing), thresholds."""
-    deps = json.loads(_lfr("deployment", "report", "--config", str(dev_yaml), "--json").stdout or "[]")
+    deps = json.loads(run_cli("deployment", "report", "--config", str(dev_yaml), "--json").stdout or "[]")
     return dict(deps[-1]) if deps else {"alerts_raised": 0, "thresholds": {}}
 
 

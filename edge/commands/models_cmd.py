@@ -319,12 +319,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _cohort(args: argparse.Namespace) -> int:
-    from edge.cohort import build_cohort, write_entries
-    from edge.inference import default_models_dir
+    from edge.cohort import build_cohort
+    from edge.inference import default_models_dir, write_manifest_entries
 
     mdir = args.models_dir or default_models_dir()
     entries = build_cohort(mdir, args.faces, args.embedder, say=lambda m: print(m, file=sys.stderr))
-    write_entries(mdir, entries)
+    write_manifest_entries(mdir, entries)
     for e in entries:
         if e["role"] == "cohort":
             print(f"{e['id']}: {e['shape'][0]} identities, sha256 {e['sha256'][:12]}… (now run eval --calibrate)")
@@ -342,21 +342,19 @@ def _eval_command(args: argparse.Namespace) -> str:
 
 def write_calibration(models_dir: Path, calibration: dict[str, Any], command: str) -> list[str]:
     """Merge each embedder's measured scoring into its manifest entry, keeping the recipe."""
-    path = models_dir / "MANIFEST.json"
-    data = json.loads(path.read_text())
-    written = []
+    from edge.cohort import RECIPE_KEYS
+    from edge.inference import write_manifest_entries
+
+    data = json.loads((models_dir / "MANIFEST.json").read_text())
+    updated = []
     for m in data["models"]:
         measured = calibration.get(m["id"])
         if measured is None:
             continue
         # What was measured is the device scoring (flip, and S-norm when there is a cohort): the
         # recipe written beside it says so, so the device scores the way it was calibrated.
-        recipe = {**{k: v for k, v in (m.get("scoring") or {}).items()
-                                   if k in ("cohort", "top_k", "cohort_sha256")}, "flip": True}  # fmt: skip
+        recipe = {k: v for k, v in (m.get("scoring") or {}).items() if k in RECIPE_KEYS}
         measured["calibrated"]["command"] = command
-        m["scoring"] = {**recipe, **measured}
-        written.append(m["id"])
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return written
+        updated.append({**m, "scoring": {**recipe, "flip": True, **measured}})
+    write_manifest_entries(models_dir, updated)
+    return [m["id"] for m in updated]

@@ -90,8 +90,13 @@ class CohortNorm:
     @staticmethod
     def apply(raw: F32, g_mu: F32, g_sd: F32, p_mu: F32, p_sd: F32) -> F32:
         """(P, M) raw cosines → S-norm scores, given gallery (M,) and probe (P,) statistics."""
-        out = 0.5 * ((raw - g_mu[None, :]) / g_sd[None, :] + (raw - p_mu[:, None]) / p_sd[:, None])
-        return np.asarray(out, np.float32)
+        return snorm(raw, g_mu[None, :], g_sd[None, :], p_mu[:, None], p_sd[:, None])
+
+
+def snorm(raw: F32, mu_a: F32, sd_a: F32, mu_b: F32, sd_b: F32) -> F32:
+    """The S-norm of raw cosines between sides a and b, elementwise (numpy broadcasting): one
+    formula for a probe against a list, a list of pairs, or a block of all pairs."""
+    return np.asarray(0.5 * ((raw - mu_a) / sd_a + (raw - mu_b) / sd_b), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
