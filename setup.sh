@@ -144,7 +144,7 @@ LFR_EDGE_MODELS=/opt/lfr-edge/models /opt/lfr-edge/venv/bin/lfr-edge models veri
 
 runuser -u lfr-edge -- /opt/lfr-edge/venv/bin/python -c '' 2>/dev/null \
   || die "the service user lfr-edge cannot run $(readlink -f /opt/lfr-edge/venv/bin/python); use a system Python: PYTHON=/usr/bin/python3 ./setup.sh"
-if [ ! -f /etc/lfr-edge/keys/device_ed25519.pem ]; then
+if [ ! -f /etc/lfr-edge/core/keys/device_ed25519.pem ]; then
   runuser -u lfr-edge -- /opt/lfr-edge/venv/bin/lfr-edge keys init --dir /etc/lfr-edge/keys
   say "generated device keys in /etc/lfr-edge/keys (0600)"
 else

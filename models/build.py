@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
     # `models.*` and `edge.*` from the checkout.
     sys.path.insert(0, str(ROOT))
 
-from edge.inference import write_manifest_entries  # noqa: E402
+from edge.core.inference import write_manifest_entries  # noqa: E402
 from models.golden_inputs import record_entry  # noqa: E402
 
 MANIFEST = "MANIFEST.json"

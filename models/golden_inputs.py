@@ -1,4 +1,4 @@
-"""Golden inputs and outputs for `lfr-edge models verify` (see edge/golden.py for the check).
+"""Golden inputs and outputs for `lfr-edge models verify` (see edge/core/golden.py for the check).
 
     python models/golden_inputs.py            # (re)record every manifest entry's golden output
     python models/golden_inputs.py --inputs   # also remake the committed golden/ images
@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edge import golden  # noqa: E402
-from edge.errors import InputError  # noqa: E402
-from edge.inference import TFLiteModel, load_manifest, load_model  # noqa: E402
-from edge.types import U8  # noqa: E402
-from edge.vision.align import Aligner, ChipTemplate  # noqa: E402
+from edge.core import golden  # noqa: E402
+from edge.core.errors import InputError  # noqa: E402
+from edge.core.inference import TFLiteModel, load_manifest, load_model  # noqa: E402
+from edge.core.types import U8  # noqa: E402
+from edge.core.vision.align import Aligner, ChipTemplate  # noqa: E402
 
 SHIPPED = ROOT / "models"
 DETECTOR_FOR_CHIPS = "blazeface_full_range_fp32"
@@ -70,8 +70,8 @@ def make_detector_input(size: int) -> U8:
 
 
 def make_chip(template: ChipTemplate, size: int) -> U8:
-    from edge.config import DetectionConfig
-    from edge.vision.detect import FaceDetector
+    from edge.core.config import DetectionConfig
+    from edge.core.vision.detect import FaceDetector
 
     img = astronaut()
     det = FaceDetector.from_settings(
@@ -92,9 +92,9 @@ def make_mesh_crop() -> U8:
     """The astronaut's face framed as the face mesh wants it (MeshAligner's crop), 192x192."""
     import cv2 as _cv2
 
-    from edge.config import DetectionConfig
-    from edge.vision.detect import FaceDetector
-    from edge.vision.landmarks import MESH_INPUT, MeshAligner
+    from edge.core.config import DetectionConfig
+    from edge.core.vision.detect import FaceDetector
+    from edge.core.vision.landmarks import MESH_INPUT, MeshAligner
 
     img = astronaut()
     det = FaceDetector.from_settings(
@@ -136,7 +136,7 @@ def input_for(models_dir: Path, model: TFLiteModel, role: str, template: ChipTem
 
 def record_entry(models_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Add (or refresh) the entry's `golden` block from the model file in models_dir."""
-    from edge.inference import ModelEntry
+    from edge.core.inference import ModelEntry
 
     me = ModelEntry(entry["id"], entry["file"], entry["sha256"], entry["role"], entry["precision"], entry)
     model = TFLiteModel(models_dir / entry["file"], num_threads=2, model_id=entry["id"], entry=me)

@@ -1,19 +1,19 @@
 """Import a licensed ONNX face embedder: ONNX -> PyTorch -> TFLite fp32 -> static int8 -> manifest.
 
-Run through `lfr-edge models import` (edge/commands/models_cmd.py checks the arguments first).
+Run through `lfr-edge models import` (edge/cli/models.py checks the arguments first).
 Off-device only: torch, onnx, onnx2torch, litert-torch and ai-edge-quantizer (the `build`
 extra). The device runs the two .tflite files this writes and reads their manifest entries:
 
     <models-dir>/<NAME>_fp32.tflite, <NAME>_int8.tflite, MANIFEST.json entries NAME_fp32, NAME_int8
 
 Normalisation is not folded into the graph: the entry's `preprocess` block (channel order, mean,
-std) is applied by the device (edge.vision.embed), one table lookup per pixel, so the int8
+std) is applied by the device (edge.core.vision.embed), one table lookup per pixel, so the int8
 model's input quantisation is whatever calibration found and the fp32 model sees exactly the
 values the ONNX model was trained on.
 
 Calibration and the int8 check use chips cut the way the device cuts them: the shipped
 BlazeFace detector (full range, fp32) on public faces, the primary face, and the chosen
-template (edge.vision.align.Aligner.for_template). Identities are sorted, permuted with a fixed
+template (edge.core.vision.align.Aligner.for_template). Identities are sorted, permuted with a fixed
 seed and halved: calibration images from the first half, held-out images from the second; the
 entry lists the calibration identities.
 """
@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.config import DetectionConfig
-from edge.errors import InputError
-from edge.imageio import decode_rgb
-from edge.inference import TFLiteModel, default_models_dir, load_model, sha256_file
-from edge.types import U8
-from edge.vision.align import Aligner, ChipTemplate
-from edge.vision.analyze import primary_index
-from edge.vision.detect import FaceDetector
-from edge.vision.embed import Preprocess
+from edge.core.config import DetectionConfig
+from edge.core.errors import InputError
+from edge.core.imageio import decode_rgb
+from edge.core.inference import TFLiteModel, default_models_dir, load_model, sha256_file
+from edge.core.types import U8
+from edge.core.vision.align import Aligner, ChipTemplate
+from edge.core.vision.analyze import primary_index
+from edge.core.vision.detect import FaceDetector
+from edge.core.vision.embed import Preprocess
 from models.build import write_manifest
 from models.build_embedder import cosines, op_counts, quantize_int8, tool_version
 from models.golden_inputs import record_entry
@@ -319,7 +319,7 @@ class ChipCutter:
 
 
 def normalise(chips: U8, pre: Preprocess) -> F32:
-    """Exactly the device's mapping (edge.vision.embed): a per-channel table indexed by the byte."""
+    """Exactly the device's mapping (edge.core.vision.embed): a per-channel table indexed by the byte."""
     src = chips[..., ::-1] if pre.channels.value == "bgr" else chips
     out: F32 = np.ascontiguousarray(pre.table()[src, np.arange(3)], np.float32)
     return out
@@ -450,7 +450,7 @@ def _build(req: ImportRequest, wrapper: Any, io: OnnxIO, x_cal: F32, x_held: F32
 
 
 def _template_size(t: ChipTemplate) -> int:
-    from edge.vision.align import TEMPLATES
+    from edge.core.vision.align import TEMPLATES
 
     return TEMPLATES[t][0]
 

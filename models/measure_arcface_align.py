@@ -22,15 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edge.config import DetectionConfig  # noqa: E402
-from edge.imageio import decode_rgb  # noqa: E402
-from edge.inference import TFLiteModel, load_model  # noqa: E402
-from edge.types import F32  # noqa: E402
-from edge.vision.align import ARCFACE_TEMPLATE, ChipTemplate, invert_affine, similarity_fit  # noqa: E402
-from edge.vision.analyze import primary_index  # noqa: E402
-from edge.vision.detect import FaceDetector  # noqa: E402
-from edge.vision.dlib_ref import package_file  # noqa: E402
-from edge.vision.landmarks import MeshAligner, MeshLandmarker  # noqa: E402
+from edge.core.config import DetectionConfig  # noqa: E402
+from edge.core.imageio import decode_rgb  # noqa: E402
+from edge.core.inference import TFLiteModel, load_model  # noqa: E402
+from edge.core.types import F32  # noqa: E402
+from edge.core.vision.align import ARCFACE_TEMPLATE, ChipTemplate, invert_affine, similarity_fit  # noqa: E402
+from edge.core.vision.analyze import primary_index  # noqa: E402
+from edge.core.vision.detect import FaceDetector  # noqa: E402
+from edge.core.vision.dlib_ref import package_file  # noqa: E402
+from edge.core.vision.landmarks import MeshAligner, MeshLandmarker  # noqa: E402
 from models.import_onnx import split_identities  # noqa: E402
 
 FITS = {

@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: import edge.* from this checkout
 
-from edge.config import Config  # noqa: E402
-from edge.imageio import read_rgb  # noqa: E402
-from edge.inference import MANIFEST_NAME, default_models_dir  # noqa: E402
-from edge.vision.analyze import FaceAnalyzer  # noqa: E402
-from edge.watchlist.enrol_image import ImageStatus, analyzer_adapter  # noqa: E402
+from edge.backoffice.enrolment.image import ImageStatus, analyzer_adapter  # noqa: E402
+from edge.core.config import Config  # noqa: E402
+from edge.core.imageio import read_rgb  # noqa: E402
+from edge.core.inference import MANIFEST_NAME, default_models_dir  # noqa: E402
+from edge.core.vision.analyze import FaceAnalyzer  # noqa: E402
 
 EMBEDDERS = ("dlib_resnet_v1_int8", "dlib_resnet_v1_fp32")
 PAIR_FILES = ("pairs_10fold.csv", "pairs_devtrain.csv", "pairs_devtest.csv")

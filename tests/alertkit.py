@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import yaml
 
-from edge.alerts.listener import AlertListener, load_backoffice_config
-from edge.alerts.message import VerifiedAlert
-from edge.alerts.testbroker import BACKOFFICE_USER, MosquittoBroker
-from edge.keys import generate_backoffice_keys, generate_device_keys
-from edge.types import Match, MatchEvent, Subject
+from edge.backoffice.listener import AlertListener, load_backoffice_config
+from edge.core.alert_message import VerifiedAlert
+from edge.core.keys import generate_backoffice_keys, generate_device_keys
+from edge.core.types import Match, MatchEvent, Subject
+from edge.lab.localbroker import BACKOFFICE_USER, MosquittoBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """Real Mosquitto for tests: `from tests.broker import tls_broker, plain_broker, BrokerFactory`.
 
-The broker logic lives in edge/alerts/testbroker.py (the alerts benchmark needs it at runtime);
+The broker logic lives in edge/lab/localbroker.py (the alerts benchmark needs it at runtime);
 this module adds the pytest fixtures. Tests skip with a reason when mosquitto is not installed.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.alerts.testbroker import (
+from edge.lab.localbroker import (
     BACKOFFICE_USER,
     MOSQUITTO,
     CertAuthority,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edge.alerts.testbroker import MosquittoBroker
+from edge.lab.localbroker import MosquittoBroker
 from tests.alertkit import ROOT, make_backoffice
 
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))

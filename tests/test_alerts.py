@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.alerts.listener import load_backoffice_config
-from edge.alerts.message import AlertRejected, build_alert, canonical_json, verify_alert
-from edge.alerts.mqtt import LinkSettings, MqttLink
-from edge.alerts.publisher import AlertPublisher
-from edge.alerts.spool import Spool
-from edge.config import load_config
-from edge.keys import generate_device_keys, load_backoffice_keys, load_device_keys, load_x25519_public
+from edge.backoffice.listener import load_backoffice_config
+from edge.core.alert_message import AlertRejected, build_alert, canonical_json, verify_alert
+from edge.core.config import load_config
+from edge.core.keys import generate_device_keys, load_backoffice_keys, load_device_keys, load_x25519_public
+from edge.core.mqtt import LinkSettings, MqttLink
+from edge.device.publisher import AlertPublisher
+from edge.device.spool import Spool
 from tests.alertkit import (
     event,
     face_jpeg,
@@ -80,7 +80,7 @@ def test_canonical_json_follows_rfc8785_number_and_key_rules() -> None:
 
 
 def make_device_keys(tmp: Path) -> Path:
-    from edge.keys import generate_device_keys
+    from edge.core.keys import generate_device_keys
 
     d = tmp / "devkeys"
     if not d.exists():
@@ -270,7 +270,7 @@ def test_status_is_retained_online_and_the_will_says_offline_when_the_device_die
 
 
 def test_backoffice_config_rejects_unknown_keys_naming_them(tmp_path: Path) -> None:
-    from edge.errors import ConfigError
+    from edge.core.errors import ConfigError
 
     p = tmp_path / "bo.yaml"
     p.write_text("brokers: ['mqtts://h:8883']\ndevices: {x: {public_key: k.pem}}\nunseal_kye: a\n")
@@ -412,8 +412,8 @@ def test_a_resent_alert_is_shown_once_even_across_listener_restarts(setup: dict[
 
 
 def test_status_merges_pipeline_counts_and_reads_cpu_temperature(tmp_path: Path) -> None:
-    from edge.alerts.publisher import cpu_temperature_c
-    from edge.config import parse_config
+    from edge.core.config import parse_config
+    from edge.device.publisher import cpu_temperature_c
 
     for i, (kind, milli) in enumerate((("acpitz", "30000"), ("cpu-thermal", "61250"))):
         zone = tmp_path / "thermal" / f"thermal_zone{i}"
@@ -441,7 +441,7 @@ def test_status_merges_pipeline_counts_and_reads_cpu_temperature(tmp_path: Path)
 def test_fails_over_to_the_next_broker_and_resends_what_was_not_acknowledged(
     broker_factory: BrokerFactory,  # noqa: F811
 ) -> None:
-    from edge.alerts.testbroker import free_port
+    from edge.lab.localbroker import free_port
 
     first, second = broker_factory(tls=False), broker_factory(tls=False)
     dead = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens here

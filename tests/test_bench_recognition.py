@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.bench.recognition import Appearance, Cast, judge
-from edge.cli import main
+from edge.cli.main import main
+from edge.lab.bench.recognition import Appearance, Cast, judge
 
 
 def test_alerts_are_judged_by_who_was_there() -> None:
@@ -33,7 +33,7 @@ def test_alerts_are_judged_by_who_was_there() -> None:
 def test_bench_recognition_runs_the_real_path(
     faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge.alerts.testbroker import mosquitto_available
+    from edge.lab.localbroker import mosquitto_available
 
     if not mosquitto_available():
         pytest.skip("Debian's mosquitto is not installed")

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import LatestFrameGrabber, SourceFailure, make_source, open_source
-from edge.camera.base import FrameSource
-from edge.config import CameraConfig
-from edge.errors import InputError
-from edge.types import U8
+from edge.core.config import CameraConfig
+from edge.core.errors import InputError
+from edge.core.types import U8
+from edge.device.camera import LatestFrameGrabber, SourceFailure, make_source, open_source
+from edge.device.camera.base import FrameSource
 
 
 def _write_frames(folder: Path, n: int, size: tuple[int, int] = (64, 48)) -> None:

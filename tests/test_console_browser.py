@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.audit.log import iter_records
-from edge.audit.verify import verify_log
-from edge.keys import load_backoffice_keys
+from edge.core.audit.log import iter_records
+from edge.core.audit.verify import verify_log
+from edge.core.keys import load_backoffice_keys
 from tests.alertkit import ROOT, make_backoffice_keys, make_device
 from tests.broker import DEVICE_USERS, broker_factory, tls_broker  # noqa: F401  (fixtures)
 from tests.consolekit import RunningConsole, add_user, make_console_config, start_console

@@ -64,7 +64,7 @@ def test_console_commands_sit_beside_backoffice_init_and_refuse_bad_input(tmp_pa
 def test_bench_console_reports_ingest_rate_and_page_load_percentiles() -> None:
     import json
 
-    from edge.alerts.testbroker import mosquitto_available
+    from edge.lab.localbroker import mosquitto_available
 
     if not mosquitto_available():
         pytest.skip("Debian mosquitto not installed")
@@ -91,14 +91,14 @@ class Block:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 sys.meta_path.insert(0, Block())
-from edge.cli import main
+from edge.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_a_device_install_without_the_extra_runs_the_cli_and_names_the_missing_extra(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-c", "import sys, edge.cli; edge.cli.build_parser(); "
+        [sys.executable, "-c", "import sys, edge.cli.main; edge.cli.main.build_parser(); "
          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'starlette', 'argon2')))"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip

@@ -14,15 +14,15 @@ pytest.importorskip("sqlalchemy", reason="the console needs the backoffice extra
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.alerts.message import build_alert, build_status
-from edge.alerts.mqtt import LinkSettings, MqttLink
-from edge.alerts.testbroker import MosquittoBroker
-from edge.audit.log import canonical
 from edge.backoffice.console.config import load_console_config
 from edge.backoffice.console.ingest import Ingest
 from edge.backoffice.console.server import Parts, open_parts
 from edge.backoffice.console.store import AlertFilter
-from edge.keys import generate_device_keys, load_backoffice_keys, load_device_keys
+from edge.core.alert_message import build_alert, build_status
+from edge.core.audit.log import canonical
+from edge.core.keys import generate_device_keys, load_backoffice_keys, load_device_keys
+from edge.core.mqtt import LinkSettings, MqttLink
+from edge.lab.localbroker import MosquittoBroker
 from tests.alertkit import event, face_jpeg, make_backoffice_keys
 from tests.broker import broker_factory, plain_broker  # noqa: F401  (fixtures)
 from tests.consolekit import make_console_config

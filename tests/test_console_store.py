@@ -13,15 +13,15 @@ pytest.importorskip("sqlalchemy", reason="the console needs the backoffice extra
 
 from sqlalchemy import inspect, select
 
-from edge.alerts.message import build_alert, verify_alert
-from edge.audit.log import iter_records
-from edge.audit.verify import verify_log
 from edge.backoffice.console.config import MAX_CROP_BYTES, ConsoleConfig, load_console_config
 from edge.backoffice.console.models import Decision, Role
 from edge.backoffice.console.retention import sweep
 from edge.backoffice.console.server import Parts, open_parts
 from edge.backoffice.console.store import AlertFilter, Outcome
-from edge.keys import generate_device_keys, load_backoffice_keys, load_device_keys
+from edge.core.alert_message import build_alert, verify_alert
+from edge.core.audit.log import iter_records
+from edge.core.audit.verify import verify_log
+from edge.core.keys import generate_device_keys, load_backoffice_keys, load_device_keys
 from tests.alertkit import event, face_jpeg, make_backoffice_keys
 from tests.consolekit import Postgres, fresh_database, postgres  # noqa: F401  (fixture)
 
@@ -172,7 +172,7 @@ def test_decisions_are_stored_and_audited_and_retention_deletes_crops_on_time(pa
 
 def test_accounts_hash_with_argon2_refuse_weak_passwords_and_sessions_expire(parts: tuple[Parts, Clock, Path]) -> None:
     from edge.backoffice.console.models import UserRow
-    from edge.errors import InputError
+    from edge.core.errors import InputError
 
     p, clock, _ = parts
     with pytest.raises(InputError, match="at least 12"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.alerts.testbroker import mosquitto_available
+from edge.lab.localbroker import mosquitto_available
 
 
 def _console_shows_the_alert(url: str, password: str) -> str:

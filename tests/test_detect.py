@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.inference import default_models_dir, load_manifest, load_model
-from edge.types import KP_LEFT_EYE, KP_RIGHT_EYE, Detections
-from edge.vision.detect import (
+from edge.core.inference import default_models_dir, load_manifest, load_model
+from edge.core.types import KP_LEFT_EYE, KP_RIGHT_EYE, Detections
+from edge.core.vision.detect import (
     DEFAULT_TILES,
     FULL_RANGE,
     SHORT_RANGE,

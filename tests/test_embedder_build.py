@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.inference import load_manifest, sha256_file
+from edge.core.inference import load_manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -47,7 +47,7 @@ def eval_chips(faces_dir: Path) -> np.ndarray:
 
 
 def _embed(model_id: str, chips: np.ndarray) -> np.ndarray:
-    from edge.vision.embed import Embedder
+    from edge.core.vision.embed import Embedder
 
     return Embedder.from_config(MODELS, model_id, num_threads=2).embed(chips)
 
@@ -169,8 +169,8 @@ def test_int8_close_to_fp32_on_held_out_faces(eval_chips: np.ndarray) -> None:
 
 def test_embedder_contract(eval_chips: np.ndarray) -> None:
     _runtime_or_skip()
-    from edge.errors import InputError
-    from edge.vision.embed import Embedder
+    from edge.core.errors import InputError
+    from edge.core.vision.embed import Embedder
 
     emb = Embedder.from_config(MODELS, INT8, num_threads=2)
     out = emb.embed(eval_chips[:3])

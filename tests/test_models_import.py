@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.commands.models_cmd import IMPORT_MODULES
-from edge.config import Config, parse_config
-from edge.inference import default_models_dir, load_manifest, load_model, sha256_file
-from edge.types import Subject
+from edge.cli.main import main
+from edge.cli.models import IMPORT_MODULES
+from edge.core.config import Config, parse_config
+from edge.core.inference import default_models_dir, load_manifest, load_model, sha256_file
+from edge.core.types import Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 import importkit
@@ -145,7 +145,7 @@ def dlib_onnx(models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPa
 def arc_onnx(models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     if MISSING:
         pytest.skip(f"the [build] extra is not installed ({', '.join(MISSING)})")
-    from edge.vision.align import ChipTemplate
+    from edge.core.vision.align import ChipTemplate
     from models.import_onnx import ChipCutter, split_identities
 
     # Fitted on identities from the calibration half's far end: none of them is in the clip's cast.
@@ -161,7 +161,7 @@ def arc_onnx(models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPat
 
 def _real_chips(template: str, size: int, n: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Chips of held-out identities, cut as the device cuts them (BlazeFace + template)."""
-    from edge.vision.align import ChipTemplate
+    from edge.core.vision.align import ChipTemplate
     from models.import_onnx import ChipCutter, split_identities
     from tests.conftest import faces_root
 
@@ -171,7 +171,7 @@ def _real_chips(template: str, size: int, n: int) -> np.ndarray[Any, np.dtype[np
 
 
 def test_dlib_rebuild_imported_from_onnx_gives_the_shipped_outputs_back(models_dir: Path, dlib_onnx: Path) -> None:
-    from edge.vision.embed import Embedder
+    from edge.core.vision.embed import Embedder
 
     chips = _real_chips("dlib150", 150, 48)
     shipped, mine = default_models_dir(), models_dir
@@ -208,8 +208,8 @@ def test_dlib_rebuild_imported_from_onnx_gives_the_shipped_outputs_back(models_d
 def test_arcface112_import_writes_its_contract_and_passes_verify(
     models_dir: Path, arc_onnx: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge.vision.align import ChipTemplate
-    from edge.vision.embed import ChannelOrder, Embedder
+    from edge.core.vision.align import ChipTemplate
+    from edge.core.vision.embed import ChannelOrder, Embedder
 
     raw = load_manifest(models_dir)["tinyarc_int8"].raw
     assert (raw["template"], raw["chip_size"], raw["dim"]) == ("arcface112", 112, importkit.ARC_DIM)
@@ -248,13 +248,13 @@ def _cfg(models_dir: Path, embedder: str, threshold: float) -> Config:
 def test_arcface112_model_enrols_runs_the_loop_and_is_refused_elsewhere(
     models_dir: Path, arc_onnx: Path, faces_dir: Path, tmp_path: Path
 ) -> None:
-    from edge.keys import generate_backoffice_keys, generate_device_keys
-    from edge.pipeline import Pipeline, build_stages, run_loop
-    from edge.pipeline_sinks import ListSink
-    from edge.vision.analyze import FaceAnalyzer
-    from edge.watchlist.bundle import BundleError, build_bundle, verify_bundle
-    from edge.watchlist.model import Watchlist
-    from edge.watchlist.store import WatchlistHolder, embedder_sha256_for
+    from edge.core.keys import generate_backoffice_keys, generate_device_keys
+    from edge.core.vision.analyze import FaceAnalyzer
+    from edge.core.watchlist.bundle import BundleError, build_bundle, verify_bundle
+    from edge.core.watchlist.model import Watchlist
+    from edge.device.pipeline import Pipeline, build_stages, run_loop
+    from edge.device.pipeline_sinks import ListSink
+    from edge.device.watchlist.store import WatchlistHolder, embedder_sha256_for
 
     truth = videogen.generate(faces_dir, tmp_path / "clip", 1280, 720, n_frames=45, fps=15.0, seed=0,
                               write_mp4=False)  # fmt: skip
@@ -326,8 +326,8 @@ def test_an_imported_model_gets_its_own_cohort_and_calibrated_operating_points(
 ) -> None:
     """The whole of part B's promise: import, cohort, calibrate, and the device scores with it.
     (Last in this file: it gives tinyarc_int8 S-norm scoring, which the tests above do not expect.)"""
-    from edge.vision.scoring import load_scoring
-    from edge.watchlist.policy import policy_for
+    from edge.core.vision.scoring import load_scoring
+    from edge.core.watchlist.policy import policy_for
 
     assert main(["models", "cohort", "--embedder", "tinyarc_int8", "--faces", str(faces_dir / "lfw"),
                  "--models-dir", str(models_dir)]) == 0  # fmt: skip

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
-from edge.errors import InputError
-from edge.inference import default_models_dir, load_manifest
+from edge.cli.main import main
+from edge.core.errors import InputError
+from edge.core.inference import default_models_dir, load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ class Refuse:
             raise ImportError(f"{name} is not installed on the device")
         return None
 sys.meta_path.insert(0, Refuse())
-from edge.cli import main
+from edge.cli.main import main
 rc = main(sys.argv[1:])
 assert not any(m.split(".")[0] in ("torch", "tensorflow", "dlib") for m in sys.modules)
 sys.exit(rc)
@@ -165,7 +165,7 @@ def test_a_model_that_computes_garbage_fails_verify(
     """Weights overwritten and the manifest's sha256 updated to match: only the values can tell."""
     import numpy as np
 
-    from edge.inference import sha256_file
+    from edge.core.inference import sha256_file
 
     mdir = _copy_models(shipped, tmp_path / "models")
     victim = "dlib_resnet_v1_int8"
@@ -198,7 +198,7 @@ def test_a_model_that_computes_garbage_fails_verify(
 def test_a_wrong_recorded_output_fails_verify(shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import numpy as np
 
-    from edge.golden import encode_vector
+    from edge.core.golden import encode_vector
 
     mdir = _copy_models(shipped, tmp_path / "models")
     other = np.random.default_rng(1).standard_normal(128).astype(np.float32)
@@ -235,9 +235,9 @@ def test_a_face_mesh_in_the_manifest_gets_a_golden_check(
     """The face mesh is not shipped yet; listed in a manifest, it is recorded and checked like the rest."""
     import numpy as np
 
-    from edge.golden import decode_vector, encode_vector
-    from edge.inference import sha256_file
-    from edge.vision.dlib_ref import package_file
+    from edge.core.golden import decode_vector, encode_vector
+    from edge.core.inference import sha256_file
+    from edge.core.vision.dlib_ref import package_file
     from models.golden_inputs import record_entry
 
     try:

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.camera import SourceFailure, make_source
-from edge.camera.base import FrameSource
-from edge.config import Config, parse_config
-from edge.pipeline import Pipeline, Stages, build_stages, run_loop
-from edge.pipeline_sinks import JsonlSink, ListSink
-from edge.types import U8, Subject
-from edge.watchlist.model import Watchlist
-from edge.watchlist.store import WatchlistHolder
-from edge.watchlist.templates import fuse_subject_templates
+from edge.backoffice.enrolment.templates import fuse_subject_templates
+from edge.core.config import Config, parse_config
+from edge.core.types import U8, Subject
+from edge.core.watchlist.model import Watchlist
+from edge.device.camera import SourceFailure, make_source
+from edge.device.camera.base import FrameSource
+from edge.device.pipeline import Pipeline, Stages, build_stages, run_loop
+from edge.device.pipeline_sinks import JsonlSink, ListSink
+from edge.device.watchlist.store import WatchlistHolder
 
 sys.path.insert(0, str(Path(__file__).parent))
 import videogen
@@ -64,7 +64,7 @@ def clip(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 def enrol(faces_dir: Path, identities: list[str]) -> Watchlist:
     """Templates from photos the clip does not show, made by our still-image analyzer (the same
     detector, aligner, quality gate and embedder as the loop), as the back office would."""
-    from edge.vision.analyze import FaceAnalyzer
+    from edge.core.vision.analyze import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(_cfg(), whole_frame_only=True)
     per_subject: list[list[np.ndarray]] = []
@@ -239,7 +239,7 @@ def test_watchlist_swapped_between_frames_and_expired_list_never_alerts(
 
 
 def test_jsonl_sink_writes_one_line_per_match(tmp_path: Path, watchlist: Watchlist) -> None:
-    from edge.types import Match, MatchEvent
+    from edge.core.types import Match, MatchEvent
 
     sink = JsonlSink(tmp_path / "ev.jsonl")
     m = Match(watchlist.subjects[0], 0.97, 0.1, 0.93)
@@ -253,10 +253,10 @@ def test_jsonl_sink_writes_one_line_per_match(tmp_path: Path, watchlist: Watchli
 
 def _install_bundle(cfg_path: Path, office: Any, wl: Watchlist) -> None:
     """Enrol as the back office does: a signed bundle encrypted to this device, installed in its store."""
-    from edge.config import load_config
-    from edge.keys import generate_device_keys
-    from edge.watchlist.bundle import build_bundle
-    from edge.watchlist.store import embedder_sha256_for, store_from_config
+    from edge.core.config import load_config
+    from edge.core.keys import generate_device_keys
+    from edge.core.watchlist.bundle import build_bundle
+    from edge.device.watchlist.store import embedder_sha256_for, store_from_config
 
     cfg = load_config(cfg_path)
     device = generate_device_keys(cfg.device.keys_dir)
@@ -271,7 +271,7 @@ def _install_bundle(cfg_path: Path, office: Any, wl: Watchlist) -> None:
 def test_run_alerts_from_the_installed_watchlist_and_stops_on_sigterm_within_a_second(
     tmp_path: Path, clip: tuple[Path, dict[str, Any]], watchlist: Watchlist
 ) -> None:
-    from edge.keys import BACKOFFICE_ED25519_PUB, generate_backoffice_keys
+    from edge.core.keys import BACKOFFICE_ED25519_PUB, generate_backoffice_keys
 
     out, truth = clip
     office = generate_backoffice_keys(tmp_path / "office")

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.audit import log as al
-from edge.config import Config, load_config
-from edge.types import F32, U8
+from edge.core.audit import log as al
+from edge.core.config import Config, load_config
+from edge.core.types import F32, U8
 from tests.broker import broker_factory, plain_broker  # noqa: F401  (pytest fixtures)
 from tests.mqtt_collect import Collector
 
@@ -47,13 +47,13 @@ AUDIT_KINDS_EXPECTED = {
 
 def require_loop() -> None:
     """The loop's parts are written by other engineers; say which one is missing."""
-    for mod in ("edge.pipeline", "edge.vision.quality", "edge.vision.align", "edge.vision.embed",
-                "edge.vision.detect", "edge.alerts.publisher"):  # fmt: skip
+    for mod in ("edge.device.pipeline", "edge.core.vision.quality", "edge.core.vision.align", "edge.core.vision.embed",
+                "edge.core.vision.detect", "edge.device.publisher"):  # fmt: skip
         try:
             __import__(mod)
         except ModuleNotFoundError as e:
             pytest.skip(f"privacy test waits for {e.name} (not in this checkout yet)")
-    from edge.inference import default_models_dir, load_manifest
+    from edge.core.inference import default_models_dir, load_manifest
 
     manifest = load_manifest(default_models_dir())
     cfg = Config()
@@ -106,7 +106,7 @@ class RecordingMatcher:
 
 
 def recording_holder(wl: Any, probes: list[F32]) -> Any:
-    from edge.watchlist.store import WatchlistHolder
+    from edge.device.watchlist.store import WatchlistHolder
 
     class RecordingHolder(WatchlistHolder):
         def matcher(self, *args: Any, **kw: Any) -> Any:
@@ -120,8 +120,8 @@ def enrol(stages: Any, faces_dir: Path) -> Any:
     """A watchlist of other people (real faces), so that the loop really embeds and compares."""
     import cv2
 
-    from edge.types import Subject
-    from edge.watchlist.model import Watchlist
+    from edge.core.types import Subject
+    from edge.core.watchlist.model import Watchlist
     from tests.videogen import DEFAULT_CAST, enrolment_images
 
     lfw = faces_dir / "lfw"
@@ -168,7 +168,7 @@ def write_config(tmp_path: Path, broker_uri: str) -> Path:
 @pytest.fixture
 def debug_logs() -> Iterator[io.StringIO]:
     """Every log line at DEBUG, rendered by the appliance's own formatter."""
-    from edge.logsetup import JsonFormatter
+    from edge.core.logsetup import JsonFormatter
 
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
@@ -229,9 +229,9 @@ def scan_text(what: str, text: str, pats: list[tuple[str, bytes]]) -> list[str]:
 
 
 def decrypted_spool_rows(cfg: Config) -> list[bytes]:
-    from edge.alerts.publisher import SPOOL_FILE, STORAGE_KEY
-    from edge.alerts.spool import Spool
-    from edge.keys import storage_key
+    from edge.core.keys import storage_key
+    from edge.device.publisher import SPOOL_FILE, STORAGE_KEY
+    from edge.device.spool import Spool
 
     path = cfg.device.data_dir / SPOOL_FILE
     if not path.exists():
@@ -250,10 +250,10 @@ def test_non_matching_people_leave_no_trace(
     faces_dir: Path, clip: tuple[Path, dict[str, Any]], tmp_path: Path, plain_broker: Any,  # noqa: F811
     debug_logs: io.StringIO,
 ) -> None:
-    from edge.alerts.publisher import AlertPublisher
-    from edge.audit.runtime import ServiceAudit
-    from edge.keys import generate_device_keys
-    from edge.pipeline import Pipeline, build_stages, run_loop
+    from edge.core.keys import generate_device_keys
+    from edge.device.audit.runtime import ServiceAudit
+    from edge.device.pipeline import Pipeline, build_stages, run_loop
+    from edge.device.publisher import AlertPublisher
 
     video, truth = clip
     logging.getLogger("lfr_edge.test").debug("privacy-test canary")
@@ -357,9 +357,9 @@ def test_lfr_edge_run_records_the_deployment_at_stop(
     clip: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`lfr-edge run` on a replay ends with a deployment record whose counts match the replay."""
-    from edge.alerts.testbroker import free_port
-    from edge.cli import main
-    from edge.keys import generate_device_keys
+    from edge.cli.main import main
+    from edge.core.keys import generate_device_keys
+    from edge.lab.localbroker import free_port
 
     video, _ = clip
 
@@ -376,7 +376,7 @@ def test_lfr_edge_run_records_the_deployment_at_stop(
         root.setLevel(level)
     capsys.readouterr()
     if not list((cfg.device.data_dir / "audit").glob("segment-*.jsonl")):
-        pytest.skip("waits for `lfr-edge run` to write the audit log (edge.audit.runtime.ServiceAudit)")
+        pytest.skip("waits for `lfr-edge run` to write the audit log (edge.device.audit.runtime.ServiceAudit)")
     assert main(["deployment", "report", "--config", str(path), "--json"]) == 0
     deps = json.loads(capsys.readouterr().out)
     assert len(deps) == 1

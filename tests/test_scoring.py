@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import parse_config
-from edge.errors import InputError
-from edge.inference import default_models_dir, load_model
-from edge.types import Subject
-from edge.vision.embed import Embedder
-from edge.vision.scoring import CohortNorm, load_scoring
-from edge.watchlist.match import Matcher
-from edge.watchlist.model import Watchlist
-from edge.watchlist.policy import policy_for, resolve_policy, warnings_for
+from edge.core.config import parse_config
+from edge.core.errors import InputError
+from edge.core.inference import default_models_dir, load_model
+from edge.core.types import Subject
+from edge.core.vision.embed import Embedder
+from edge.core.vision.scoring import CohortNorm, load_scoring
+from edge.core.watchlist.match import Matcher
+from edge.core.watchlist.model import Watchlist
+from edge.core.watchlist.policy import policy_for, resolve_policy, warnings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDER = "dlib_resnet_v1_int8"
@@ -27,7 +27,7 @@ EMBEDDER = "dlib_resnet_v1_int8"
 def astronaut_chip() -> np.ndarray:
     """The aligned chip of scikit-image's public-domain astronaut, as the device cuts it."""
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) provides astronaut()")
-    from edge.vision.analyze import FaceAnalyzer
+    from edge.core.vision.analyze import FaceAnalyzer
 
     face = FaceAnalyzer.from_config(parse_config({}, ROOT), whole_frame_only=True).primary(
         np.ascontiguousarray(skimage_data.astronaut())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.sdnotify import Notifier
+from edge.device.sdnotify import Notifier
 
 
 @pytest.fixture()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.camera.base import FrameSource
-from edge.config import parse_config
-from edge.keys import generate_device_keys
-from edge.service import serve
-from edge.types import U8, Rejection
+from edge.core.config import parse_config
+from edge.core.keys import generate_device_keys
+from edge.core.types import U8, Rejection
+from edge.device.camera.base import FrameSource
+from edge.device.service import serve
 from tests.broker import BrokerFactory, broker_factory  # noqa: F401
 from tests.mqtt_collect import Collector
 

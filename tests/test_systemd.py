@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import parse_config
-from edge.provision import egress_dropin
+from edge.core.config import parse_config
+from edge.device.provision import egress_dropin
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "lfr-edge.service"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.vision.track import Tracker
+from edge.core.vision.track import Tracker
 
 
 def _box(cx: float, cy: float, s: float) -> list[float]:

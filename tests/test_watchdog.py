@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.camera.base import FrameSource
-from edge.config import parse_config
-from edge.keys import generate_device_keys
-from edge.sdnotify import Notifier
-from edge.service import serve
-from edge.types import U8
+from edge.core.config import parse_config
+from edge.core.keys import generate_device_keys
+from edge.core.types import U8
+from edge.device.camera.base import FrameSource
+from edge.device.sdnotify import Notifier
+from edge.device.service import serve
 
 
 class FreezingCamera(FrameSource):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge.cli import main
+from edge.cli.main import main
 
 
 def test_bench_match_json_small(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.errors import InputError
-from edge.keys import generate_backoffice_keys, key_id, raw_public_bytes, seal
-from edge.watchlist.bundle import (
+from edge.core.errors import InputError
+from edge.core.keys import generate_backoffice_keys, key_id, raw_public_bytes, seal
+from edge.core.watchlist.bundle import (
     MAGIC,
     WRAP_INFO,
     BundleError,
@@ -27,7 +27,7 @@ from edge.watchlist.bundle import (
     read_header,
     verify_bundle,
 )
-from edge.watchlist.model import Watchlist
+from edge.core.watchlist.model import Watchlist
 from tests.watchlist_kit import EMBEDDER, Kit, make_kit
 
 
@@ -194,7 +194,7 @@ def test_read_header_needs_no_device_key(kit: Kit) -> None:
 
 
 def test_build_refuses_bad_input(kit: Kit) -> None:
-    from edge.types import Subject
+    from edge.core.types import Subject
 
     t = np.ones((2, 128), np.float32)
     common = {
@@ -357,7 +357,7 @@ def test_signed_payload_with_nan_template_is_refused(kit: Kit) -> None:
 
 def test_expiry_times_read_the_same_with_z_or_an_offset() -> None:
     """The README's `--expires …Z` form is read without relying on Python 3.11's parser."""
-    from edge.watchlist.bundle import parse_time
+    from edge.core.watchlist.bundle import parse_time
 
     z = parse_time("2026-12-01T06:00:00Z", "--expires")
     assert z == parse_time("2026-12-01T06:00:00z", "--expires") == parse_time("2026-12-01T07:00:00+01:00", "--expires")

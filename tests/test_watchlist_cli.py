@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.cli import main
-from edge.config import load_config
-from edge.watchlist.store import embedder_sha256_for
+from edge.cli.main import main
+from edge.core.config import load_config
+from edge.device.watchlist.store import embedder_sha256_for
 from tests.watchlist_kit import Kit, make_kit
 
 

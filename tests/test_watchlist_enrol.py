@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.cli import main
-from edge.config import load_config
-from edge.errors import InputError
+from edge.cli.main import main
+from edge.core.config import load_config
+from edge.core.errors import InputError
 from tests.watchlist_kit import make_kit
 
 N_SUBJECTS = 4
@@ -27,7 +27,7 @@ N_SUBJECTS = 4
 
 def _analyzer_or_skip(cfg_path: Path) -> object:
     try:
-        from edge.vision.analyze import FaceAnalyzer
+        from edge.core.vision.analyze import FaceAnalyzer
 
         return FaceAnalyzer.from_config(load_config(cfg_path), whole_frame_only=True)
     except (ImportError, InputError) as e:
@@ -46,7 +46,7 @@ def _usable_people(analyzer: object, people: list[tuple[str, list[Path]]], n: in
     """People with at least 4 photos showing exactly one face that passes the quality gate
     (single-face photos keep this round trip about matching; bystanders are
     test_watchlist_enrol_custody.py's business)."""
-    from edge.imageio import decode_rgb as read_image
+    from edge.core.imageio import decode_rgb as read_image
 
     out = []
     for name, images in people[::5]:
@@ -140,7 +140,7 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
     assert main(["watchlist", "install", str(out), "--config", str(enrolled["cfg"])]) == 0
     assert f"{N_SUBJECTS} subjects, {N_SUBJECTS} templates" in capsys.readouterr().out  # photos fused
 
-    from edge.watchlist.store import store_from_config
+    from edge.device.watchlist.store import store_from_config
 
     store = store_from_config(load_config(enrolled["cfg"]))  # type: ignore[arg-type]
     wl = store.load()
@@ -148,7 +148,7 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
     by_id = {s.subject_id: s for s in wl.subjects}
     assert by_id[enrol[1][0]].category == "missing" and by_id[enrol[1][0]].threshold == 7.5
     # Scored as the device scores (flip, cohort S-norm) at the balanced operating point.
-    from edge.watchlist.policy import policy_for
+    from edge.core.watchlist.policy import policy_for
 
     cfg = load_config(enrolled["cfg"])  # type: ignore[arg-type]
     matcher = store.holder.matcher(*policy_for(cfg.model_copy(update={"matching": cfg.matching.model_copy(
@@ -157,7 +157,7 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
     analyzer = enrolled["analyzer"]
 
     def probe(path: Path) -> np.ndarray:  # type: ignore[type-arg]
-        from edge.imageio import decode_rgb as read_image
+        from edge.core.imageio import decode_rgb as read_image
 
         face = analyzer.primary(read_image(path))  # type: ignore[attr-defined]
         assert face is not None and face.embedding is not None, path

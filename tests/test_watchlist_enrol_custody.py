@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.cli import main
-from edge.config import load_config
-from edge.errors import InputError
-from edge.imageio import decode_rgb
-from edge.watchlist.enrol_image import Analyse, FaceVerdict, ImageStatus, analyzer_adapter
+from edge.backoffice.enrolment.image import Analyse, FaceVerdict, ImageStatus, analyzer_adapter
+from edge.cli.main import main
+from edge.core.config import load_config
+from edge.core.errors import InputError
+from edge.core.imageio import decode_rgb
 from tests.watchlist_kit import make_kit
 
 IMAGE_EXTS = (".jpg", ".png")
@@ -72,7 +72,7 @@ def office(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         )
     )
     try:
-        from edge.vision.analyze import FaceAnalyzer
+        from edge.core.vision.analyze import FaceAnalyzer
 
         analyse = analyzer_adapter(FaceAnalyzer.from_config(load_config(cfg), whole_frame_only=True))
     except (ImportError, InputError) as e:
@@ -164,7 +164,7 @@ def test_build_goes_ahead_without_the_unusable_subjects_and_says_who_is_missing(
     # The device gets exactly the enrolled people, never an empty subject.
     assert main(["watchlist", "install", str(default_build["out"]), "--config", str(office["cfg"])]) == 0
     assert "2 subjects, 2 templates" in capsys.readouterr().out
-    from edge.watchlist.store import store_from_config
+    from edge.device.watchlist.store import store_from_config
 
     wl = store_from_config(load_config(office["cfg"])).load()
     assert wl is not None
@@ -257,7 +257,7 @@ def test_no_bundle_when_no_subject_is_usable(office: dict[str, Any], capsys: pyt
 
 def _models_with_enrolment(root: Path, name: str, enrolment: object | None) -> Path:
     """The shipped models (symlinked) under a manifest whose embedders carry `enrolment` (None: no key)."""
-    from edge.inference import default_models_dir
+    from edge.core.inference import default_models_dir
 
     models = root / name
     models.mkdir()

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from edge.vision.analyze import PrimaryChoice, choose_primary, primary_index
+from edge.core.vision.analyze import PrimaryChoice, choose_primary, primary_index
 
 W, H = 640, 480
 SUBJECT = [220, 140, 420, 340]  # 200 px face in the middle
@@ -54,7 +54,7 @@ def test_the_face_chosen_is_always_primary_index_s() -> None:
 
 
 def test_photos_that_disagree_are_flagged_and_a_single_photo_is_not() -> None:
-    from edge.watchlist.consistency import inconsistent
+    from edge.backoffice.enrolment.consistency import inconsistent
 
     rng = np.random.default_rng(3)
     person = rng.standard_normal(128)

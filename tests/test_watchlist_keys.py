@@ -1,4 +1,4 @@
-"""Device/back-office keys, storage keys and sealing (edge/keys.py)."""
+"""Device/back-office keys, storage keys and sealing (edge/core/keys.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
-from edge.errors import InputError
-from edge.keys import (
+from edge.cli.main import main
+from edge.core.errors import InputError
+from edge.core.keys import (
     DEVICE_X25519,
     CryptoError,
     destroy_storage_key,

@@ -1,4 +1,4 @@
-"""Installing, storing, loading and wiping the device's watchlist (edge/watchlist/store.py)."""
+"""Installing, storing, loading and wiping the device's watchlist (edge/device/watchlist/store.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import InputError
-from edge.watchlist.bundle import BundleError, Reason
-from edge.watchlist.store import WatchlistHolder, describe
+from edge.core.errors import InputError
+from edge.core.watchlist.bundle import BundleError, Reason
+from edge.device.watchlist.store import WatchlistHolder, describe
 from tests.watchlist_kit import EMBEDDER, Kit, make_kit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,8 +138,8 @@ def test_process_killed_between_write_and_rename(kit: Kit, tmp_path: Path) -> No
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from edge.keys import load_device_keys, load_ed25519_public
-        from edge.watchlist.store import WatchlistStore
+        from edge.core.keys import load_device_keys, load_ed25519_public
+        from edge.device.watchlist.store import WatchlistStore
         store = WatchlistStore({str(store.path)!r}, load_device_keys({str(kit.root / "device-keys")!r}),
                                [load_ed25519_public({str(kit.root / "backoffice-keys" / "backoffice_ed25519.pub.pem")!r})],
                                {EMBEDDER!r})

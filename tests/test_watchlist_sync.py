@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.alerts.mqtt import LinkSettings, MqttLink
-from edge.cli import main
-from edge.watchlist.bundle import Reason
-from edge.watchlist.sync import CommandError, CommandVerifier, WatchlistSync, make_command, open_ack
+from edge.cli.main import main
+from edge.core.mqtt import LinkSettings, MqttLink
+from edge.core.watchlist.bundle import Reason
+from edge.device.watchlist.sync import CommandError, CommandVerifier, WatchlistSync, make_command, open_ack
 from tests.broker import (  # noqa: F401  (broker_factory is a fixture)
     BACKOFFICE_USER,
     DEVICE_USERS,
@@ -149,7 +149,7 @@ def test_command_replay_state_survives_restart(kit: Kit, tmp_path: Path) -> None
     state = tmp_path / "cmd.state"
     cmd = make_command(kit.backoffice.ed25519, DEVICE)
     CommandVerifier([kit.backoffice.ed25519_public], DEVICE, state).verify(cmd)
-    from edge.watchlist.sync import CommandError
+    from edge.device.watchlist.sync import CommandError
 
     with pytest.raises(CommandError, match="replay"):
         CommandVerifier([kit.backoffice.ed25519_public], DEVICE, state).verify(cmd)
@@ -256,7 +256,7 @@ def test_mqtt_retained_bundle_then_signed_wipe_end_to_end(
 
 
 def test_ack_verifies_only_with_the_device_key(kit: Kit) -> None:
-    from edge.watchlist.sync import ACK_FORMAT, CommandError, _signed_envelope
+    from edge.device.watchlist.sync import ACK_FORMAT, CommandError, _signed_envelope
 
     ack = _signed_envelope(ACK_FORMAT, {"result": "wiped", "nonce": "n1"}, kit.device.ed25519)
     assert open_ack(ack, kit.device.ed25519_public)["result"] == "wiped"

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.bench.recognition import face_sprite as bench_face_sprite
-from edge.bench.recognition import paste_face
+from edge.lab.bench.recognition import face_sprite as bench_face_sprite
+from edge.lab.bench.recognition import paste_face
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.keys import BackofficeKeys, DeviceKeys, generate_backoffice_keys, generate_device_keys
-from edge.types import Subject
-from edge.watchlist.bundle import build_bundle
-from edge.watchlist.store import WatchlistStore
+from edge.core.keys import BackofficeKeys, DeviceKeys, generate_backoffice_keys, generate_device_keys
+from edge.core.types import Subject
+from edge.core.watchlist.bundle import build_bundle
+from edge.device.watchlist.store import WatchlistStore
 
 EMBEDDER = "ab" * 32
 DAY = 24 * 3600.0

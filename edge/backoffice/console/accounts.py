@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edge.backoffice.console import audit as ca
 from edge.backoffice.console.models import Role, SessionRow, UserRow
-from edge.errors import InputError
+from edge.core.errors import InputError
 
 MIN_PASSWORD = 12
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")

@@ -1,4 +1,4 @@
-"""The console's own audit log: the device's hash-chained, signed format (edge.audit), signed by the back office.
+"""The console's own audit log: the device's hash-chained, signed format (edge.core.audit), signed by the back office.
 
 Every decision, deletion by retention, account change and watchlist publication is one record,
 followed at once by a signed checkpoint, so a reviewer's decision is covered by a signature the
@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.audit.log import AuditLog
+from edge.core.audit.log import AuditLog
 
 AUDIT_DIR = "audit"
 

@@ -8,12 +8,12 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.alerts.listener import BackofficeConfig, DeviceEntry
-from edge.errors import ConfigError
+from edge.backoffice.listener import BackofficeConfig, DeviceEntry
+from edge.core.errors import ConfigError
 
 # A crop larger than this is refused at ingest (the device sends ~10 kB JPEGs).
 # A face crop past this is refused at storage. The listener refuses any alert over 4 MiB before it
-# is parsed (edge.alerts.message), so larger crops never get this far; this bound keeps the
+# is parsed (edge.core.alert_message), so larger crops never get this far; this bound keeps the
 # console's own promise whatever that limit becomes. Real crops are 15-60 kB.
 MAX_CROP_BYTES = 2 * 1024 * 1024
 

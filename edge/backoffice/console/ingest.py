@@ -1,6 +1,6 @@
 """One subscriber for the fleet: verified alerts, retained status and deployment records into the store.
 
-Verification and unsealing are edge.alerts.listener's (the same code as `alerts listen`): an alert
+Verification and unsealing are edge.backoffice.listener's (the same code as `alerts listen`): an alert
 whose signature does not verify is rejected there and never reaches the database. Deployment
 records arrive as audit records on <topic_root>/<device>/audit; only `deployment_record` ones are kept.
 """
@@ -14,13 +14,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from edge.alerts.listener import AlertListener
-from edge.alerts.message import VerifiedAlert
-from edge.alerts.mqtt import Message
-from edge.audit.log import DEPLOYMENT_RECORD
 from edge.backoffice.console.config import ConsoleConfig
 from edge.backoffice.console.store import ConsoleStore, Outcome
-from edge.keys import key_id
+from edge.backoffice.listener import AlertListener
+from edge.core.alert_message import VerifiedAlert
+from edge.core.audit.log import DEPLOYMENT_RECORD
+from edge.core.keys import key_id
+from edge.core.mqtt import Message
 
 log = logging.getLogger("lfr_edge.console")
 

@@ -16,8 +16,8 @@ from edge.backoffice.console.ingest import Ingest
 from edge.backoffice.console.retention import sweep
 from edge.backoffice.console.store import ConsoleStore
 from edge.backoffice.console.web import Console, build_app
-from edge.errors import InputError
-from edge.keys import load_backoffice_keys
+from edge.core.errors import InputError
+from edge.core.keys import load_backoffice_keys
 
 log = logging.getLogger("lfr_edge.console")
 

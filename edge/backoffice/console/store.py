@@ -23,12 +23,12 @@ from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge.alerts.message import VerifiedAlert
-from edge.audit.log import parse_iso
 from edge.backoffice.console import audit as ca
 from edge.backoffice.console.config import MAX_CROP_BYTES
 from edge.backoffice.console.models import AlertRow, Decision, DeploymentRow, DeviceRow, ReferenceImageRow
-from edge.keys import fsync_dir
+from edge.core.alert_message import VerifiedAlert
+from edge.core.audit.log import parse_iso
+from edge.core.keys import fsync_dir
 
 log = logging.getLogger("lfr_edge.console")
 

@@ -1,6 +1,6 @@
 """Watchlists from the console: enrol a custody folder, sign, encrypt to chosen devices, publish, keep references.
 
-Enrolment is the engine of `lfr-edge watchlist build` (edge.watchlist.enrol: the device's own
+Enrolment is the engine of `lfr-edge watchlist build` (edge.backoffice.enrolment.enrol: the device's own
 detector, quality gate and embedder), with its per-image report shown on the page. The console keeps
 one JPEG per accepted custody image (under <data_dir>/references) so that a reviewer sees the
 subject's custody photo beside the live face; the bundle itself never holds an image.
@@ -26,11 +26,11 @@ from edge.backoffice.console import audit as ca
 from edge.backoffice.console.config import ConsoleConfig
 from edge.backoffice.console.models import ReferenceImageRow, WatchlistRow
 from edge.backoffice.console.store import ConsoleStore, write_durably
-from edge.errors import InputError
-from edge.imageio import decode_rgb
-from edge.keys import load_x25519_public
-from edge.types import Subject
-from edge.watchlist.enrol import EnrolModel
+from edge.backoffice.enrolment.enrol import EnrolModel
+from edge.core.errors import InputError
+from edge.core.imageio import decode_rgb
+from edge.core.keys import load_x25519_public
+from edge.core.types import Subject
 
 BUNDLES_DIR = "watchlists"
 Publish = Callable[[str, bytes], bool]  # (device_id, bundle) -> acknowledged by the broker
@@ -74,7 +74,7 @@ class WatchlistPages:
 
     def _analyser(self) -> tuple[Any, EnrolModel]:
         if self._analyse is None:
-            from edge.watchlist.enrol import face_analyser
+            from edge.backoffice.enrolment.enrol import face_analyser
 
             self._analyse = face_analyser(
                 argparse.Namespace(config=None, models_dir=None, embedder=None, detector=None)
@@ -82,8 +82,8 @@ class WatchlistPages:
         return self._analyse  # type: ignore[no-any-return]
 
     def enrol(self, folder: Path, version: int, valid_s: float, devices: Sequence[str], by: str) -> EnrolReport:
-        from edge.watchlist.bundle import build_bundle
-        from edge.watchlist.enrol import enrol_folder, scan_faces
+        from edge.backoffice.enrolment.enrol import enrol_folder, scan_faces
+        from edge.core.watchlist.bundle import build_bundle
 
         if version < 1:
             raise InputError(f"version: must be a positive integer, got {version}")

@@ -31,7 +31,7 @@ from edge.backoffice.console.config import ConsoleConfig
 from edge.backoffice.console.models import AlertRow, Decision, Role
 from edge.backoffice.console.security import LOGIN_CSRF_COOKIE, SESSION_COOKIE, SecurityHeaders, same_token
 from edge.backoffice.console.store import AlertFilter, ConsoleStore
-from edge.errors import InputError
+from edge.core.errors import InputError
 
 HERE = Path(__file__).resolve().parent
 MAX_FORM_FIELD = 4096

@@ -1,0 +1,1 @@
+"""Custody photos → templates → a signed, encrypted bundle (`watchlist build` and the console)."""

@@ -1,7 +1,0 @@
-"""Frame sources (picamera2, V4L2, RTSP, GStreamer, video files, image folders) and the grabber."""
-
-from edge.camera.base import FrameSource, SourceFailure
-from edge.camera.factory import make_source, open_source
-from edge.camera.grabber import LatestFrameGrabber
-
-__all__ = ["FrameSource", "LatestFrameGrabber", "SourceFailure", "make_source", "open_source"]

@@ -1,0 +1,219 @@
+"""`lfr-edge alerts …`: the back-office listener, an end-to-end test alert, and the spool's state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.core.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("alerts", help="alerts over MQTT: back-office listener, test alert, spool state")
+    asub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+
+    lp = asub.add_parser(
+        "listen",
+        help="back office: receive, verify, unseal and print alerts",
+        description="Subscribe to <topic_root>/+/alerts and /status, verify each alert's signature against "
+        "the device's registered key, unseal it, drop duplicates, print one line per alert. Forged, "
+        "tampered or unknown-device alerts are printed as REJECTED lines, never as alerts.",
+    )
+    lp.add_argument("--config", required=True, help="back-office config (see config/backoffice.example.yaml)")
+    lp.add_argument("--count", type=int, default=0, help="exit after N distinct alerts (0: run until stopped)")
+    lp.add_argument("--timeout", type=float, default=0.0, help="exit after S seconds (exit 1 if --count not reached)")
+    lp.add_argument("--out", type=Path, help="save each alert's face crop as DIR/<alert_id>.jpg (mode 0600)")
+    lp.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    lp.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
+    lp.set_defaults(handler=_listen)
+
+    tp = asub.add_parser(
+        "test",
+        help="device: send synthetic test alerts (category 'test') through the real alert path",
+        description="Signs, seals, spools and publishes N synthetic alerts exactly as the pipeline would, "
+        "then waits until the broker has acknowledged everything in the spool (including older rows).",
+    )
+    tp.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    tp.add_argument("--count", type=int, default=1, help="test alerts to send (0: only drain the spool)")
+    tp.add_argument("--interval", type=float, default=0.0, help="seconds between alerts")
+    tp.add_argument("--wait", type=float, default=30.0, help="seconds to wait for delivery (exit 1 if not done)")
+    tp.add_argument("--json", action="store_true", help="print the result as JSON")
+    tp.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
+    tp.set_defaults(handler=_test)
+
+    sp = asub.add_parser("spool", help="device: alerts and audit records waiting in the spool, drops counted")
+    sp.add_argument("--config", help="device config")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(handler=_spool)
+
+
+def _stderr_logging(verbose: bool) -> None:
+    # Output goes to stdout; log lines (connection errors) to stderr so they never mix with it.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def _emit(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- listen
+
+
+def _alert_line(summary: dict[str, Any], face: Path | None) -> str:
+    head = f"ALERT {summary['time']} {summary['device_id']}/{summary['camera']}"
+    if "subject_id" not in summary:
+        return f"{head} subject=<sealed: no unseal_key> alert={summary['alert_id']}"
+    out = (
+        f"{head} subject={summary['subject_id']} category={summary['category']} "
+        f"priority={summary['priority']} score={summary['score']:.3f} margin={summary['margin']:.3f} "
+        f"threshold={summary['threshold']:.3f} track={summary['track_id']} alert={summary['alert_id']}"
+    )
+    return out + (f" face={face}" if face else "")
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from edge.backoffice.listener import AlertListener, load_backoffice_config
+    from edge.core.alert_message import VerifiedAlert
+
+    _stderr_logging(args.verbose)
+    cfg = load_backoffice_config(args.config)
+    out_dir: Path | None = args.out
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    done = threading.Event()
+    count = 0
+    lock = threading.Lock()
+    last_state: dict[str, str] = {}
+
+    def on_alert(alert: VerifiedAlert) -> None:
+        nonlocal count
+        face_path = None
+        if out_dir is not None and alert.face_jpeg is not None:
+            face_path = out_dir / f"{alert.alert_id}.jpg"
+            fd = os.open(face_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(alert.face_jpeg)
+        summary = alert.summary()
+        with lock:
+            if args.json:
+                _emit(json.dumps({"event": "alert", **summary, "face_file": str(face_path) if face_path else None}))
+            else:
+                _emit(_alert_line(summary, face_path))
+            count += 1
+            if args.count and count >= args.count:
+                done.set()
+
+    def on_reject(topic: str, reason: str) -> None:
+        with lock:
+            if args.json:
+                _emit(json.dumps({"event": "rejected", "topic": topic, "reason": reason}))
+            else:
+                _emit(f"REJECTED {topic}: {reason}")
+
+    def on_status(device: str, status: dict[str, Any]) -> None:
+        state = str(status.get("state", "?"))
+        with lock:
+            if args.json:
+                _emit(json.dumps({"event": "status", "device_id": device, **status}))
+            elif last_state.get(device) != state:
+                _emit(f"STATUS {device} {state}")
+            last_state[device] = state
+
+    listener = AlertListener(cfg, on_alert, on_reject, on_status).start()
+    if sys.stderr.isatty() and not args.json:
+        print(f"listening on {', '.join(cfg.brokers)} for {cfg.topic_root}/+/alerts …", file=sys.stderr)
+    try:
+        done.wait(args.timeout if args.timeout > 0 else None)
+    finally:
+        listener.stop()
+    if args.count and count < args.count:
+        raise RuntimeFailure(f"timed out after {args.timeout:g} s with {count} of {args.count} alerts")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- test (device side)
+
+
+def _test_event(i: int, camera: str) -> Any:
+    from edge.core.types import Match, MatchEvent, Subject
+
+    subject = Subject(subject_id=f"TEST-{i:06d}", category="test", priority=0)
+    return MatchEvent(
+        match=Match(subject=subject, score=1.0, margin=1.0, threshold=1.0),
+        track_id=i,
+        frame_seq=i,
+        t_wall=time.time(),
+        camera=camera,
+        bbox=(0.0, 0.0, 0.0, 0.0),
+        frames_fused=0,
+        watchlist_version=0,
+    )
+
+
+def _test(args: argparse.Namespace) -> int:
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher
+
+    _stderr_logging(args.verbose)
+    cfg = load_config(args.config)
+    pub = AlertPublisher.from_config(cfg).start()
+    try:
+        for i in range(args.count):
+            pub.on_match(_test_event(i, cfg.device.camera_name))
+            if args.interval > 0:
+                time.sleep(args.interval)
+        ok = pub.flush(args.wait)
+        result = {"sent": args.count, "pending": pub.spool.pending(), "delivered": pub.delivered, "ok": ok}
+    finally:
+        pub.stop()
+    if args.json:
+        _emit(json.dumps(result))
+    elif ok:
+        _emit(f"OK: {result['delivered']} message(s) acknowledged by the broker, spool empty")
+    if not ok:
+        print(
+            f"error: {result['pending']} message(s) still in the spool after {args.wait:g} s "
+            "(they stay spooled and go out on the next start)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from edge.core.config import load_config
+    from edge.core.keys import storage_key
+    from edge.device.publisher import SPOOL_FILE, STORAGE_KEY
+    from edge.device.spool import Spool
+
+    cfg = load_config(args.config)
+    path = cfg.device.data_dir / SPOOL_FILE
+    if not path.exists():
+        counters: dict[str, int] = {}
+        pending = 0
+    else:
+        spool = Spool(path, storage_key(cfg.device.keys_dir, STORAGE_KEY))
+        pending, counters = spool.pending(), spool.counters()
+        spool.close()
+    if args.json:
+        _emit(json.dumps({"spool": str(path), "pending": pending, "counters": counters}))
+    else:
+        _emit(f"{path}: {pending} pending")
+        for k, v in sorted(counters.items()):
+            _emit(f"  {k}: {v}")
+    return EXIT_OK

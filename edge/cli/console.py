@@ -1,0 +1,126 @@
+"""`lfr-edge backoffice serve|user …`: the review console (needs the `backoffice` extra).
+
+Added beside `backoffice init|show` (edge/cli/keys.py), under the same `backoffice` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from edge.core.errors import EXIT_OK, InputError
+
+if TYPE_CHECKING:
+    from edge.backoffice.console.server import Parts
+
+
+def _backoffice_actions(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The `backoffice` command's action list: keys_cmd's when it registered one, else a new one."""
+    parser = sub.choices.get("backoffice")
+    if parser is None:
+        parser = sub.add_parser("backoffice", help="back office: keys and the review console")
+        return parser.add_subparsers(dest="backoffice_cmd", metavar="ACTION", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="backoffice_cmd", metavar="ACTION", required=True)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bs = _backoffice_actions(sub)
+    serve = bs.add_parser(
+        "serve",
+        help="run the review console: ingest alerts from the broker and serve the web pages",
+        description="Subscribes to the fleet's alerts, status and deployment records (verifying every alert "
+        "as `alerts listen` does), stores them, and serves the console on console.host:console.port "
+        "(127.0.0.1:8080 by default; put a TLS reverse proxy in front, see docs/CONSOLE.md).",
+    )
+    serve.add_argument("--config", required=True, help="back-office config with a console: section")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
+    serve.set_defaults(handler=_serve)
+
+    user = bs.add_parser("user", help="console accounts: add (the first supervisor comes from here), list")
+    us = user.add_subparsers(dest="user_cmd", metavar="ACTION", required=True)
+    add = us.add_parser("add", help="create a console account")
+    add.add_argument("--config", required=True, help="back-office config with a console: section")
+    add.add_argument("--username", required=True)
+    add.add_argument("--role", required=True, choices=["officer", "supervisor"])
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin (else: prompt)"
+    )
+    add.set_defaults(handler=_user_add)
+    ls = us.add_parser("list", help="list console accounts")
+    ls.add_argument("--config", required=True)
+    ls.set_defaults(handler=_user_list)
+
+
+def _require_extra() -> None:
+    try:
+        import edge.backoffice.console.server  # noqa: F401  (pulls in every dependency of the extra)
+    except ModuleNotFoundError as e:
+        raise InputError(
+            f"the console needs the backoffice extra ({e.name} is missing): pip install 'lfr-edge[backoffice]'"
+        ) from None
+
+
+def _parts(config: str) -> Parts:
+    _require_extra()
+    from edge.backoffice.console.config import load_console_config
+    from edge.backoffice.console.server import open_parts
+
+    return open_parts(load_console_config(config))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _require_extra()
+    import uvicorn  # noqa: F401  (part of the extra; fail here, not after the broker connected)
+
+    from edge.backoffice.console.config import load_console_config
+    from edge.backoffice.console.server import serve
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("paho").setLevel(logging.WARNING)
+    cfg = load_console_config(args.config)
+
+    def ready(url: str) -> None:
+        print(f"console: serving {url} (ingesting {cfg.topic_root}/+/alerts from {', '.join(cfg.brokers)})", flush=True)
+
+    serve(cfg, ready)
+    return EXIT_OK
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    from edge.backoffice.console.models import Role
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            raise InputError("the two passwords differ")
+    parts = _parts(args.config)
+    try:
+        user = parts.accounts.add_user(args.username, Role(args.role), password, by="cli")
+    finally:
+        parts.audit.close()
+    print(f"user {user.username} ({user.role.value}) created")
+    return EXIT_OK
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    parts = _parts(args.config)
+    try:
+        for u, active, _ in parts.accounts.users():
+            print(f"{u.username}\t{u.role.value}\t{'active' if active else 'disabled'}")
+    finally:
+        parts.audit.close()
+    return EXIT_OK

@@ -1,0 +1,302 @@
+"""`lfr-edge watchlist build|install|status|wipe|publish`.
+
+build and publish/wipe (remote) run in the back office; install, status and wipe --local on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edge.core.errors import EXIT_OK, InputError, RuntimeFailure
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("watchlist", help="enrol, install, inspect and wipe the encrypted watchlist")
+    ws = p.add_subparsers(dest="watchlist_cmd", metavar="ACTION", required=True)
+
+    b = ws.add_parser("build", help="back office: enrol custody images into a signed, encrypted bundle")
+    b.add_argument("--faces", required=True, help="folder with one sub-folder of images per subject")
+    b.add_argument("--meta", help="CSV: subject_id,category,priority,threshold (all but the id optional)")
+    b.add_argument("--sign", required=True, help="back-office Ed25519 private key (file or keys directory)")
+    b.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        metavar="DEVICE_PUB",
+        help="recipient device X25519 public key (PEM); repeat for each device",
+    )
+    b.add_argument("--expires", required=True, help="expiry, ISO 8601 with zone (e.g. 2026-12-01T06:00:00Z)")
+    b.add_argument("--version", type=int, required=True, help="bundle version; must grow with each bundle")
+    b.add_argument("--out", required=True, help="bundle file to write")
+    b.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="template precision")
+    b.add_argument("--models-dir", help="models directory (default: the shipped models)")
+    b.add_argument("--embedder", help="embedder model id, as on the devices (default: from --config)")
+    b.add_argument("--detector", help="detector model id (default: from --config)")
+    b.add_argument("--config", help="device-style config for quality gates and models (optional)")
+    b.add_argument("--json", action="store_true", help="per-image and per-subject report as JSON on stdout")
+    b.add_argument(
+        "--strict",
+        action="store_true",
+        help="build nothing (exit 2) unless every subject has a usable template; "
+        "default: build from the usable subjects and report the rest",
+    )
+    b.add_argument(
+        "--keep-inconsistent",
+        action="append",
+        metavar="SUBJECT/IMAGE",
+        help="keep this image although it does not match its subject's other images "
+        "(after a person has checked it); repeat for each image",
+    )
+    b.set_defaults(handler=_build)
+
+    i = ws.add_parser("install", help="verify a bundle and install it on this device")
+    i.add_argument("file", help="bundle file")
+    i.add_argument("--config", help="config file (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(handler=_install)
+
+    s = ws.add_parser("status", help="installed watchlist: version, subjects, templates, expiry, signer")
+    s.add_argument("--config", help="config file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_status)
+
+    w = ws.add_parser("wipe", help="back office: send a signed wipe command to a device (or --local)")
+    w.add_argument("--local", action="store_true", help="wipe this device's list now (uses --config)")
+    w.add_argument("--config", help="device config (with --local)")
+    w.add_argument("--device", help="device id to wipe")
+    w.add_argument("--sign", help="back-office Ed25519 private key (file or keys directory)")
+    _broker_args(w)
+    w.add_argument("--device-pub", help="device Ed25519 public key, to verify its confirmation")
+    w.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the confirmation (0: none)")
+    w.add_argument("--validity", type=float, default=24 * 3600.0, help="seconds the command stays valid")
+    w.set_defaults(handler=_wipe)
+
+    pub = ws.add_parser("publish", help="back office: publish a bundle as the device's retained watchlist")
+    pub.add_argument("file", help="bundle file")
+    pub.add_argument("--device", required=True, help="device id")
+    _broker_args(pub)
+    pub.set_defaults(handler=_publish)
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--ca", help="CA certificate for mqtts")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", help="file holding the MQTT password")
+    p.add_argument("--prefix", default="lfr/{device_id}", help="topic prefix (default lfr/{device_id})")
+
+
+# --------------------------------------------------------------------------- device side
+
+
+def _device_store(config: str | None) -> Any:
+    from edge.core.config import load_config
+    from edge.device.watchlist.store import store_from_config
+
+    return store_from_config(load_config(config))
+
+
+def _read_bundle(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+
+
+def _read_install_bundle(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, its size checked before reading and the read stopped past `limit`:
+    an 8 GiB file or /dev/zero is refused without being read."""
+    from edge.core.watchlist.bundle import BundleError, Reason
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path}: not a regular file; a bundle is installed from a file")
+        too_big = f"{path}: more than the {limit}-byte limit (watchlist.max_bundle_mb)"
+        if st.st_size > limit:
+            raise BundleError(Reason.OVERSIZE, f"{path}: {st.st_size} bytes is more than the {limit}-byte limit (watchlist.max_bundle_mb)")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read bundle ({e.strerror})") from None
+    if len(data) > limit:
+        raise BundleError(Reason.OVERSIZE, too_big)
+    return data
+
+
+def _install(args: argparse.Namespace) -> int:
+    from edge.core.watchlist.bundle import BundleError
+    from edge.device.watchlist.store import describe
+
+    path = Path(args.file)
+    store = _device_store(args.config)
+    try:
+        data = _read_install_bundle(path, store.max_bytes)
+    except BundleError as e:
+        store.report_refusal(e, f"cli:{path.name}")
+        raise
+    try:
+        store.load()
+    except InputError as e:  # a damaged stored list must not block installing a good one
+        print(f"warning: the stored watchlist is unusable ({e}); installing over it", file=sys.stderr)
+    wl = store.install(data, source=f"cli:{path.name}")
+    info = describe(wl)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(
+            f"installed watchlist version {wl.version}: {info['subjects']} subjects, "
+            f"{info['templates']} templates, expires {info['expires_at']}, signer {info['signer']}"
+        )
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    store = _device_store(args.config)
+    try:
+        store.load()
+        info = store.status()
+    except InputError as e:
+        info = {"state": "unusable", "error": str(e)}
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    state = info["state"]
+    if state == "none":
+        print("no watchlist installed")
+    elif state == "unusable":
+        print(f"watchlist unusable: {info['error']}")
+    else:
+        label = "watchlist expired" if state == "expired" else "watchlist active"
+        print(f"{label}: version {info['version']}")
+        print(f"  subjects:  {info['subjects']}")
+        print(f"  templates: {info['templates']}")
+        print(f"  created:   {info['created_at']}")
+        print(f"  expires:   {info['expires_at']}")
+        print(f"  signer:    {info['signer']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- back office
+
+
+@contextlib.contextmanager
+def _link(args: argparse.Namespace, name: str) -> Iterator[Any]:
+    """A connected back-office MQTT link for the duration of the block."""
+    from edge.core.mqtt import LinkSettings, MqttLink, read_password
+
+    if not args.broker:
+        raise InputError("--broker is required (mqtt://host:port or mqtts://host:port)")
+    settings = LinkSettings(
+        brokers=(args.broker,),
+        client_id=f"lfr-backoffice-{name}-{int(time.time() * 1000) % 10**9}",
+        username=args.username,
+        password=read_password(Path(args.password_file)) if args.password_file else None,
+        ca_file=Path(args.ca) if args.ca else None,
+        protocol="auto",
+        reconnect_min_s=0.5,
+        reconnect_max_s=2.0,
+    )
+    link = MqttLink(settings, name=name).start()
+    try:
+        if not link.wait_connected(15.0):
+            raise RuntimeFailure(f"cannot connect to {args.broker} within 15 s")
+        yield link
+    finally:
+        link.stop(timeout=2.0, offline_status=False)
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    return str(args.prefix).format(device_id=args.device)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    data = _read_bundle(path)
+    with _link(args, "publish") as link:
+        topic = f"{_prefix(args)}/watchlist"
+        if not link.publish(topic, data, qos=1, retain=True).wait(30.0):
+            raise RuntimeFailure(f"the broker did not acknowledge the bundle on {topic}")
+        print(f"published {len(data)} bytes, retained, on {topic}")
+    return EXIT_OK
+
+
+def _wipe(args: argparse.Namespace) -> int:
+    if args.local:
+        store = _device_store(args.config)
+        with_list = store.wipe(source="cli")
+        print("watchlist wiped; storage key destroyed" if with_list else "nothing to wipe (no watchlist)")
+        return EXIT_OK
+    if not args.device or not args.sign:
+        raise InputError("wipe needs --device and --sign (or --local on the device)")
+    import threading
+
+    from edge.core.keys import load_ed25519_public, load_signing_key
+    from edge.device.watchlist.sync import CommandError, make_command, open_ack
+
+    key = load_signing_key(args.sign)
+    device_pub = load_ed25519_public(args.device_pub) if args.device_pub else None
+    command = make_command(key, args.device, "wipe", validity_s=args.validity)
+    nonce = json.loads(base64.b64decode(json.loads(command)["body"]))["nonce"]
+    prefix = _prefix(args)
+    got = threading.Event()
+    result: dict[str, Any] = {}
+
+    def on_ack(msg: Any) -> None:
+        if device_pub is None:
+            try:
+                body = json.loads(base64.b64decode(json.loads(msg.payload)["body"]))
+            except Exception:
+                return
+        else:
+            try:
+                body = open_ack(msg.payload, device_pub)
+            except CommandError as e:
+                print(f"warning: ignored a confirmation that does not verify ({e})", file=sys.stderr)
+                return
+        if isinstance(body, dict) and body.get("nonce") == nonce:
+            result.update(body)
+            got.set()
+
+    with _link(args, "wipe") as link:
+        if args.wait > 0:
+            link.subscribe(f"{prefix}/cmd/ack", on_ack, 1)
+            time.sleep(0.3)  # let the SUBACK land before the device can answer
+        # Retained, so a van that is offline now obeys when it reconnects (within --validity).
+        if not link.publish(f"{prefix}/cmd", command, qos=1, retain=True).wait(15.0):
+            raise RuntimeFailure(f"the broker did not acknowledge the command on {prefix}/cmd")
+        # Clear the retained bundle too, so the device is not offered the list again.
+        link.publish(f"{prefix}/watchlist", b"", qos=1, retain=True).wait(15.0)
+        print(f"wipe command sent to {args.device} on {prefix}/cmd (nonce {nonce})")
+        if args.wait <= 0:
+            return EXIT_OK
+        if not got.wait(args.wait):
+            raise RuntimeFailure(
+                f"no confirmation from {args.device} within {args.wait:g} s; the command stays retained"
+            )
+        link.publish(f"{prefix}/cmd", b"", qos=1, retain=True).wait(15.0)
+        verified = "verified" if device_pub is not None else "UNVERIFIED (no --device-pub)"
+        if result.get("result") != "wiped":
+            raise RuntimeFailure(f"device refused the wipe: {result.get('reason')} ({verified})")
+        print(f"device {args.device} confirmed: wiped version {result.get('watchlist_version')} ({verified})")
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    from edge.backoffice.enrolment.enrol import run_build
+
+    return run_build(args)

@@ -1,0 +1,1 @@
+"""The watchlist as both sides know it: the bundle format, the in-memory list, matching, the policy."""

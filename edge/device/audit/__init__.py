@@ -1,0 +1,1 @@
+"""What the device records: the audit service, the deployment record, `wipe --all`."""

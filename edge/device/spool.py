@@ -1,0 +1,196 @@
+"""The outbound spool: every alert (and audit record) is on disk before it is published.
+
+SQLite in WAL mode, synchronous=FULL so a row survives a power cut once `enqueue` returns. Each row's
+topic and payload are encrypted with the device storage key (AES-256-GCM, edge.core.keys.encrypt_at_rest);
+only the kind ("alert", "audit") and the creation time are in the clear, for the cap and the TTL.
+Rows are deleted on PUBACK. Past `max_rows` the oldest rows are dropped, past `ttl_s` expired rows are
+dropped; either way the loss is counted per kind and reason (persisted in the same database) and
+reported through `on_drop`, never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.core.keys import CryptoError, decrypt_at_rest, encrypt_at_rest
+
+log = logging.getLogger("lfr_edge.spool")
+
+DropCallback = Callable[[str, str, int], None]  # (kind, reason, count)
+_AAD = b"lfr-edge spool v1|"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    kind TEXT NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRow:
+    id: int
+    created: float
+    kind: str
+    topic: str
+    payload: bytes
+
+
+class Spool:
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        max_rows: int = 10_000,
+        ttl_s: float = 7 * 24 * 3600.0,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        self.path = path
+        self._key = key
+        self.max_rows = max_rows
+        self.ttl_s = ttl_s
+        self.on_drop = on_drop
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Created 0600 up front: SQLite gives its -wal and -shm files the database's mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ----------------------------------------------------------------------- writing
+
+    def enqueue(self, topic: str, payload: bytes, kind: str = "alert") -> int:
+        """Store durably and return the row id; drops (and counts) the oldest rows past the cap."""
+        t = topic.encode()
+        blob = encrypt_at_rest(self._key, struct.pack(">H", len(t)) + t + payload, _AAD + kind.encode())
+        dropped: dict[str, int] = {}
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                excess = self._count + 1 - self.max_rows
+                if excess > 0:
+                    dropped = self._drop_where("id IN (SELECT id FROM spool ORDER BY id LIMIT ?)", (excess,), "cap")
+                cur = self._db.execute(
+                    "INSERT INTO spool (created, kind, blob) VALUES (?, ?, ?)", (time.time(), kind, blob)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count += 1 - sum(dropped.values())
+            row_id = int(cur.lastrowid or 0)
+        self._report(dropped, "cap")
+        return row_id
+
+    def _drop_where(self, where: str, args: tuple[object, ...], reason: str) -> dict[str, int]:
+        """Inside a transaction: delete matching rows and bump the persisted counters; {kind: n}."""
+        by_kind = {
+            str(k): int(n)
+            for k, n in self._db.execute(f"SELECT kind, COUNT(*) FROM spool WHERE {where} GROUP BY kind", args)
+        }
+        if by_kind:
+            self._db.execute(f"DELETE FROM spool WHERE {where}", args)
+            for kind, n in by_kind.items():
+                self._db.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    (f"dropped.{kind}.{reason}", n),
+                )
+        return by_kind
+
+    def _report(self, dropped: dict[str, int], reason: str) -> None:
+        for kind, n in dropped.items():
+            log.warning("spool: dropped %d %s record(s) (%s)", n, kind, reason)
+            if self.on_drop is not None:
+                try:
+                    self.on_drop(kind, reason, n)
+                except Exception:
+                    log.exception("spool: on_drop callback failed")
+
+    def delete(self, row_id: int) -> bool:
+        return self.delete_many([row_id]) == 1
+
+    def delete_many(self, row_ids: list[int]) -> int:
+        """Delete acknowledged rows in one transaction (one fsync for a burst of PUBACKs)."""
+        if not row_ids:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = sum(
+                    self._db.execute("DELETE FROM spool WHERE id = ?", (i,)).rowcount for i in row_ids
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count -= gone
+        return gone
+
+    def drop(self, row_id: int, reason: str) -> None:
+        """Give up on one row (e.g. the broker refused it) and count why."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            dropped = self._drop_where("id = ?", (row_id,), reason)
+            self._db.execute("COMMIT")
+            self._count -= sum(dropped.values())
+        self._report(dropped, reason)
+
+    def expire(self, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - self.ttl_s
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            dropped = self._drop_where("created < ?", (cutoff,), "ttl")
+            self._db.execute("COMMIT")
+            self._count -= sum(dropped.values())
+        self._report(dropped, "ttl")
+        return sum(dropped.values())
+
+    # ----------------------------------------------------------------------- reading
+
+    def fetch_after(self, after_id: int, limit: int) -> list[SpoolRow]:
+        """Oldest first. A row that no longer decrypts (storage key replaced) is dropped and counted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, created, kind, blob FROM spool WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        out: list[SpoolRow] = []
+        for row_id, created, kind, blob in rows:
+            try:
+                plain = decrypt_at_rest(self._key, bytes(blob), _AAD + str(kind).encode(), "spool row")
+                (n,) = struct.unpack(">H", plain[:2])
+                out.append(SpoolRow(int(row_id), float(created), str(kind), plain[2 : 2 + n].decode(), plain[2 + n :]))
+            except (CryptoError, struct.error, UnicodeDecodeError) as e:
+                log.error("spool: row %d cannot be read (%s); dropping it", row_id, e)
+                self.drop(int(row_id), "unreadable")
+        return out
+
+    def pending(self) -> int:
+        with self._lock:
+            return self._count
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {str(k): int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+
+    def dropped_total(self) -> int:
+        return sum(v for k, v in self.counters().items() if k.startswith("dropped."))

@@ -1,0 +1,434 @@
+"""Implementation of `lfr-edge bench pipeline` (what it measures: see edge/lab/bench/pipeline.py)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.core.config import Config, load_config
+from edge.core.errors import EXIT_OK, InputError
+from edge.core.imageio import read_rgb
+from edge.core.types import U8, Frame, Subject
+from edge.core.watchlist.match import Matcher
+from edge.core.watchlist.model import Watchlist
+from edge.device.camera.base import FrameSource
+from edge.device.camera.factory import make_source
+from edge.device.pipeline import STAGES, Pipeline, Stages, build_stages, run_loop
+from edge.device.pipeline_sinks import ListSink
+from edge.device.watchlist.store import WatchlistHolder
+
+F64 = npt.NDArray[np.float64]
+UNKNOWN = "(unknown)"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# face_recognition (the peer) gives raw dlib descriptors; this cosine is what the benchmark configs
+# used for both sides before the appliance scored against a cohort (docs/BENCHMARKS.md).
+PEER_COSINE_THRESHOLD = 0.93
+
+
+# ----------------------------------------------------------------------------------------------
+class _TimedSource(FrameSource):
+    """Measures capture (decode + colour conversion) inside the capture thread."""
+
+    def __init__(self, inner: FrameSource, out: list[float]) -> None:
+        super().__init__()
+        self.inner, self.out = inner, out
+        self.live, self.name = inner.live, inner.name
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def _grab(self) -> U8 | None:
+        t = time.perf_counter()
+        f = self.inner.read()
+        self.out.append((time.perf_counter() - t) * 1e3)
+        return None if f is None else f.image
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _time_invokes(model: Any, acc: list[float]) -> None:
+    """Wrap one model's invoke() so time inside the interpreter is summed into acc[0]."""
+    inner: Callable[..., Any] = model.invoke
+
+    def timed(*xs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return inner(*xs)
+        finally:
+            acc[0] += time.perf_counter() - t
+
+    model.invoke = timed
+
+
+def _uri(source: str) -> str:
+    if source.startswith(("file:", "dir:")):
+        return source
+    p = Path(source)
+    if p.is_dir():
+        return f"dir:{p}"
+    if p.is_file():
+        return f"file:{p}"
+    raise InputError(f"{source}: no such video file or frame folder")
+
+
+def _enrol_images(folder: Path) -> list[tuple[str, Path]]:
+    if not folder.is_dir():
+        raise InputError(f"--enrol {folder}: not a directory of <subject>/<image> folders")
+    out = [
+        (d.name, img)
+        for d in sorted(p for p in folder.iterdir() if p.is_dir())
+        for img in sorted(d.iterdir())
+        if img.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not out:
+        raise InputError(f"--enrol {folder}: no <subject>/<image> files found")
+    return out
+
+
+def _watchlist(names: list[str], vecs: list[npt.NDArray[np.float32]]) -> Watchlist:
+    subjects: list[Subject] = []
+    owner: list[int] = []
+    for n in names:
+        if not subjects or subjects[-1].subject_id != n:
+            subjects.append(Subject(n))
+        owner.append(len(subjects) - 1)
+    now = time.time()
+    return Watchlist(1, now, now + 86400, tuple(subjects), np.stack(vecs).astype(np.float32), np.array(owner, np.int32))
+
+
+def enrol_ours(cfg: Config, images: list[tuple[str, Path]]) -> Watchlist:
+    """Templates made as the back office makes them: the still-image analyzer (whole-frame pass,
+    same aligner, quality gate and embedder as the loop), primary face of each image."""
+    from edge.core.vision.analyze import FaceAnalyzer
+
+    analyzer = FaceAnalyzer.from_config(cfg, whole_frame_only=True)
+    names, vecs = [], []
+    for name, path in images:
+        face = analyzer.primary(read_rgb(path))
+        if face is not None and face.embedding is not None:
+            names.append(name)
+            vecs.append(face.embedding)
+    if not vecs:
+        raise InputError("--enrol: no usable face in any enrolment image")
+    return _watchlist(names, vecs)
+
+
+def synthetic_watchlist(n: int = 1000, dim: int = 128, seed: int = 0) -> Watchlist:
+    """Random unit templates: matching and embedding run at their real cost, nobody matches."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return _watchlist([f"synthetic-{i:05d}" for i in range(n)], list(v))
+
+
+# ----------------------------------------------------------------------------------------------
+def _stats(ms: F64) -> dict[str, float]:
+    ran = ms[ms > 0]
+    if ran.size == 0:
+        return {"median_ms": 0.0, "p95_ms": 0.0, "mean_per_frame_ms": 0.0, "frames_run": 0}
+    return {
+        "median_ms": round(float(np.median(ran)), 3),
+        "p95_ms": round(float(np.percentile(ran, 95)), 3),
+        "mean_per_frame_ms": round(float(ms.sum() / ms.size), 3),
+        "frames_run": int(ran.size),
+    }
+
+
+def _label(matcher: Matcher | None, probe: npt.NDArray[np.float32]) -> str:
+    if matcher is None:
+        return UNKNOWN
+    m = matcher.match(probe)
+    return m.subject.subject_id if m else UNKNOWN
+
+
+def _pair(a: F64, b: F64) -> list[tuple[int, int]]:
+    """Greedy pairing of two pipelines' boxes by centre distance (their box conventions differ)."""
+    if not len(a) or not len(b):
+        return []
+    ca = (a[:, :2] + a[:, 2:]) / 2
+    cb = (b[:, :2] + b[:, 2:]) / 2
+    size = np.maximum(a[:, 2] - a[:, 0], 1.0)[:, None]
+    d = np.linalg.norm(ca[:, None] - cb[None], axis=2) / size
+    pairs: list[tuple[int, int]] = []
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for k in np.argsort(d, axis=None):
+        i, j = divmod(int(k), d.shape[1])
+        if d[i, j] > 0.5:
+            break
+        if i not in used_a and j not in used_b:
+            used_a.add(i)
+            used_b.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def run_ours(
+    cfg: Config, stages: Stages, wl: Watchlist, uri: str, max_frames: int | None, progress: bool,
+    labels_for_peer: bool = True,
+) -> tuple[dict[str, Any], list[tuple[int, F64, list[str]]]]:
+    capture_ms: list[float] = []
+    src = _TimedSource(make_source(uri, cfg.camera), capture_ms)
+    invoke = [0.0]
+    _time_invokes(getattr(stages.detector, "model"), invoke)  # noqa: B009
+    _time_invokes(getattr(stages.embedder, "model"), invoke)  # noqa: B009
+    holder = WatchlistHolder(wl)
+    sink = ListSink()
+    pipe = Pipeline(cfg, stages, holder, sink)
+    rows: list[F64] = []
+    invokes: list[float] = []
+    labels: list[tuple[int, F64, list[str]]] = []
+    matcher = holder.matcher(*stages.policy.matcher_args())
+    size: list[tuple[int, int]] = []
+
+    def on_frame(p: Pipeline, f: Frame) -> None:
+        rows.append(p.last_ms.copy())
+        invokes.append(invoke[0])
+        if not size:
+            size.append((int(f.image.shape[1]), int(f.image.shape[0])))
+        if labels_for_peer:  # per-track matching for the agreement figure: wall time, so only with a peer
+            dets, tracks = p.last_dets, p.last_tracks
+            names = [_label(matcher, t.fused()) if t.n_kept else "" for t in tracks]
+            labels.append((f.seq, dets.boxes.astype(np.float64), names))
+        if progress and len(rows) % 10 == 0:
+            print(f"\r  ours: {len(rows)} frames, {p.fps():.1f} fps", end="", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    counters = run_loop(cfg, src, sink, max_frames=max_frames, pipeline=pipe, on_frame=on_frame)
+    wall = time.perf_counter() - t0
+    if progress:
+        print(file=sys.stderr)
+    n = len(rows)
+    if n == 0:
+        raise InputError(f"{uri}: no frames read")
+    ms = np.array(rows)
+    cap = np.array(capture_ms[:n] or [0.0])
+    stages_out = {"capture": _stats(cap)}
+    for k, name in enumerate(STAGES[1:], start=1):
+        stages_out[name] = _stats(ms[:, k])
+    proc_s = float(ms[:, 1:].sum()) / 1e3
+    in_models = invokes[-1] if invokes else 0.0
+    result: dict[str, Any] = {
+        "frames": n,
+        "frame_size": list(size[0]) if size else None,
+        "wall_s": round(wall, 3),
+        "fps": round(n / wall, 2),
+        "faces_seen": counters.faces_seen,
+        "faces_per_s": round(counters.faces_seen / wall, 1),
+        "embeddings": counters.embeddings,
+        "alerts": counters.matches,
+        "frames_dropped": counters.frames_dropped,
+        "stages": stages_out,
+        "frame_ms_mean": round(wall * 1e3 / n, 2),
+        "model_invoke_ms_per_frame": round(in_models * 1e3 / n, 2),
+        "outside_model_share_of_frame_time": round(1.0 - in_models / wall, 3),
+        "outside_model_share_of_processing": round(1.0 - in_models / max(proc_s, 1e-9), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    return result, labels
+
+
+# ----------------------------------------------------------------------------------------------
+def _import_face_recognition() -> Any:
+    """face_recognition_models still imports pkg_resources (gone from recent setuptools); a tiny
+    stand-in that resolves package files is all it needs."""
+    if importlib.util.find_spec("face_recognition") is None:
+        raise InputError(
+            "--peer face_recognition: not installed (pip install face_recognition --no-deps "
+            "face-recognition-models dlib-bin; bench-only, never needed on the device)"
+        )
+    if importlib.util.find_spec("pkg_resources") is None:
+        shim = types.ModuleType("pkg_resources")
+
+        def resource_filename(package: str, name: str) -> str:
+            spec = importlib.util.find_spec(package)
+            assert spec is not None and spec.origin is not None
+            return os.path.join(os.path.dirname(spec.origin), name)
+
+        shim.resource_filename = resource_filename  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = shim
+    import face_recognition
+
+    return face_recognition
+
+
+def run_peer(
+    cfg: Config, uri: str, n_frames: int, images: list[tuple[str, Path]] | None, progress: bool
+) -> tuple[dict[str, Any], dict[int, tuple[F64, list[str]]]]:
+    fr = _import_face_recognition()
+    matcher = None
+    if images:
+        names, vecs = [], []
+        for name, path in images:
+            rgb = read_rgb(path)
+            enc = fr.face_encodings(rgb)
+            if enc:
+                v = np.asarray(enc[0], np.float32)
+                names.append(name)
+                vecs.append(v / np.linalg.norm(v))
+        if vecs:
+            # The peer has no cohort: it scores raw cosines against a fixed threshold.
+            matcher = Matcher(_watchlist(names, vecs), PEER_COSINE_THRESHOLD)
+    src = make_source(uri, cfg.camera.model_copy(update={"realtime": False, "loop": False}))
+    src.open()
+    out: dict[int, tuple[F64, list[str]]] = {}
+    faces = 0
+    t0 = time.perf_counter()
+    try:
+        for _ in range(n_frames):
+            f = src.read()
+            if f is None:
+                break
+            locs = fr.face_locations(f.image, number_of_times_to_upsample=1, model="hog")
+            encs = fr.face_encodings(f.image, locs, num_jitters=1, model="small")
+            faces += len(locs)
+            boxes = np.array([[lft, top, rgt, bot] for top, rgt, bot, lft in locs], np.float64).reshape(-1, 4)
+            labels = []
+            for e in encs:
+                v = np.asarray(e, np.float32)
+                labels.append(_label(matcher, v / np.linalg.norm(v)))
+            out[f.seq] = (boxes, labels)
+            if progress:
+                print(f"\r  peer: {len(out)}/{n_frames} frames", end="", file=sys.stderr, flush=True)
+    finally:
+        src.close()
+    wall = time.perf_counter() - t0
+    if progress:
+        print(file=sys.stderr)
+    n = len(out)
+    return {
+        "name": "face_recognition (dlib HOG upsample=1 + 5-point chips + dlib ResNet, num_jitters=1)",
+        "frames": n,
+        "wall_s": round(wall, 3),
+        "fps": round(n / wall, 3) if wall > 0 else 0.0,
+        "faces_seen": faces,
+        "faces_per_s": round(faces / wall, 2) if wall > 0 else 0.0,
+    }, out
+
+
+def agreement(
+    ours: list[tuple[int, F64, list[str]]], peer: dict[int, tuple[F64, list[str]]]
+) -> dict[str, Any]:
+    """Per frame, faces both found (paired by centre distance) and both labelled: same identity?"""
+    paired = decided = same = 0
+    named = named_same = 0  # faces either pipeline put a name to (the ones that raise alerts)
+    only_ours = only_peer = 0
+    for seq, boxes, names in ours:
+        if seq not in peer:
+            continue
+        pboxes, pnames = peer[seq]
+        pairs = _pair(boxes, pboxes)
+        paired += len(pairs)
+        only_ours += len(boxes) - len(pairs)
+        only_peer += len(pboxes) - len(pairs)
+        for i, j in pairs:
+            if names[i]:  # our track has an embedding yet
+                decided += 1
+                same += names[i] == pnames[j]
+                if UNKNOWN not in (names[i], pnames[j]) or names[i] != pnames[j]:
+                    named += 1
+                    named_same += names[i] == pnames[j]
+    return {
+        "faces_found_by_both": paired,
+        "faces_only_ours": only_ours,
+        "faces_only_peer": only_peer,
+        "faces_labelled_by_both": decided,
+        "same_identity": same,
+        "agreement": round(same / decided, 4) if decided else None,
+        "faces_named_by_either": named,
+        "agreement_when_named": round(named_same / named, 4) if named else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+def bench(args: argparse.Namespace) -> int:
+    from edge.core.config import parse_config
+    from edge.core.inference import runtime_name
+
+    cfg = load_config(args.config) if args.config else parse_config({}, Path.cwd())
+    updates: dict[str, Any] = {}
+    if args.detector or args.embedder:
+        updates["models"] = cfg.models.model_copy(
+            update={k: v for k, v in (("detector", args.detector), ("embedder", args.embedder)) if v}
+        )
+    if args.threshold is not None:
+        updates["matching"] = cfg.matching.model_copy(update={"threshold": args.threshold})
+    # Replays run flat out and lossless: the benchmark measures processing, not the clip's fps.
+    updates["camera"] = cfg.camera.model_copy(update={"realtime": False, "loop": False})
+    cfg = cfg.model_copy(update=updates)
+    if args.frames is not None and args.frames < 1:
+        raise InputError(f"--frames: {args.frames} must be >= 1")
+    uri = _uri(args.source)
+    progress = sys.stderr.isatty() and not args.json
+    stages = build_stages(cfg)
+    images = _enrol_images(Path(args.enrol)) if args.enrol else None
+    wl = enrol_ours(cfg, images) if images else synthetic_watchlist()
+    ours, our_labels = run_ours(cfg, stages, wl, uri, args.frames, progress, labels_for_peer=bool(args.peer))
+    report: dict[str, Any] = {
+        "source": uri,
+        "models": {"detector": cfg.models.detector, "embedder": cfg.models.embedder, "runtime": runtime_name(),
+                   "num_threads": cfg.models.num_threads},
+        "detection": {"tiles": [cfg.detection.tiles.cols, cfg.detection.tiles.rows, cfg.detection.tiles.overlap],
+                      "whole_frame": cfg.detection.whole_frame, "tiles_every_n": cfg.detection.tiles_every_n,
+                      "min_face_px": cfg.detection.min_face_px},
+        "watchlist": {"subjects": len(wl.subjects), "templates": wl.n_templates,
+                      "kind": "enrolled" if images else "synthetic"},
+        "threshold": stages.policy.threshold,
+        "threshold_units": stages.policy.scoring.units.value,
+        "ours": ours,
+    }  # fmt: skip
+    if args.peer:
+        peer, peer_labels = run_peer(cfg, uri, ours["frames"], images, progress)
+        report["peer"] = peer
+        report["fps_ratio"] = round(ours["fps"] / peer["fps"], 2) if peer["fps"] else None
+        report["agreement"] = agreement(our_labels, peer_labels)
+        if not images:
+            report["agreement"]["note"] = "no --enrol: every face is unknown to both, so this only checks detection"
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print(report)
+    return EXIT_OK
+
+
+def _print(r: dict[str, Any]) -> None:
+    o = r["ours"]
+    w, h = o["frame_size"] or (0, 0)
+    print(f"source {r['source']}  {w}x{h}  {o['frames']} frames")
+    m = r["models"]
+    print(f"models {m['detector']} + {m['embedder']}  ({m['runtime']}, {m['num_threads']} threads); "
+          f"tiles {r['detection']['tiles']} whole_frame={r['detection']['whole_frame']} "
+          f"tiles_every_n={r['detection']['tiles_every_n']}")  # fmt: skip
+    print(f"{'stage':10s} {'median ms':>10s} {'p95 ms':>8s} {'mean/frame':>11s} {'frames':>7s}")
+    for name, s in o["stages"].items():
+        print(f"{name:10s} {s['median_ms']:10.2f} {s['p95_ms']:8.2f} {s['mean_per_frame_ms']:11.2f} {s['frames_run']:7d}")
+    print(f"end to end {o['fps']:.1f} fps, {o['faces_per_s']:.0f} faces/s ({o['faces_seen']} faces, "
+          f"{o['embeddings']} embeddings, {o['alerts']} alerts)")  # fmt: skip
+    print(f"model invokes {o['model_invoke_ms_per_frame']:.1f} ms of {o['frame_ms_mean']:.1f} ms per frame; "
+          f"outside model invokes {100 * o['outside_model_share_of_frame_time']:.0f} % of frame time")  # fmt: skip
+    print(f"peak RSS {o['peak_rss_mb']:.0f} MB")
+    if "peer" in r:
+        p = r["peer"]
+        print(f"peer {p['name']}: {p['fps']:.2f} fps, {p['faces_per_s']:.1f} faces/s over {p['frames']} frames")
+        print(f"ratio ours/peer {r['fps_ratio']}x")
+        a = r["agreement"]
+        pct = "n/a" if a["agreement"] is None else f"{100 * a['agreement']:.1f} %"
+        print(f"agreement on who is who: {pct} of {a['faces_labelled_by_both']} faces labelled by both "
+              f"(found by both {a['faces_found_by_both']}, only ours {a['faces_only_ours']}, "
+              f"only peer {a['faces_only_peer']})")  # fmt: skip
+        if a["agreement_when_named"] is not None:
+            print(f"  of which named by either: {a['faces_named_by_either']}, same name "
+                  f"{100 * a['agreement_when_named']:.1f} %")  # fmt: skip
