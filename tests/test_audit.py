@@ -20,6 +20,7 @@ from edge.cli.main import main
 from edge.core.audit import log as al
 from edge.core.audit.log import AuditLog, canonical, checkpoint_message, list_segments, record_hash
 from edge.core.config import load_config
+from edge.core.errors import EXIT_VERIFY
 from edge.core.keys import generate_device_keys, public_pem
 from edge.core.types import Counters, Subject
 from edge.core.vision.scoring import load_scoring
@@ -122,7 +123,7 @@ def test_one_byte_edited_is_named(
     seg.write_bytes(b"".join(lines))
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
-    assert code == 2
+    assert code == EXIT_VERIFY
     assert (p["seq"], p["line"], p["segment"]) == (7, i + 1, seg.name)
     assert "edited" in p["what"]
     assert len(rep["problems"]) == 1  # the next record still links to the stored hash: one culprit
@@ -158,7 +159,7 @@ def test_deleted_record_is_named(
     seg.write_bytes(b"".join(lines))
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
-    assert code == 2
+    assert code == EXIT_VERIFY
     assert p["seq"] == 8 and p["line"] == i + 1
     assert "seq 7 missing" in p["what"] and "deleted" in p["what"]
 
@@ -174,7 +175,7 @@ def test_swapped_records_are_named(
     seg.write_bytes(b"".join(lines))
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
-    assert code == 2
+    assert code == EXIT_VERIFY
     assert p["seq"] == 8 and p["line"] == i + 1
     assert "reordered" in p["what"]
     assert any(q["seq"] == 7 and q["line"] == j + 1 for q in rep["problems"])
@@ -197,7 +198,7 @@ def test_inserted_record_is_named(
     seg.write_bytes(b"".join(lines))
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
-    assert code == 2
+    assert code == EXIT_VERIFY
     assert p["seq"] == 7 and p["line"] == i + 3  # the genuine seq 7, now one line further down
     assert f"line {i + 2}" in p["what"] and "inserted" in p["what"]
 
@@ -227,7 +228,7 @@ def test_forged_checkpoint_is_named(
     seg.write_bytes(b"".join(lines[: k]))  # drop the later (genuine) checkpoint that would break
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
-    assert code == 2
+    assert code == EXIT_VERIFY
     assert p["seq"] == cp["seq"] and p["line"] == i + 1
     assert "forged" in p["what"]
 
@@ -251,7 +252,7 @@ def test_rewritten_history_fails_at_the_next_signed_checkpoint(
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
     first_cp = next(r for r in recs if r["kind"] == al.CHECKPOINT)
-    assert code == 2 and p["seq"] == first_cp["seq"]
+    assert code == EXIT_VERIFY and p["seq"] == first_cp["seq"]
     assert "rewritten" in p["what"]
 
 
@@ -298,7 +299,7 @@ def test_rotation_keeps_the_chain_verifiable(
     segs[1].unlink()
     code, rep = verify(capsys, d, pub_file)
     p = first_problem(rep)
-    assert code == 2 and p["segment"] == segs[2].name and p["line"] == 1 and "missing" in p["what"]
+    assert code == EXIT_VERIFY and p["segment"] == segs[2].name and p["line"] == 1 and "missing" in p["what"]
 
 
 def test_size_cap_prunes_whole_segments_and_records_it(
@@ -318,7 +319,7 @@ def test_size_cap_prunes_whole_segments_and_records_it(
     # deleting the oldest remaining segment by hand (no prune record for it) is tampering
     segs[0].unlink()
     code, rep = verify(capsys, d, pub_file)
-    assert code == 2 and "oldest records were deleted" in first_problem(rep)["what"]
+    assert code == EXIT_VERIFY and "oldest records were deleted" in first_problem(rep)["what"]
 
 
 def test_retention_prunes_old_segments(

@@ -291,12 +291,12 @@ def test_run_alerts_from_the_installed_watchlist_and_stops_on_sigterm_within_a_s
         [*cmd, "run", "--config", str(conf), "--events", str(events)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    assert proc.stdout is not None
+    assert proc.stderr is not None
     started = threading.Event()
 
-    def watch() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    def watch() -> None:  # log lines go to stderr
+        assert proc.stderr is not None
+        for line in proc.stderr:
             if "camera loop started" in line:
                 started.set()
 
@@ -314,7 +314,7 @@ def test_run_alerts_from_the_installed_watchlist_and_stops_on_sigterm_within_a_s
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert rc == 0, proc.stderr.read() if proc.stderr else ""
+    assert rc == 0, proc.stdout.read() if proc.stdout else ""
     assert elapsed < 1.0
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert sorted(x["subject_id"] for x in lines) == sorted(truth["enrolled"])

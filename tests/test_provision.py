@@ -26,7 +26,7 @@ def test_good_boot_config_is_moved_into_place(tmp_path: Path) -> None:
     assert target.read_text() == "device:\n  id: van-07\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert not src.exists()
-    assert "provisioned configuration from boot partition" in r.stdout  # recorded in the log
+    assert "provisioned configuration from boot partition" in r.stderr  # recorded in the log (stderr)
     assert provision(tmp_path).returncode == 0  # idempotent: next boot uses /etc
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
+from edge.core.logsetup import say, setup_logging
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,13 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _stderr_logging(verbose: bool) -> None:
     # Output goes to stdout; log lines (connection errors) to stderr so they never mix with it.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    setup_logging("INFO" if verbose else "WARNING", "text")
     logging.getLogger("paho").setLevel(logging.WARNING)
 
 
@@ -136,7 +131,7 @@ def _listen(args: argparse.Namespace) -> int:
 
     listener = AlertListener(cfg, on_alert, on_reject, on_status).start()
     if sys.stderr.isatty() and not args.json:
-        print(f"listening on {', '.join(cfg.brokers)} for {cfg.topic_root}/+/alerts …", file=sys.stderr)
+        say(f"listening on {', '.join(cfg.brokers)} for {cfg.topic_root}/+/alerts …", logging.INFO)
     try:
         done.wait(args.timeout if args.timeout > 0 else None)
     finally:
@@ -186,10 +181,9 @@ def _test(args: argparse.Namespace) -> int:
     elif ok:
         _emit(f"OK: {result['delivered']} message(s) acknowledged by the broker, spool empty")
     if not ok:
-        print(
+        say(
             f"error: {result['pending']} message(s) still in the spool after {args.wait:g} s "
-            "(they stay spooled and go out on the next start)",
-            file=sys.stderr,
+            "(they stay spooled and go out on the next start)"
         )
         return EXIT_RUNTIME
     return EXIT_OK

@@ -1,7 +1,7 @@
-"""`lfr-edge audit verify`, `lfr-edge deployment report` and `lfr-edge wipe --all`.
+"""`lfr-edge audit verify`: check the device's tamper-evident audit log.
 
-verify exits 0 when the log is intact and 2 when it was tampered with (or cannot be read), naming
-each broken record by seq, segment file and line.
+Exit 0 when the log is intact, 3 when it was tampered with (each broken record named by seq, segment
+file and line), 2 when there is no log to check or an argument is wrong.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.config import AuditConfig, config_path, load_config
-from edge.core.errors import EXIT_OK, EXIT_RUNTIME, InputError
-
-EXIT_TAMPERED = 2
+from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,9 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     v = asub.add_parser(
         "verify",
-        help="check the hash chain and signed checkpoints; exit 0 intact, 2 tampered",
+        help="check the hash chain and signed checkpoints; exit 0 intact, 3 tampered",
         description="Detects an edited, deleted, inserted or reordered record and a forged checkpoint, "
-        "and names the record (seq, segment file, line). Exit 0 intact, 2 tampered or unreadable.",
+        "and names the record (seq, segment file, line). Exit 0 intact, 3 tampered, 2 no log or bad arguments.",
     )
     v.add_argument("--config", help="device config: the log under device.data_dir, key from device.keys_dir")
     v.add_argument("--dir", help="audit log directory (instead of --config), e.g. a copy in the back office")
@@ -37,29 +35,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     v.add_argument("--json", action="store_true", help="one JSON document instead of text")
     v.set_defaults(handler=_verify)
-
-    dep = sub.add_parser("deployment", help="deployment records built from the audit log")
-    dsub = dep.add_subparsers(dest="deployment_command", metavar="SUBCOMMAND", required=True)
-    r = dsub.add_parser(
-        "report",
-        help="start, end, location, watchlist, counts, alerts, thresholds, models of each deployment",
-    )
-    r.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
-    r.add_argument("--dir", help="audit log directory (instead of --config)")
-    r.add_argument("--since", help="only deployments still running at or after this ISO-8601 time")
-    r.add_argument("--json", action="store_true", help="a JSON list of deployment records")
-    r.set_defaults(handler=_report)
-
-    w = sub.add_parser(
-        "wipe",
-        help="remove watchlist, spool, keys and audit log after publishing a final signed record",
-    )
-    w.add_argument("--all", action="store_true", required=True, help="wipe everything (the only mode)")
-    w.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
-    w.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
-    w.add_argument("--no-publish", action="store_true", help="do not try MQTT; keep the final record on disk")
-    w.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    w.set_defaults(handler=_wipe)
 
 
 def _print_json(obj: Any) -> None:
@@ -113,69 +88,4 @@ def _verify(args: argparse.Namespace) -> int:
             for p in rep.problems:
                 print(f"  seq {p.seq if p.seq is not None else '?'} ({p.segment} line {p.line}): {p.what}")
         sys.stdout.flush()
-    return EXIT_OK if rep.ok else EXIT_TAMPERED
-
-
-# ------------------------------------------------------------------------------------- report
-
-
-def _report(args: argparse.Namespace) -> int:
-    from edge.core.audit.log import parse_iso
-    from edge.device.audit.deployment import format_text, load_deployments
-    from edge.device.audit.service import audit_dir
-
-    since = None
-    if args.since:
-        try:
-            since = parse_iso(args.since)
-        except ValueError:
-            raise InputError(f"--since: {args.since!r} is not an ISO-8601 time (e.g. 2026-11-26T09:00Z)") from None
-    directory = Path(args.dir) if args.dir else audit_dir(load_config(config_path(args.config)))
-    if not directory.is_dir():
-        raise InputError(f"{directory}: no audit log here (directory not found)")
-    deps = load_deployments(directory, since)
-    if args.json:
-        _print_json(deps)
-    else:
-        print(format_text(deps))
-        sys.stdout.flush()
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------------------------- wipe
-
-
-def _wipe(args: argparse.Namespace) -> int:
-    from edge.device.audit.wipe import mqtt_publisher, wipe_all
-
-    if not args.all:
-        raise InputError("wipe: --all is required")
-    cfg = load_config(config_path(args.config))
-    publisher = None if args.no_publish else mqtt_publisher(cfg, args.timeout)
-    res = wipe_all(cfg, publisher)
-    if args.json:
-        _print_json(
-            {
-                "removed": res.removed,
-                "signed": res.signed,
-                "published": res.published,
-                "publish_error": res.publish_error,
-                "kept_at": res.kept_at,
-                "final_record": [json.loads(line) for line in res.lines],
-            }
-        )
-    else:
-        print(f"wiped {len(res.removed)} item(s): watchlist, spool, keys and audit log")
-        if not res.signed:
-            print("warning: no device key was found; the final record is NOT signed", file=sys.stderr)
-        if res.published:
-            print(f"final record published to {cfg.topic_prefix}/audit and acknowledged by the broker")
-        else:
-            print(
-                f"warning: the final record could not be published ({res.publish_error}); "
-                f"it is kept in {res.kept_at}",
-                file=sys.stderr,
-            )
-        sys.stdout.flush()
-    # Exit 1 when the record did not reach the broker: someone must collect it from the device.
-    return EXIT_OK if res.published or args.no_publish else EXIT_RUNTIME
+    return EXIT_OK if rep.ok else EXIT_VERIFY

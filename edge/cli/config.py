@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from edge.backoffice.config_check import check_backoffice
 from edge.core.config import config_path
 from edge.core.config_check import CheckReport, ConfigKind, check_device, check_device_data, detect_kind
 from edge.core.errors import EXIT_INPUT, EXIT_OK, ConfigError
+from edge.core.logsetup import say
 from edge.core.yamlsafe import load_yaml_file
 
 
@@ -34,9 +36,9 @@ def _check(args: argparse.Namespace) -> int:
     kind = ConfigKind.BACKOFFICE if args.backoffice else ConfigKind.DEVICE if args.device else None
     report = check_file(path, kind)
     for line in report.errors:
-        print(f"error: {line}", file=sys.stderr)
+        say(f"error: {line}")
     for line in report.warnings:
-        print(f"warning: {line}", file=sys.stderr)
+        say(f"warning: {line}", logging.WARNING)
     if not report.ok:
         return EXIT_INPUT
     print(f"OK: {path} ({report.kind.value} config{', with warnings' if report.warnings else ''})")

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,5 +70,5 @@ def _run(args: argparse.Namespace) -> int:
             sink.close()
     c = result.counters
     log.info("camera loop stopped", extra={"frames": c.frames, "alerts": c.matches})
-    print(json.dumps({"stopped": True, **result.status}), file=sys.stderr)
+    print(json.dumps({"stopped": True, **result.status}), flush=True)  # the summary is data: stdout
     return EXIT_OK

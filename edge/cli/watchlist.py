@@ -9,15 +9,16 @@ import argparse
 import base64
 import contextlib
 import json
+import logging
 import os
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EXIT_OK, InputError, RuntimeFailure
+from edge.core.logsetup import say
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,7 +153,7 @@ def _install(args: argparse.Namespace) -> int:
     try:
         store.load()
     except InputError as e:  # a damaged stored list must not block installing a good one
-        print(f"warning: the stored watchlist is unusable ({e}); installing over it", file=sys.stderr)
+        say(f"warning: the stored watchlist is unusable ({e}); installing over it", logging.WARNING)
     wl = store.install(data, source=f"cli:{path.name}")
     info = describe(wl)
     if args.json:
@@ -266,7 +267,7 @@ def _wipe(args: argparse.Namespace) -> int:
             try:
                 body = open_ack(msg.payload, device_pub)
             except CommandError as e:
-                print(f"warning: ignored a confirmation that does not verify ({e})", file=sys.stderr)
+                say(f"warning: ignored a confirmation that does not verify ({e})", logging.WARNING)
                 return
         if isinstance(body, dict) and body.get("nonce") == nonce:
             result.update(body)

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.core.errors import InputError
+from edge.core.errors import EXIT_VERIFY, InputError, VerificationFailed
 from edge.core.keys import CryptoError, DeviceKeys, key_id, raw_public_bytes, seal, unseal
 from edge.core.types import Subject
 from edge.core.watchlist.model import Watchlist
@@ -83,6 +83,12 @@ class BundleError(InputError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(f"watchlist bundle refused ({reason}): {message}")
+
+
+class BundleSignatureError(BundleError, VerificationFailed):
+    """A refusal because the bundle does not verify: its signature fails or its signer is not trusted."""
+
+    exit_code = EXIT_VERIFY
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +253,11 @@ def _need(cond: bool, reason: str, message: str) -> None:
         raise BundleError(reason, message)
 
 
+def _need_signed(cond: bool, reason: str, message: str) -> None:
+    if not cond:
+        raise BundleSignatureError(reason, message)
+
+
 def _field(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = obj.get(name)
     # bool is an int subclass; a version of `true` is corrupt, not 1.
@@ -323,7 +334,7 @@ def _authenticate(data: bytes, trusted: Iterable[Ed25519PublicKey], max_bytes: i
     signer_id = data[len(MAGIC) : _PREFIX]
     signers = _signers_by_id(trusted)
     key = signers.get(signer_id)
-    _need(
+    _need_signed(
         key is not None,
         Reason.UNKNOWN_SIGNER,
         f"signed by key {signer_id.hex()}, which is not among the {len(signers)} trusted signer(s)",
@@ -335,7 +346,7 @@ def _authenticate(data: bytes, trusted: Iterable[Ed25519PublicKey], max_bytes: i
     try:
         key.verify(signature, body)
     except InvalidSignature:
-        raise BundleError(
+        raise BundleSignatureError(
             Reason.BAD_SIGNATURE,
             f"the signature of key {signer_id.hex()} does not verify (altered or forged)",
         ) from None

@@ -1,6 +1,7 @@
-"""`lfr-edge backoffice serve|user …`: the review console (needs the `backoffice` extra).
+"""`lfr-edge backoffice init|show|serve|user`: the back office's keys and its review console.
 
-Added beside `backoffice init|show` (edge/cli/keys.py), under the same `backoffice` command.
+init and show need only the base install; serve and user need the `backoffice` extra, and say so in
+one line when it is missing.
 """
 
 from __future__ import annotations
@@ -9,30 +10,35 @@ import argparse
 import getpass
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.cli.keys import describe_keys
 from edge.core.errors import EXIT_OK, InputError
+from edge.core.keys import (
+    BACKOFFICE_ED25519,
+    BACKOFFICE_ED25519_PUB,
+    BACKOFFICE_X25519_PUB,
+    generate_backoffice_keys,
+    load_backoffice_keys,
+)
+from edge.core.logsetup import setup_logging
 
 if TYPE_CHECKING:
     from edge.backoffice.console.server import Parts
 
 
-def _backoffice_actions(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """The `backoffice` command's action list: keys_cmd's when it registered one, else a new one."""
-    parser = sub.choices.get("backoffice")
-    if parser is None:
-        parser = sub.add_parser("backoffice", help="back office: keys and the review console")
-        return parser.add_subparsers(dest="backoffice_cmd", metavar="ACTION", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest="backoffice_cmd", metavar="ACTION", required=True)
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bs = _backoffice_actions(sub)
+    b = sub.add_parser("backoffice", help="back office: keys (init, show) and the review console (serve, user)")
+    bs = b.add_subparsers(dest="backoffice_cmd", metavar="ACTION", required=True)
+    binit = bs.add_parser("init", help="create the back office's Ed25519 signing and X25519 alert keys")
+    binit.add_argument("--dir", required=True, help="directory for the keys (created 0700)")
+    binit.set_defaults(handler=_backoffice_init)
+    bshow = bs.add_parser("show", help="print the back office's public keys and key ids")
+    bshow.add_argument("--dir", required=True, help="back-office keys directory")
+    bshow.add_argument("--json", action="store_true", help="machine-readable output")
+    bshow.set_defaults(handler=_backoffice_show)
+
     serve = bs.add_parser(
         "serve",
         help="run the review console: ingest alerts from the broker and serve the web pages",
@@ -59,6 +65,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.set_defaults(handler=_user_list)
 
 
+def _backoffice_init(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    if (d / BACKOFFICE_ED25519).exists():
+        keys = load_backoffice_keys(d)
+        print(f"back-office keys already present, kept in {d}")
+    else:
+        keys = generate_backoffice_keys(d)
+        print(f"back-office keys created in {d}")
+    print(f"  ed25519 (signs watchlists/commands): {keys.ed25519_id}  {d / BACKOFFICE_ED25519_PUB}")
+    print(f"  x25519 (receives sealed alerts):    {keys.x25519_id}  {d / BACKOFFICE_X25519_PUB}")
+    print("  give devices the ed25519 public key (watchlist.trusted_signers) and x25519 (alerts.seal_to)")
+    return EXIT_OK
+
+
+def _backoffice_show(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    keys = load_backoffice_keys(d)
+    describe_keys(
+        [
+            ("ed25519", str(d / BACKOFFICE_ED25519_PUB), keys.ed25519_public),
+            ("x25519", str(d / BACKOFFICE_X25519_PUB), keys.x25519_public),
+        ],
+        args.json,
+    )
+    return EXIT_OK
+
+
 def _require_extra() -> None:
     try:
         import edge.backoffice.console.server  # noqa: F401  (pulls in every dependency of the extra)
@@ -83,11 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
     from edge.backoffice.console.config import load_console_config
     from edge.backoffice.console.server import serve
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    setup_logging("INFO" if args.verbose else "WARNING", "text")
     logging.getLogger("paho").setLevel(logging.WARNING)
     cfg = load_console_config(args.config)
 

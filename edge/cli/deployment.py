@@ -1,0 +1,59 @@
+"""`lfr-edge deployment report`: the deployment records built from the device's audit log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.core.config import config_path, load_config
+from edge.core.errors import EXIT_OK, InputError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dep = sub.add_parser("deployment", help="deployment records built from the audit log")
+    dsub = dep.add_subparsers(dest="deployment_command", metavar="SUBCOMMAND", required=True)
+    r = dsub.add_parser(
+        "report",
+        help="start, end, location, watchlist, counts, alerts, thresholds, models of each deployment",
+    )
+    r.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    r.add_argument("--dir", help="audit log directory (instead of --config)")
+    r.add_argument("--since", help="only deployments still running at or after this ISO-8601 time")
+    r.add_argument("--json", action="store_true", help="a JSON list of deployment records")
+    r.set_defaults(handler=_report)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def _report(args: argparse.Namespace) -> int:
+    from edge.core.audit.log import parse_iso
+    from edge.device.audit.deployment import format_text, load_deployments
+    from edge.device.audit.service import audit_dir
+
+    since = None
+    if args.since:
+        try:
+            since = parse_iso(args.since)
+        except ValueError:
+            raise InputError(f"--since: {args.since!r} is not an ISO-8601 time (e.g. 2026-11-26T09:00Z)") from None
+    directory = Path(args.dir) if args.dir else audit_dir(load_config(config_path(args.config)))
+    if not directory.is_dir():
+        raise InputError(f"{directory}: no audit log here (directory not found)")
+    deps = load_deployments(directory, since)
+    if args.json:
+        _print_json(deps)
+    else:
+        print(format_text(deps))
+        sys.stdout.flush()
+    return EXIT_OK
+
+

@@ -1,0 +1,214 @@
+"""CLI conventions a script relies on, through the real `lfr-edge` process.
+
+Exit codes (0 ok, 1 runtime failure, 2 bad input, 3 verification failed, 130 interrupted); logs on
+stderr with journald priority prefixes under systemd; stdout carries only data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.core.audit import log as al
+from edge.core.audit.log import AuditLog, list_segments
+from edge.core.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_VERIFY
+from edge.core.keys import public_pem
+from edge.lab.localbroker import free_port
+from tests.watchlist_kit import make_kit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, **(env or {})}, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def device_config(tmp: Path, broker: str = "mqtt://127.0.0.1:9") -> Path:
+    """A device config; it trusts the back-office key of a kit made in `tmp` when there is one."""
+    path = tmp / "lfr-edge.yaml"
+    data = {
+        "device": {"id": "van-9", "data_dir": str(tmp / "data"), "keys_dir": str(tmp / "device-keys")},
+        "mqtt": {"brokers": [broker]},
+    }
+    signer = tmp / "backoffice-keys" / "backoffice_ed25519.pub.pem"
+    if signer.exists():
+        data["watchlist"] = {"trusted_signers": [str(signer)]}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ------------------------------------------------------------------------------- exit codes
+
+
+def test_exit_0_ok_and_2_bad_input(tmp_path: Path) -> None:
+    r = cli("keys", "init", "--dir", str(tmp_path / "keys"))
+    assert r.returncode == EXIT_OK, r.stderr
+    r = cli("check-config", "--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == EXIT_INPUT and r.stdout == ""
+    assert r.stderr.strip() == f"error: {tmp_path / 'missing.yaml'}: config file not found"
+    r = cli("watchlist", "build", "--faces", str(tmp_path))  # argparse: required options missing
+    assert r.returncode == EXIT_INPUT
+
+
+def test_exit_1_when_the_broker_never_takes_the_alert(tmp_path: Path) -> None:
+    cfg = device_config(tmp_path, f"mqtt://127.0.0.1:{free_port()}")  # nothing listens there
+    assert cli("keys", "init", "--config", str(cfg)).returncode == 0
+    r = cli("alerts", "test", "--config", str(cfg), "--wait", "1")
+    assert r.returncode == EXIT_RUNTIME
+    assert "1 message(s) still in the spool" in r.stderr
+
+
+def test_exit_3_for_a_tampered_audit_log_not_2(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    pub = tmp_path / "device_ed25519.pub.pem"
+    pub.write_bytes(public_pem(key.public_key()))
+    log = AuditLog(tmp_path / "audit", key, checkpoint_every=5, fsync=False)
+    for i in range(8):
+        log.append(al.ALERT, {"alert_id": f"a-{i}", "subject_id": f"S-{i:04d}"})
+    log.close()
+    r = cli("audit", "verify", "--dir", str(tmp_path / "audit"), "--pub", str(pub))
+    assert r.returncode == EXIT_OK and "INTACT" in r.stdout
+    (seg,) = list_segments(tmp_path / "audit")
+    seg.write_bytes(seg.read_bytes().replace(b'"S-0003"', b'"S-0007"'))
+    r = cli("audit", "verify", "--dir", str(tmp_path / "audit"), "--pub", str(pub), "--json")
+    assert r.returncode == EXIT_VERIFY
+    assert json.loads(r.stdout)["ok"] is False
+    # A log that is not there is an input problem, not tampering.
+    assert cli("audit", "verify", "--dir", str(tmp_path / "nowhere")).returncode == EXIT_INPUT
+
+
+def test_exit_3_for_a_bundle_that_does_not_verify_2_for_one_that_does_not_fit(tmp_path: Path) -> None:
+    from edge.core.config import load_config
+    from edge.device.watchlist.store import embedder_sha256_for
+
+    kit = make_kit(tmp_path)
+    cfg = device_config(tmp_path)
+    sha = embedder_sha256_for(load_config(cfg))
+    forged = tmp_path / "forged.wl"
+    forged.write_bytes(kit.bundle(3, signer=kit.other_device.ed25519, embedder=sha)[0])
+    r = cli("watchlist", "install", str(forged), "--config", str(cfg))
+    assert r.returncode == EXIT_VERIFY and "(unknown_signer)" in r.stderr and r.stdout == ""
+    altered = bytearray(kit.bundle(4, embedder=sha)[0])
+    altered[-100] ^= 1
+    (tmp_path / "altered.wl").write_bytes(bytes(altered))
+    r = cli("watchlist", "install", str(tmp_path / "altered.wl"), "--config", str(cfg))
+    assert r.returncode == EXIT_VERIFY and "(bad_signature)" in r.stderr
+    other_model = tmp_path / "other-model.wl"  # signed and genuine, but for another embedder
+    other_model.write_bytes(kit.bundle(5, embedder="0" * 64)[0])
+    r = cli("watchlist", "install", str(other_model), "--config", str(cfg))
+    assert r.returncode == EXIT_INPUT and "(model_mismatch)" in r.stderr
+
+
+def test_exit_130_when_a_watchlist_build_is_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a build: exit 130 and no bundle, never a 0 that looks like success."""
+    kit = make_kit(tmp_path)
+    faces = tmp_path / "faces" / "S-0001"
+    faces.mkdir(parents=True)
+    meta = tmp_path / "meta.csv"
+    os.mkfifo(meta)  # the build blocks reading it: the test knows the build is under way
+    out = tmp_path / "list.wl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "watchlist", "build", "--faces", str(tmp_path / "faces"),
+         "--meta", str(meta), "--sign", str(tmp_path / "backoffice-keys"),
+         "--to", str(kit.root / "device-keys" / "device_x25519.pub.pem"),
+         "--expires", "2099-01-01T00:00:00Z", "--version", "1", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        with open(meta, "w"):  # returns once the build has opened the file for reading
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == EXIT_INTERRUPTED, proc.stderr.read() if proc.stderr else ""
+    assert proc.stderr is not None and proc.stderr.read().strip() == "interrupted"
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- stderr / stdout
+
+
+def _journal_env(stream: Path) -> dict[str, str]:
+    st = os.stat(stream)
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+def test_log_lines_carry_journald_priorities_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    """Under systemd the error line is <3>, a warning <4>, so `journalctl -p warning` finds them."""
+    cfg = device_config(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    assert cli("keys", "init", "--config", str(cfg)).returncode == 0
+    err = tmp_path / "stderr"
+    err.touch()
+    with err.open("w") as f:
+        r = subprocess.run(
+            [sys.executable, "-m", "edge", "alerts", "test", "--config", str(cfg), "--wait", "1"],
+            stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT, timeout=120,
+            env={**os.environ, **_journal_env(err)},
+        )  # fmt: skip
+    lines = err.read_text().splitlines()
+    assert r.returncode == EXIT_RUNTIME and r.stdout == ""
+    assert lines and all(ln[:3] in ("<3>", "<4>", "<6>", "<7>") for ln in lines), lines
+    assert any(ln.startswith("<3>error: 1 message(s) still in the spool") for ln in lines), lines
+    assert any(ln.startswith("<3>") and "refused the TCP connection" in ln for ln in lines), lines
+    # The same command with stderr elsewhere (a pipe, a file) gets no prefixes, even with the variable set.
+    r = cli("alerts", "test", "--config", str(cfg), "--wait", "1", env=_journal_env(err))
+    assert "<3>" not in r.stderr and "message(s) still in the spool" in r.stderr
+
+
+def test_run_logs_to_stderr_with_priorities_and_the_summary_to_stdout(tmp_path: Path) -> None:
+    from edge.core.keys import generate_device_keys
+
+    cfg = device_config(tmp_path)
+    generate_device_keys(tmp_path / "device-keys")
+    import cv2
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()  # a folder of two blank frames: the loop starts and ends at once
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i}.png"), np.zeros((240, 320, 3), np.uint8))
+    err = tmp_path / "stderr"
+    err.touch()
+    with err.open("w") as f:
+        r = subprocess.run(
+            [sys.executable, "-m", "edge", "run", "--config", str(cfg), "--source", f"dir:{frames}"],
+            stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT, timeout=120,
+            env={**os.environ, **_journal_env(err)},
+        )  # fmt: skip
+    # The TFLite runtime's own C++ line ("INFO: Created TensorFlow Lite XNNPACK delegate") is written
+    # straight to fd 2, outside Python logging; journald files an unprefixed line at info, as it is.
+    logs = [ln for ln in err.read_text().splitlines() if not ln.startswith("INFO: Created TensorFlow Lite")]
+    assert r.returncode == EXIT_OK, logs
+    summary = json.loads(r.stdout)  # stdout is the run summary and nothing else
+    assert summary["stopped"] is True
+    assert any(ln.startswith("<6>") and "camera loop stopped" in ln for ln in logs), logs
+    assert all(ln[:3] in ("<3>", "<4>", "<6>", "<7>") for ln in logs), logs
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "show", "--json"],
+        ["watchlist", "status", "--json"],
+        ["alerts", "spool", "--json"],
+    ],
+)
+def test_stdout_is_only_the_json_document(tmp_path: Path, argv: list[str]) -> None:
+    cfg = device_config(tmp_path)
+    assert cli("keys", "init", "--config", str(cfg)).returncode == 0
+    r = cli(*argv, "--config", str(cfg))
+    assert r.returncode == EXIT_OK, r.stderr
+    json.loads(r.stdout)
