@@ -110,6 +110,25 @@ def test_exit_3_for_a_bundle_that_does_not_verify_2_for_one_that_does_not_fit(tm
     assert r.returncode == EXIT_INPUT and "(model_mismatch)" in r.stderr
 
 
+def test_status_exits_3_when_the_stored_list_no_longer_verifies(tmp_path: Path) -> None:
+    """The installed list's signer was removed from watchlist.trusted_signers: status says so, exit 3."""
+    from edge.core.config import load_config
+    from edge.device.watchlist.store import embedder_sha256_for
+
+    kit = make_kit(tmp_path)
+    cfg = device_config(tmp_path)
+    good = tmp_path / "v1.wl"
+    good.write_bytes(kit.bundle(1, embedder=embedder_sha256_for(load_config(cfg)))[0])
+    assert cli("watchlist", "install", str(good), "--config", str(cfg)).returncode == EXIT_OK
+    data = yaml.safe_load(cfg.read_text())
+    data["watchlist"]["trusted_signers"] = [str(tmp_path / "other-device-keys" / "device_ed25519.pub.pem")]
+    cfg.write_text(yaml.safe_dump(data))
+    r = cli("watchlist", "status", "--config", str(cfg), "--json")
+    assert r.returncode == EXIT_VERIFY
+    status = json.loads(r.stdout)
+    assert status["state"] == "unusable" and "(unknown_signer)" in status["error"]
+
+
 def test_exit_130_when_a_watchlist_build_is_interrupted(tmp_path: Path) -> None:
     """Ctrl-C in the middle of a build: exit 130 and no bundle, never a 0 that looks like success."""
     kit = make_kit(tmp_path)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.cli.main import main
+from edge.core.errors import EXIT_VERIFY
 from edge.core.mqtt import LinkSettings, MqttLink
 from edge.core.watchlist.bundle import Reason
 from edge.device.watchlist.sync import CommandError, CommandVerifier, WatchlistSync, make_command, open_ack
@@ -253,6 +254,32 @@ def test_mqtt_retained_bundle_then_signed_wipe_end_to_end(
         assert not [t for t in seen if t in (f"{PREFIX}/watchlist", f"{PREFIX}/cmd")]
     finally:
         link2.stop(offline_status=False)
+
+
+def test_wipe_whose_confirmation_does_not_verify_exits_3(
+    kit: Kit, tmp_path: Path, broker_factory: BrokerFactory, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    """The device confirms, but not with the key the back office holds for it: verification failed (3),
+    not a timeout (1) and never a success."""
+    broker = broker_factory(tls=False, users=None)
+    link = _device_link(broker)
+    sync = _sync(kit)
+    sync.store.install(kit.bundle(1)[0])
+    sync.attach(link)
+    sync.start(poll_interval_s=0.2)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        rc = main(["watchlist", "wipe", "--device", DEVICE, "--sign", str(kit.root / "backoffice-keys"),
+                   "--broker", broker.uri, "--wait", "5",
+                   "--device-pub", str(kit.root / "other-device-keys" / "device_ed25519.pub.pem")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == EXIT_VERIFY, err
+        assert "does not verify with --device-pub" in err
+        assert any(o.action == "wiped" for o in sync.outcomes)  # the device did wipe; the proof is what failed
+    finally:
+        sync.stop()
+        link.stop(offline_status=False)
 
 
 def test_ack_verifies_only_with_the_device_key(kit: Kit) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.core.errors import EXIT_OK, InputError, RuntimeFailure
+from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError, RuntimeFailure, VerificationFailed
 from edge.core.logsetup import say
 
 
@@ -168,14 +168,17 @@ def _install(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     store = _device_store(args.config)
+    # A stored list that no longer verifies (its signer is not trusted any more) exits 3 after the report.
+    code = EXIT_OK
     try:
         store.load()
         info = store.status()
     except InputError as e:
         info = {"state": "unusable", "error": str(e)}
+        code = EXIT_VERIFY if isinstance(e, VerificationFailed) else EXIT_OK
     if args.json:
         print(json.dumps(info))
-        return EXIT_OK
+        return code
     state = info["state"]
     if state == "none":
         print("no watchlist installed")
@@ -189,7 +192,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  created:   {info['created_at']}")
         print(f"  expires:   {info['expires_at']}")
         print(f"  signer:    {info['signer']}")
-    return EXIT_OK
+    return code
 
 
 # --------------------------------------------------------------------------- back office
@@ -256,18 +259,27 @@ def _wipe(args: argparse.Namespace) -> int:
     prefix = _prefix(args)
     got = threading.Event()
     result: dict[str, Any] = {}
+    forged: list[str] = []  # confirmations naming this command whose signature does not verify
+
+    def unverified_body(payload: bytes) -> Any:
+        try:
+            return json.loads(base64.b64decode(json.loads(payload)["body"]))
+        except Exception:
+            return None
 
     def on_ack(msg: Any) -> None:
         if device_pub is None:
-            try:
-                body = json.loads(base64.b64decode(json.loads(msg.payload)["body"]))
-            except Exception:
+            body = unverified_body(msg.payload)
+            if body is None:
                 return
         else:
             try:
                 body = open_ack(msg.payload, device_pub)
             except CommandError as e:
                 say(f"warning: ignored a confirmation that does not verify ({e})", logging.WARNING)
+                claimed = unverified_body(msg.payload)
+                if isinstance(claimed, dict) and claimed.get("nonce") == nonce:
+                    forged.append(str(e))
                 return
         if isinstance(body, dict) and body.get("nonce") == nonce:
             result.update(body)
@@ -286,6 +298,11 @@ def _wipe(args: argparse.Namespace) -> int:
         if args.wait <= 0:
             return EXIT_OK
         if not got.wait(args.wait):
+            if forged:
+                raise VerificationFailed(
+                    f"the only confirmation of this wipe from {args.device} does not verify with --device-pub "
+                    f"({forged[0]}); the command stays retained"
+                )
             raise RuntimeFailure(
                 f"no confirmation from {args.device} within {args.wait:g} s; the command stays retained"
             )
