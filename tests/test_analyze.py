@@ -10,21 +10,12 @@ import pytest
 from edge.core.config import Config, parse_config
 from edge.core.errors import InputError
 from edge.core.imageio import read_rgb
-from edge.core.inference import default_models_dir, load_manifest
 from edge.core.vision.analyze import FaceAnalyzer, primary_index
 
 
 @pytest.fixture(scope="module")
 def analyzer() -> FaceAnalyzer:
-    cfg = Config()
-    try:
-        manifest = load_manifest(default_models_dir())
-    except InputError as e:
-        pytest.skip(f"no model manifest: {e}")
-    missing = [m for m in (cfg.models.detector, cfg.models.embedder) if m not in manifest]
-    if missing:
-        pytest.skip(f"models not built yet: {missing}")
-    return FaceAnalyzer.from_config(cfg, whole_frame_only=True)
+    return FaceAnalyzer.from_config(Config(), whole_frame_only=True)
 
 
 def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: FaceAnalyzer) -> None:
@@ -47,10 +38,7 @@ def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: 
 
 def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
     cfg = Config()
-    try:
-        analyzer = FaceAnalyzer.from_config(cfg)  # the config's tiling: a wide group photo
-    except InputError as e:
-        pytest.skip(f"models not available: {e}")
+    analyzer = FaceAnalyzer.from_config(cfg)  # the config's tiling: a wide group photo
     img = read_rgb(faces_dir / "small" / "multi_face" / "face_recognition_two_people.jpg")
     faces = analyzer.analyze(img)
     assert len(faces) >= 2
@@ -63,10 +51,7 @@ def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
 
 def test_rejected_faces_are_not_embedded(faces_dir: Path) -> None:
     strict = parse_config({"quality": {"min_interocular_px": 500}}, Path("."))
-    try:
-        analyzer = FaceAnalyzer.from_config(strict, whole_frame_only=True)
-    except InputError as e:
-        pytest.skip(f"models not available: {e}")
+    analyzer = FaceAnalyzer.from_config(strict, whole_frame_only=True)
     face = analyzer.primary(read_rgb(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg"))
     assert face is not None and face.quality.rejection is not None
     assert face.quality.rejection.value == "small" and face.embedding is None

@@ -7,17 +7,11 @@ import json
 import pytest
 
 from edge.cli.main import main
-from edge.core.errors import InputError
 from edge.core.inference import default_models_dir, load_manifest
 
 
 def test_bench_models_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        manifest = load_manifest(default_models_dir())
-    except InputError as e:
-        pytest.skip(f"no model manifest: {e}")
-    if "dlib_resnet_v1_int8" not in manifest:
-        pytest.skip("the int8 embedder is not built yet")
+    assert "dlib_resnet_v1_int8" in load_manifest(default_models_dir())  # shipped
     code = main(["bench", "models", "--json", "--repeats", "3", "--warmup", "1",
                  "--only", "dlib_resnet_v1_int8"])  # fmt: skip
     assert code == 0

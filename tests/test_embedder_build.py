@@ -38,7 +38,6 @@ def dat_path() -> Path:
 @pytest.fixture(scope="module")
 def eval_chips(faces_dir: Path) -> np.ndarray:
     """200 aligned chips of identities the int8 model was NOT calibrated on."""
-    pytest.importorskip("cv2")
     if importlib.util.find_spec("face_recognition_models") is None:
         pytest.skip("face-recognition-models not installed (its 5-point predictor aligns the chips)")
     from models.build_embedder import lfw_chips

@@ -46,20 +46,13 @@ AUDIT_KINDS_EXPECTED = {
 
 
 def require_loop() -> None:
-    """The loop's parts are written by other engineers; say which one is missing."""
-    for mod in ("edge.device.pipeline", "edge.core.vision.quality", "edge.core.vision.align", "edge.core.vision.embed",
-                "edge.core.vision.detect", "edge.device.publisher"):  # fmt: skip
-        try:
-            __import__(mod)
-        except ModuleNotFoundError as e:
-            pytest.skip(f"privacy test waits for {e.name} (not in this checkout yet)")
+    """The shipped models the loop runs on are in the manifest (a missing one is a failure, not a skip)."""
     from edge.core.inference import default_models_dir, load_manifest
 
     manifest = load_manifest(default_models_dir())
     cfg = Config()
     for mid in (cfg.models.detector, cfg.models.embedder):
-        if mid not in manifest:
-            pytest.skip(f"privacy test waits for model {mid} in models/MANIFEST.json")
+        assert mid in manifest, f"model {mid} is missing from models/MANIFEST.json"
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -375,8 +368,7 @@ def test_lfr_edge_run_records_the_deployment_at_stop(
         root.handlers[:] = handlers
         root.setLevel(level)
     capsys.readouterr()
-    if not list((cfg.device.data_dir / "audit").glob("segment-*.jsonl")):
-        pytest.skip("waits for `lfr-edge run` to write the audit log (edge.device.audit.runtime.ServiceAudit)")
+    assert list((cfg.device.data_dir / "audit").glob("segment-*.jsonl")), "`lfr-edge run` wrote no audit log"
     assert main(["deployment", "report", "--config", str(path), "--json"]) == 0
     deps = json.loads(capsys.readouterr().out)
     assert len(deps) == 1
