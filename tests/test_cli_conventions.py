@@ -231,3 +231,41 @@ def test_stdout_is_only_the_json_document(tmp_path: Path, argv: list[str]) -> No
     r = cli(*argv, "--config", str(cfg))
     assert r.returncode == EXIT_OK, r.stderr
     json.loads(r.stdout)
+
+
+def test_every_reporting_command_prints_one_json_document_with_json(tmp_path: Path) -> None:
+    """--json on each command that reports: stdout parses as one JSON document (logs stay on stderr)."""
+    from edge.core.config import load_config
+    from edge.device.watchlist.store import embedder_sha256_for
+
+    kit = make_kit(tmp_path)
+    cfg = device_config(tmp_path)
+    bundle = tmp_path / "v1.wl"
+    bundle.write_bytes(kit.bundle(1, embedder=embedder_sha256_for(load_config(cfg)))[0])
+    key = Ed25519PrivateKey.generate()
+    log = AuditLog(tmp_path / "audit", key, checkpoint_every=5, fsync=False)
+    log.append(al.SERVICE_START, {"device_id": "van-9", "location": "Test Street"})
+    log.close()
+    c = str(cfg)
+    commands = [
+        ["check-config", "--config", c],
+        ["keys", "init", "--config", c],
+        ["keys", "show", "--config", c],
+        ["backoffice", "init", "--dir", str(tmp_path / "bo2")],
+        ["backoffice", "show", "--dir", str(tmp_path / "bo2")],
+        ["watchlist", "install", str(bundle), "--config", c],
+        ["watchlist", "status", "--config", c],
+        ["alerts", "spool", "--config", c],
+        ["audit", "verify", "--dir", str(tmp_path / "audit")],
+        ["deployment", "report", "--dir", str(tmp_path / "audit")],
+        ["models", "verify"],
+        ["watchlist", "wipe", "--local", "--config", c],
+        ["wipe", "--all", "--no-publish", "--config", c],
+    ]
+    for argv in commands:
+        r = cli(*argv, "--json")
+        assert r.returncode == EXIT_OK, (argv, r.stderr)
+        try:
+            json.loads(r.stdout)
+        except ValueError as e:
+            raise AssertionError(f"{' '.join(argv)} --json: stdout is not one JSON document ({e}): {r.stdout!r}") from e

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bs = b.add_subparsers(dest="backoffice_cmd", metavar="ACTION", required=True)
     binit = bs.add_parser("init", help="create the back office's Ed25519 signing and X25519 alert keys")
     binit.add_argument("--dir", required=True, help="directory for the keys (created 0700)")
+    binit.add_argument("--json", action="store_true", help="machine-readable output")
     binit.set_defaults(handler=_backoffice_init)
     bshow = bs.add_parser("show", help="print the back office's public keys and key ids")
     bshow.add_argument("--dir", required=True, help="back-office keys directory")
@@ -62,17 +64,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.set_defaults(handler=_user_add)
     ls = us.add_parser("list", help="list console accounts")
     ls.add_argument("--config", required=True)
+    ls.add_argument("--json", action="store_true", help="a JSON list of accounts")
     ls.set_defaults(handler=_user_list)
 
 
 def _backoffice_init(args: argparse.Namespace) -> int:
     d = Path(args.dir)
-    if (d / BACKOFFICE_ED25519).exists():
-        keys = load_backoffice_keys(d)
-        print(f"back-office keys already present, kept in {d}")
-    else:
-        keys = generate_backoffice_keys(d)
-        print(f"back-office keys created in {d}")
+    created = not (d / BACKOFFICE_ED25519).exists()
+    keys = generate_backoffice_keys(d) if created else load_backoffice_keys(d)
+    if args.json:
+        print(json.dumps({"dir": str(d), "created": created,
+                          "ed25519": {"key_id": keys.ed25519_id, "file": str(d / BACKOFFICE_ED25519_PUB)},
+                          "x25519": {"key_id": keys.x25519_id, "file": str(d / BACKOFFICE_X25519_PUB)}}, indent=2))  # fmt: skip
+        return EXIT_OK
+    print(f"back-office keys {'created' if created else 'already present, kept'} in {d}")
     print(f"  ed25519 (signs watchlists/commands): {keys.ed25519_id}  {d / BACKOFFICE_ED25519_PUB}")
     print(f"  x25519 (receives sealed alerts):    {keys.x25519_id}  {d / BACKOFFICE_X25519_PUB}")
     print("  give devices the ed25519 public key (watchlist.trusted_signers) and x25519 (alerts.seal_to)")
@@ -148,8 +153,12 @@ def _user_add(args: argparse.Namespace) -> int:
 def _user_list(args: argparse.Namespace) -> int:
     parts = _parts(args.config)
     try:
-        for u, active, _ in parts.accounts.users():
-            print(f"{u.username}\t{u.role.value}\t{'active' if active else 'disabled'}")
+        users = [(u.username, u.role.value, active) for u, active, _ in parts.accounts.users()]
+        if args.json:
+            print(json.dumps([{"username": n, "role": r, "active": a} for n, r, a in users], indent=2))
+        else:
+            for name, role, active in users:
+                print(f"{name}\t{role}\t{'active' if active else 'disabled'}")
     finally:
         parts.audit.close()
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--backoffice", action="store_true", help="check a back-office file (default: by its keys)")
     kind.add_argument("--device", action="store_true", help="check a device file (default: by its keys)")
+    p.add_argument("--json", action="store_true", help="one JSON document: config, kind, ok, errors, warnings")
     p.set_defaults(handler=_check)
 
 
@@ -35,6 +37,11 @@ def _check(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     kind = ConfigKind.BACKOFFICE if args.backoffice else ConfigKind.DEVICE if args.device else None
     report = check_file(path, kind)
+    if args.json:
+        doc = {"config": str(path), "kind": report.kind.value, "ok": report.ok,
+               "errors": report.errors, "warnings": report.warnings}  # fmt: skip
+        print(json.dumps(doc, indent=2), flush=True)
+        return EXIT_OK if report.ok else EXIT_INPUT
     for line in report.errors:
         say(f"error: {line}")
     for line in report.warnings:

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ks = p.add_subparsers(dest="keys_cmd", metavar="ACTION", required=True)
     init = ks.add_parser("init", help="create the device's X25519 and Ed25519 keys (kept if already there)")
     _dir_args(init)
+    init.add_argument("--json", action="store_true", help="machine-readable output")
     init.set_defaults(handler=_device_init)
     show = ks.add_parser("show", help="print the device's public keys and key ids")
     _dir_args(show)
@@ -65,6 +66,11 @@ def describe_keys(entries: list[tuple[str, str, PublicKey]], as_json: bool) -> N
 def _device_init(args: argparse.Namespace) -> int:
     d = device_keys_dir(args)
     keys, created = ensure_device_keys(d)
+    if args.json:
+        print(json.dumps({"dir": str(d), "created": created,
+                          "x25519": {"key_id": keys.x25519_id, "file": str(d / DEVICE_X25519_PUB)},
+                          "ed25519": {"key_id": keys.ed25519_id, "file": str(d / DEVICE_ED25519_PUB)}}, indent=2))  # fmt: skip
+        return EXIT_OK
     verb = "created" if created else "already present, kept"
     print(f"device keys {verb} in {d}")
     print(f"  x25519 (receives watchlists): {keys.x25519_id}  {d / DEVICE_X25519_PUB}")

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--embedder", action="append", required=True, help="manifest embedder id (repeatable)")
     c.add_argument("--faces", type=Path, required=True, help="folder of <identity>/<image> (LFW layout)")
     c.add_argument("--models-dir", type=Path, help="models folder (default: the shipped models)")
+    c.add_argument("--json", action="store_true", help="the cohort entries written, as one JSON document")
     c.set_defaults(handler=_cohort)
 
     b = msub.add_parser("build", help="rebuild the models from public weights (checkout + the [build] extra)")
@@ -250,6 +251,10 @@ def _cohort(args: argparse.Namespace) -> int:
     mdir = args.models_dir or default_models_dir()
     entries = build_cohort(mdir, args.faces, args.embedder, say=lambda m: say(m, logging.INFO))
     write_manifest_entries(mdir, entries)
+    if args.json:
+        print(json.dumps([{"id": e["id"], "shape": e["shape"], "sha256": e["sha256"]}
+                          for e in entries if e["role"] == "cohort"], indent=2))  # fmt: skip
+        return EXIT_OK
     for e in entries:
         if e["role"] == "cohort":
             print(f"{e['id']}: {e['shape'][0]} identities, sha256 {e['sha256'][:12]}… (now run eval --calibrate)")

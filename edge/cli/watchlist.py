@@ -80,12 +80,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("--device-pub", help="device Ed25519 public key, to verify its confirmation")
     w.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the confirmation (0: none)")
     w.add_argument("--validity", type=float, default=24 * 3600.0, help="seconds the command stays valid")
+    w.add_argument("--json", action="store_true", help="one JSON document with the outcome")
     w.set_defaults(handler=_wipe)
 
     pub = ws.add_parser("publish", help="back office: publish a bundle as the device's retained watchlist")
     pub.add_argument("file", help="bundle file")
     pub.add_argument("--device", required=True, help="device id")
     _broker_args(pub)
+    pub.add_argument("--json", action="store_true", help="one JSON document with the outcome")
     pub.set_defaults(handler=_publish)
 
 
@@ -235,7 +237,10 @@ def _publish(args: argparse.Namespace) -> int:
         topic = f"{_prefix(args)}/watchlist"
         if not link.publish(topic, data, qos=1, retain=True).wait(30.0):
             raise RuntimeFailure(f"the broker did not acknowledge the bundle on {topic}")
-        print(f"published {len(data)} bytes, retained, on {topic}")
+        if args.json:
+            print(json.dumps({"published": True, "topic": topic, "bytes": len(data), "retained": True}))
+        else:
+            print(f"published {len(data)} bytes, retained, on {topic}")
     return EXIT_OK
 
 
@@ -243,7 +248,10 @@ def _wipe(args: argparse.Namespace) -> int:
     if args.local:
         store = _device_store(args.config)
         with_list = store.wipe(source="cli")
-        print("watchlist wiped; storage key destroyed" if with_list else "nothing to wipe (no watchlist)")
+        if args.json:
+            print(json.dumps({"local": True, "wiped": with_list}))
+        else:
+            print("watchlist wiped; storage key destroyed" if with_list else "nothing to wipe (no watchlist)")
         return EXIT_OK
     if not args.device or not args.sign:
         raise InputError("wipe needs --device and --sign (or --local on the device)")
@@ -294,8 +302,12 @@ def _wipe(args: argparse.Namespace) -> int:
             raise RuntimeFailure(f"the broker did not acknowledge the command on {prefix}/cmd")
         # Clear the retained bundle too, so the device is not offered the list again.
         link.publish(f"{prefix}/watchlist", b"", qos=1, retain=True).wait(15.0)
-        print(f"wipe command sent to {args.device} on {prefix}/cmd (nonce {nonce})")
+        sent = {"device": args.device, "topic": f"{prefix}/cmd", "nonce": nonce}
+        if not args.json:
+            print(f"wipe command sent to {args.device} on {prefix}/cmd (nonce {nonce})")
         if args.wait <= 0:
+            if args.json:
+                print(json.dumps({**sent, "confirmed": False}))
             return EXIT_OK
         if not got.wait(args.wait):
             if forged:
@@ -310,7 +322,11 @@ def _wipe(args: argparse.Namespace) -> int:
         verified = "verified" if device_pub is not None else "UNVERIFIED (no --device-pub)"
         if result.get("result") != "wiped":
             raise RuntimeFailure(f"device refused the wipe: {result.get('reason')} ({verified})")
-        print(f"device {args.device} confirmed: wiped version {result.get('watchlist_version')} ({verified})")
+        if args.json:
+            print(json.dumps({**sent, "confirmed": True, "verified": device_pub is not None,
+                              "watchlist_version": result.get("watchlist_version")}))  # fmt: skip
+        else:
+            print(f"device {args.device} confirmed: wiped version {result.get('watchlist_version')} ({verified})")
     return EXIT_OK
 
 
