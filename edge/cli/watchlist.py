@@ -12,13 +12,17 @@ import json
 import logging
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError, RuntimeFailure, VerificationFailed
 from edge.core.logsetup import say
+
+if TYPE_CHECKING:
+    from edge.backoffice.enrolment.report import EnrolReport
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -330,7 +334,81 @@ def _wipe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _build(args: argparse.Namespace) -> int:
-    from edge.backoffice.enrolment.enrol import run_build
+class _ProgressBar:
+    """A one-line progress bar on stderr, only when stderr is a terminal (never in --json)."""
 
-    return run_build(args)
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.monotonic()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        width = 30
+        filled = int(width * self.done / max(1, self.total))
+        rate = self.done / max(1e-6, time.monotonic() - self.t0)
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:4.1f} img/s {label[:30]:<30}"
+        )
+        sys.stderr.flush()
+        if self.done == self.total:
+            sys.stderr.write("\n")
+
+
+def _print_build_report(report: EnrolReport, as_json: bool) -> None:
+    if as_json:
+        report.dump_json(sys.stdout)
+    else:
+        report.print_tables(sys.stdout)
+    sys.stdout.flush()
+
+
+def _build(args: argparse.Namespace) -> int:
+    from edge.backoffice.enrolment.enrol import (
+        BuildRefused,
+        BuildRequest,
+        ModelChoice,
+        build_watchlist,
+        scan_faces,
+    )
+
+    req = BuildRequest(
+        faces=Path(args.faces),
+        sign=Path(args.sign),
+        recipients=tuple(Path(p) for p in args.to),
+        expires=args.expires,
+        version=args.version,
+        out=Path(args.out),
+        meta=Path(args.meta) if args.meta else None,
+        dtype=args.dtype,
+        models=ModelChoice(
+            config=Path(args.config) if args.config else None,
+            models_dir=Path(args.models_dir) if args.models_dir else None,
+            embedder=args.embedder,
+            detector=args.detector,
+        ),
+        strict=args.strict,
+        keep_inconsistent=tuple(args.keep_inconsistent or ()),
+    )
+    step = None
+    if sys.stderr.isatty() and not args.json:
+        step = _ProgressBar(sum(len(images) for _, images in scan_faces(req.faces))).step
+    try:
+        result = build_watchlist(req, step)
+    except BuildRefused as e:
+        for w in e.result.warnings:
+            say(f"warning: {w}", logging.WARNING)
+        _print_build_report(e.result.report, args.json)
+        raise
+    _print_build_report(result.report, args.json)
+    b = result.bundle
+    assert b is not None
+    msg = (
+        f"wrote {req.out}: version {req.version}, {b.subjects} subjects, {b.templates} templates, "
+        f"{b.recipients} recipient(s), {b.size_bytes} bytes"
+    )
+    if args.json:  # the report (with its bundle block) is the one document on stdout
+        say(msg, logging.INFO)
+    else:
+        print(msg, flush=True)
+    for w in result.warnings:
+        say(f"warning: {w}", logging.WARNING)
+    return EXIT_OK

@@ -8,7 +8,6 @@ subject's custody photo beside the live face; the bundle itself never holds an i
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import threading
@@ -74,11 +73,9 @@ class WatchlistPages:
 
     def _analyser(self) -> tuple[Any, EnrolModel]:
         if self._analyse is None:
-            from edge.backoffice.enrolment.enrol import face_analyser
+            from edge.backoffice.enrolment.enrol import ModelChoice, face_analyser
 
-            self._analyse = face_analyser(
-                argparse.Namespace(config=None, models_dir=None, embedder=None, detector=None)
-            )
+            self._analyse = face_analyser(ModelChoice())
         return self._analyse  # type: ignore[no-any-return]
 
     def enrol(self, folder: Path, version: int, valid_s: float, devices: Sequence[str], by: str) -> EnrolReport:

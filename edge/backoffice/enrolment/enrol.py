@@ -10,13 +10,11 @@ No image, chip or crop ever goes into the bundle.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from edge.backoffice.enrolment.report import (
     fmt_cosine,
 )
 from edge.backoffice.enrolment.templates import fuse_subject_templates
-from edge.core.errors import EXIT_OK, InputError
+from edge.core.errors import InputError
 from edge.core.imageio import decode_rgb
 from edge.core.types import F32, Subject
 
@@ -107,15 +105,25 @@ class EnrolModel:
     consistency_min_cosine: float | None  # None: the manifest has no figure, images are not cross-checked
 
 
-def face_analyser(args: argparse.Namespace) -> tuple[Analyse, EnrolModel]:
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """Which device-style config, models folder and models enrolment runs (None: the config's own)."""
+
+    config: Path | None = None
+    models_dir: Path | None = None
+    embedder: str | None = None
+    detector: str | None = None
+
+
+def face_analyser(choice: ModelChoice) -> tuple[Analyse, EnrolModel]:
     """(image → verdict) using the device's own vision stack and thresholds, and the embedder facts."""
     from edge.core.config import Config, load_config
     from edge.core.inference import default_models_dir, load_manifest
     from edge.core.vision.analyze import FaceAnalyzer
 
-    cfg = load_config(args.config) if args.config else Config()
-    models_dir = Path(args.models_dir) if args.models_dir else (cfg.models.dir or default_models_dir())
-    embedder_id = args.embedder or cfg.models.embedder
+    cfg = load_config(choice.config) if choice.config else Config()
+    models_dir = choice.models_dir or cfg.models.dir or default_models_dir()
+    embedder_id = choice.embedder or cfg.models.embedder
     entry = load_manifest(models_dir).get(embedder_id)
     if entry is None:
         raise InputError(f"--embedder {embedder_id!r} is not in {models_dir}/MANIFEST.json")
@@ -123,40 +131,18 @@ def face_analyser(args: argparse.Namespace) -> tuple[Analyse, EnrolModel]:
     analyzer = FaceAnalyzer.from_config(
         cfg,
         models_dir=models_dir,
-        detector_id=args.detector or cfg.models.detector,
+        detector_id=choice.detector or cfg.models.detector,
         embedder_id=embedder_id,
         whole_frame_only=True,  # custody images are portraits; tiling is for wide camera frames
     )
     return analyzer_adapter(analyzer), model
 
 
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done = total, 0
-        self.enabled = enabled and sys.stderr.isatty()
-        self.t0 = time.monotonic()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / max(1, self.total))
-        rate = self.done / max(1e-6, time.monotonic() - self.t0)
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:4.1f} img/s {label[:30]:<30}"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+Step = Callable[[str], None]  # called with each image's path (relative to the folder) once judged
 
 
 def enrol(
-    root: Path, subjects: Sequence[tuple[str, list[Path]]], analyse: Analyse, progress: Progress
+    root: Path, subjects: Sequence[tuple[str, list[Path]]], analyse: Analyse, step: Step | None = None
 ) -> list[ImageOutcome]:
     """Every image judged on its own, in folder order."""
     outcomes = []
@@ -169,8 +155,8 @@ def enrol(
             else:
                 v = analyse(rgb)
                 outcomes.append(ImageOutcome(sid, rel, v.status, v.detail, list(v.warnings), embedding=v.embedding))
-            progress.step(rel)
-    progress.close()
+            if step is not None:
+                step(rel)
     return outcomes
 
 
@@ -246,11 +232,11 @@ def enrol_folder(
     model: EnrolModel,
     keep: frozenset[str] = frozenset(),
     meta_ids: set[str] | None = None,
-    progress: Progress | None = None,
+    step: Step | None = None,
 ) -> Enrolment:
     """The one enrolment engine (`watchlist build` and the console): judge every image, cross-check
     each subject's photos, fuse the usable ones into the subject's template."""
-    outcomes = enrol(root, subjects_dirs, analyse, progress or Progress(0, enabled=False))
+    outcomes = enrol(root, subjects_dirs, analyse, step)
     by_subject: dict[str, list[ImageOutcome]] = {sid: [] for sid, _ in subjects_dirs}
     for o in outcomes:
         by_subject[o.subject_id].append(o)
@@ -269,82 +255,105 @@ def enrol_folder(
     return Enrolment(report, enrolled, templates, template_subject)
 
 
-def _print_report(report: EnrolReport, as_json: bool) -> None:
-    if as_json:
-        report.dump_json(sys.stdout)
-    else:
-        report.print_tables(sys.stdout)
-    sys.stdout.flush()
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    """`watchlist build`'s inputs, checked by the caller for form (paths, numbers), here for sense."""
+
+    faces: Path
+    sign: Path  # back-office Ed25519 private key, file or keys directory
+    recipients: tuple[Path, ...]  # device X25519 public keys
+    expires: str  # RFC 3339 with zone
+    version: int
+    out: Path
+    meta: Path | None = None
+    dtype: str = "float32"
+    models: ModelChoice = ModelChoice()
+    strict: bool = False
+    keep_inconsistent: tuple[str, ...] = ()
 
 
-def run_build(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """What was built (bundle None when nothing was written), the per-image/per-subject report, and
+    the warnings a person should read."""
+
+    report: EnrolReport
+    bundle: BundleSummary | None
+    warnings: tuple[str, ...]
+
+
+class BuildRefused(InputError):
+    """No bundle written (no usable subject, or --strict with subjects left out); carries the report."""
+
+    def __init__(self, message: str, result: BuildResult) -> None:
+        self.result = result
+        super().__init__(message)
+
+
+def build_watchlist(req: BuildRequest, step: Step | None = None) -> BuildResult:
+    """Enrol `req.faces` and write a signed bundle to `req.out`; raises BuildRefused (with the report)
+    when there is nothing to build or --strict refuses, InputError for bad input."""
     from edge.core.keys import load_signing_key, load_x25519_public
     from edge.core.watchlist.bundle import build_bundle, parse_time
 
-    root = Path(args.faces)
+    root = req.faces
     subjects_dirs = scan_faces(root)
-    keep = _keep_list(root, subjects_dirs, args.keep_inconsistent or [])
-    meta = read_meta(Path(args.meta)) if args.meta else {}
-    expires = parse_time(args.expires, "--expires")
+    keep = _keep_list(root, subjects_dirs, req.keep_inconsistent)
+    meta = read_meta(req.meta) if req.meta else {}
+    expires = parse_time(req.expires, "--expires")
     if expires <= time.time():
-        raise InputError(f"--expires {args.expires} is in the past")
-    signer = load_signing_key(args.sign)
-    recipients = [load_x25519_public(p) for p in args.to]
-    out = Path(args.out)
+        raise InputError(f"--expires {req.expires} is in the past")
+    signer = load_signing_key(req.sign)
+    recipients = [load_x25519_public(p) for p in req.recipients]
+    out = req.out
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: directory {out.parent} does not exist")
-    analyse, model = face_analyser(args)
+    analyse, model = face_analyser(req.models)
 
-    total = sum(len(imgs) for _, imgs in subjects_dirs)
-    done = enrol_folder(root, subjects_dirs, analyse, model, keep, set(meta), Progress(total, enabled=not args.json))
+    done = enrol_folder(root, subjects_dirs, analyse, model, keep, set(meta), step)
     report = done.report
-    for sid in report.meta_without_folder:
-        print(f"warning: --meta lists {sid!r}, which has no folder under {root}", file=sys.stderr)
+    warnings = [f"--meta lists {sid!r}, which has no folder under {root}" for sid in report.meta_without_folder]
     if model.consistency_min_cosine is None:
-        print(
-            f"warning: {model.embedder_id} has no enrolment.consistency_min_cosine in its manifest entry; "
-            "images were not cross-checked for a wrong photo",
-            file=sys.stderr,
+        warnings.append(
+            f"{model.embedder_id} has no enrolment.consistency_min_cosine in its manifest entry; "
+            "images were not cross-checked for a wrong photo"
         )
     left_out = [s.subject_id for s in report.left_out]
     if not report.enrolled:
-        _print_report(report, args.json)
-        raise InputError(f"no subject has a usable image ({', '.join(left_out)}); no bundle written (report above)")
-    if left_out and args.strict:
-        _print_report(report, args.json)
-        raise InputError(
+        raise BuildRefused(
+            f"no subject has a usable image ({', '.join(left_out)}); no bundle written (report above)",
+            BuildResult(report, None, tuple(warnings)),
+        )
+    if left_out and req.strict:
+        raise BuildRefused(
             f"--strict: {len(left_out)} subject(s) without a usable template: {', '.join(left_out)}; "
-            "no bundle written (report above)"
+            "no bundle written (report above)",
+            BuildResult(report, None, tuple(warnings)),
         )
 
     subjects = [meta.get(sid, Subject(subject_id=sid)) for sid in done.subject_ids]
-    templates, template_subject = done.templates, done.template_subject
     bundle = build_bundle(
         subjects=subjects,
-        templates=templates,
-        template_subject=template_subject,
+        templates=done.templates,
+        template_subject=done.template_subject,
         signer=signer,
         recipients=recipients,
-        version=args.version,
+        version=req.version,
         expires_at=expires,
         embedder_sha256=model.sha256,
-        dtype=args.dtype,
+        dtype=req.dtype,
         metadata={"built_by": "lfr-edge watchlist build"},
     )
     tmp = out.with_name(f".{out.name}.part")
     tmp.write_bytes(bundle)
     tmp.replace(out)
-    report.bundle = BundleSummary(str(out), args.version, len(subjects), len(template_subject), len(recipients), len(bundle))
-    _print_report(report, args.json)
-    msg = (
-        f"wrote {out}: version {args.version}, {len(subjects)} subjects, {len(template_subject)} templates, "
-        f"{len(recipients)} recipient(s), {len(bundle)} bytes"
+    summary = BundleSummary(
+        str(out), req.version, len(subjects), len(done.template_subject), len(recipients), len(bundle)
     )
-    print(msg, file=sys.stderr if args.json else sys.stdout)
+    report.bundle = summary
     if left_out:
-        print(
-            f"warning: {len(left_out)} subject(s) left out of the bundle (no usable template): "
-            f"{', '.join(left_out)}; see the report (--strict makes this an error)",
-            file=sys.stderr,
+        warnings.append(
+            f"{len(left_out)} subject(s) left out of the bundle (no usable template): "
+            f"{', '.join(left_out)}; see the report (--strict makes this an error)"
         )
-    return EXIT_OK
+    return BuildResult(report, summary, tuple(warnings))
