@@ -24,7 +24,7 @@ def analyzer() -> FaceAnalyzer:
     missing = [m for m in (cfg.models.detector, cfg.models.embedder) if m not in manifest]
     if missing:
         pytest.skip(f"models not built yet: {missing}")
-    return FaceAnalyzer.from_config(cfg, whole_frame_only=True)
+    return FaceAnalyzer.from_config(cfg)
 
 
 def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: FaceAnalyzer) -> None:
@@ -48,7 +48,7 @@ def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: 
 def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
     cfg = Config()
     try:
-        analyzer = FaceAnalyzer.from_config(cfg)  # the config's tiling: a wide group photo
+        analyzer = FaceAnalyzer.from_config(cfg)  # a group photo, judged as stills are: one whole-frame pass
     except InputError as e:
         pytest.skip(f"models not available: {e}")
     img = read_rgb(faces_dir / "small" / "multi_face" / "face_recognition_two_people.jpg")
@@ -64,7 +64,7 @@ def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
 def test_rejected_faces_are_not_embedded(faces_dir: Path) -> None:
     strict = parse_config({"quality": {"min_interocular_px": 500}}, Path("."))
     try:
-        analyzer = FaceAnalyzer.from_config(strict, whole_frame_only=True)
+        analyzer = FaceAnalyzer.from_config(strict)
     except InputError as e:
         pytest.skip(f"models not available: {e}")
     face = analyzer.primary(read_rgb(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg"))

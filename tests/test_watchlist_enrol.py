@@ -29,7 +29,7 @@ def _analyzer_or_skip(cfg_path: Path) -> object:
     try:
         from edge.core.vision.analyze import FaceAnalyzer
 
-        return FaceAnalyzer.from_config(load_config(cfg_path), whole_frame_only=True)
+        return FaceAnalyzer.from_config(load_config(cfg_path))
     except (ImportError, InputError) as e:
         pytest.skip(f"face analyzer or its models not available yet: {e}")
 

@@ -74,7 +74,7 @@ def office(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     try:
         from edge.core.vision.analyze import FaceAnalyzer
 
-        analyse = analyzer_adapter(FaceAnalyzer.from_config(load_config(cfg), whole_frame_only=True))
+        analyse = analyzer_adapter(FaceAnalyzer.from_config(load_config(cfg)))
     except (ImportError, InputError) as e:
         pytest.skip(f"face analyzer or its models not available: {e}")
 
