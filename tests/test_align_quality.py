@@ -16,7 +16,7 @@ from edge.core.inference import TFLiteModel, default_models_dir, load_manifest, 
 from edge.core.types import Detections, Rejection
 from edge.core.vision.align import CHIP_SIZE, Aligner, invert_affine, transform_points
 from edge.core.vision.detect import FaceDetector
-from edge.core.vision.quality import QualityGate, count_rejections, pose_angles, sharpness
+from edge.core.vision.quality import FACE_REGION, QualityGate, count_rejections, pose_angles, sharpness
 
 FRONTAL = ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Colin_Powell/Colin_Powell_0001.jpg",
            "Amelie_Mauresmo/Amelie_Mauresmo_0001.jpg", "Donald_Rumsfeld/Donald_Rumsfeld_0001.jpg",
@@ -132,16 +132,16 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
 
     sharp = read_rgb(faces_dir / "lfw" / FRONTAL[0])
     d = _detect_one(detector, sharp)
-    chips, _ = aligner.align(sharp, d.keypoints)
-    good = gate.assess(d.keypoints, d.scores, chips)[0]
+    _, mats = aligner.align(sharp, d.keypoints)
+    good = gate.assess(d.keypoints, d.scores, aligner.cut(sharp, mats, *FACE_REGION))[0]
     assert good.accepted, good
     qualities.append(good)
 
     # Heavily blurred copy: still found, still frontal and big enough, but refused as blurry.
     blurred = cv2.GaussianBlur(sharp, (0, 0), 4.0)
     db = _detect_one(detector, blurred)
-    chips, _ = aligner.align(blurred, db.keypoints)
-    qb = gate.assess(db.keypoints, db.scores, chips)[0]
+    _, mats = aligner.align(blurred, db.keypoints)
+    qb = gate.assess(db.keypoints, db.scores, aligner.cut(blurred, mats, *FACE_REGION))[0]
     assert qb.rejection is Rejection.BLURRY, qb
     assert qb.sharpness < good.sharpness / 4
     qualities.append(qb)
@@ -150,8 +150,8 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
     for rel in TURNED:
         img = read_rgb(faces_dir / "lfw" / rel)
         dt = _detect_one(detector, img)
-        chips, _ = aligner.align(img, dt.keypoints)
-        qt = gate.assess(dt.keypoints, dt.scores, chips)[0]
+        _, mats = aligner.align(img, dt.keypoints)
+        qt = gate.assess(dt.keypoints, dt.scores, aligner.cut(img, mats, *FACE_REGION))[0]
         assert qt.rejection is Rejection.POSE, (rel, qt)
         assert qt.yaw_deg < -35.0  # both look towards the image's left (their own right)
         qualities.append(qt)
@@ -159,8 +159,8 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
     # The same frontal face shrunk to a thumbnail: eyes a few px apart → small.
     tiny = cv2.resize(sharp, (56, 56), interpolation=cv2.INTER_AREA)
     dtiny = _detect_one(detector, np.ascontiguousarray(tiny))
-    chips, _ = aligner.align(tiny, dtiny.keypoints)
-    qs = gate.assess(dtiny.keypoints, dtiny.scores, chips)[0]
+    _, mats = aligner.align(tiny, dtiny.keypoints)
+    qs = gate.assess(dtiny.keypoints, dtiny.scores, aligner.cut(tiny, mats, *FACE_REGION))[0]
     assert qs.rejection is Rejection.SMALL, qs
     assert qs.interocular_px < QualityConfig().min_interocular_px
     qualities.append(qs)
@@ -174,9 +174,7 @@ def test_quality_gate_reasons_and_counts(faces_dir: Path, detector: FaceDetector
 
 def test_loop_judges_the_cut_face_region_like_the_whole_chip(faces_dir: Path, detector: FaceDetector) -> None:
     # The loop cuts only each face's region for the gate (Aligner.cut) and whole chips only for
-    # the faces it embeds; the gate's figures and verdicts must be those of the whole chip.
-    from edge.core.vision.quality import FACE_REGION
-
+    # the faces it embeds; the gate's figures and verdicts must be those of the whole chip's region.
     aligner, gate = Aligner(), QualityGate(QualityConfig())
     for rel in FRONTAL:
         img = read_rgb(faces_dir / "lfw" / rel)
@@ -188,7 +186,7 @@ def test_loop_judges_the_cut_face_region_like_the_whole_chip(faces_dir: Path, de
             assert regions.shape[1:] == (105, 90, 3)
             diff = np.abs(regions.astype(int) - chips[:, FACE_REGION[0], FACE_REGION[1]])
             assert (diff > 0).mean() < 0.01 if variant.shape[0] < 750 else diff.mean() < 2.0, (rel, diff.max())
-            whole = gate.assess(d.keypoints, d.scores, chips)[0]
+            whole = gate.assess(d.keypoints, d.scores, chips[:, FACE_REGION[0], FACE_REGION[1]])[0]
             cut = gate.assess(d.keypoints, d.scores, regions)[0]
             assert cut.rejection == whole.rejection, (rel, cut, whole)
             assert cut.sharpness == pytest.approx(whole.sharpness, rel=0.05), (rel, cut, whole)

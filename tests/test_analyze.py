@@ -15,7 +15,7 @@ from edge.core.vision.analyze import FaceAnalyzer, primary_index
 
 @pytest.fixture(scope="module")
 def analyzer() -> FaceAnalyzer:
-    return FaceAnalyzer.from_config(Config(), whole_frame_only=True)
+    return FaceAnalyzer.from_config(Config())
 
 
 def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: FaceAnalyzer) -> None:
@@ -38,7 +38,7 @@ def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: 
 
 def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
     cfg = Config()
-    analyzer = FaceAnalyzer.from_config(cfg)  # the config's tiling: a wide group photo
+    analyzer = FaceAnalyzer.from_config(cfg)  # a group photo, judged as stills are: one whole-frame pass
     img = read_rgb(faces_dir / "small" / "multi_face" / "face_recognition_two_people.jpg")
     faces = analyzer.analyze(img)
     assert len(faces) >= 2
@@ -51,7 +51,7 @@ def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
 
 def test_rejected_faces_are_not_embedded(faces_dir: Path) -> None:
     strict = parse_config({"quality": {"min_interocular_px": 500}}, Path("."))
-    analyzer = FaceAnalyzer.from_config(strict, whole_frame_only=True)
+    analyzer = FaceAnalyzer.from_config(strict)
     face = analyzer.primary(read_rgb(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg"))
     assert face is not None and face.quality.rejection is not None
     assert face.quality.rejection.value == "small" and face.embedding is None

@@ -261,7 +261,7 @@ def test_arcface112_model_enrols_runs_the_loop_and_is_refused_elsewhere(
     # Enrolment, as the back office does it, with the imported model, from the photos the clip
     # shows: the test network is too weak to recognise a person across different photos.
     cfg = _cfg(models_dir, "tinyarc_int8", 0.5)
-    analyzer = FaceAnalyzer.from_config(cfg, whole_frame_only=True)
+    analyzer = FaceAnalyzer.from_config(cfg)
     lfw = faces_dir / "lfw"
     enrolled = list(truth["enrolled"])  # type: ignore[call-overload]
     rows = []
@@ -289,12 +289,12 @@ def test_arcface112_model_enrols_runs_the_loop_and_is_refused_elsewhere(
 
     # The camera loop with the imported model: 112 px chips, 512-d track buffers, matching.
     stages = build_stages(cfg)
-    assert stages.embed_dim == importkit.ARC_DIM
+    assert stages.vision.embed_dim == importkit.ARC_DIM
     now = time.time()
     watchlist = Watchlist(3, now, now + 3600, wl.subjects, wl.templates, wl.template_subject)
     sink = ListSink()
     pipe = Pipeline(cfg, stages, WatchlistHolder(watchlist), sink)
-    run_loop(cfg, f"dir:{tmp_path / 'clip' / 'frames'}", sink, pipeline=pipe)
+    run_loop(pipe, f"dir:{tmp_path / 'clip' / 'frames'}")
     c = pipe.counters
     assert c.frames == truth["frames"] and c.faces_seen > 100 and c.embeddings > 20
     alerted = {e.match.subject.subject_id for e in sink.events}

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from edge.core.types import U8, Subject
 from edge.core.watchlist.model import Watchlist
 from edge.device.camera import SourceFailure, make_source
 from edge.device.camera.base import FrameSource
-from edge.device.pipeline import Pipeline, Stages, build_stages, run_loop
+from edge.device.pipeline import FrameReport, Pipeline, Stages, build_stages, run_loop
 from edge.device.pipeline_sinks import JsonlSink, ListSink
 from edge.device.watchlist.store import WatchlistHolder
 
@@ -63,7 +64,7 @@ def enrol(faces_dir: Path, identities: list[str]) -> Watchlist:
     detector, aligner, quality gate and embedder as the loop), as the back office would."""
     from edge.core.vision.analyze import FaceAnalyzer
 
-    analyzer = FaceAnalyzer.from_config(_cfg(), whole_frame_only=True)
+    analyzer = FaceAnalyzer.from_config(_cfg())
     per_subject: list[list[np.ndarray]] = []
     for ident in identities:
         descs = []
@@ -85,12 +86,22 @@ def watchlist(stages: Stages, faces_dir: Path, clip: tuple[Path, dict[str, Any]]
     return enrol(faces_dir, list(clip[1]["enrolled"]))
 
 
+class _Observer:
+    """A FrameObserver that hands each report to a test's callback."""
+
+    def __init__(self, fn: Callable[[FrameReport], None]) -> None:
+        self.fn = fn
+
+    def on_frame(self, report: FrameReport) -> None:
+        self.fn(report)
+
+
 def _run(cfg: Config, stages: Stages, wl: Watchlist | WatchlistHolder | None, source: FrameSource | str,
-         **kw: Any) -> tuple[Pipeline, ListSink]:  # fmt: skip
+         on_frame: Callable[[FrameReport], None] | None = None) -> tuple[Pipeline, ListSink]:  # fmt: skip
     sink = ListSink()
     holder = wl if isinstance(wl, WatchlistHolder) else WatchlistHolder(wl)
-    pipe = Pipeline(cfg, stages, holder, sink)
-    run_loop(cfg, source, sink, pipeline=pipe, **kw)
+    pipe = Pipeline(cfg, stages, holder, sink, observer=_Observer(on_frame) if on_frame else None)
+    run_loop(pipe, source)
     return pipe, sink
 
 
@@ -206,7 +217,7 @@ def test_source_failure_is_reconnected_and_the_loop_keeps_going(
         {"matching": TEST_MATCHING, "camera": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.2}}, ROOT
     )
     seqs: list[int] = []
-    pipe, _ = _run(cfg, stages, watchlist, cam, on_frame=lambda p, f: seqs.append(f.seq))
+    pipe, _ = _run(cfg, stages, watchlist, cam, on_frame=lambda r: seqs.append(r.frame.seq))
     assert pipe.counters.source_reconnects == 1 and cam.opens == 2
     assert max(seqs) >= 80  # frames after the failure were processed: the loop kept going
     assert pipe.status()["source_reconnects"] == 1
@@ -223,11 +234,11 @@ def test_watchlist_swapped_between_frames_and_expired_list_never_alerts(
     holder = WatchlistHolder(expired)
     swapped_at: list[int] = []
 
-    def on_frame(p: Pipeline, f: Any) -> None:
-        if f.seq == 45:
-            assert p.status()["watchlist"] == "watchlist expired"
+    def on_frame(r: FrameReport) -> None:
+        if r.frame.seq == 45:
+            assert holder.current() is expired and expired.expired(time.time())
             holder.swap(watchlist)  # e.g. the sync thread installed a fresh bundle
-            swapped_at.append(f.seq)
+            swapped_at.append(r.frame.seq)
 
     pipe, sink = _run(cfg, stages, holder, f"dir:{out / 'frames'}", on_frame=on_frame)
     assert swapped_at == [45]
@@ -342,12 +353,10 @@ def test_watchdog_hook_fires_only_for_processed_frames_and_stops_when_the_camera
     pings: list[int] = []
     processed: list[int] = []
     stop = threading.Event()
-    pipe = Pipeline(cfg, stages, WatchlistHolder(watchlist), ListSink())
-    t = threading.Thread(
-        target=run_loop,
-        args=(cfg, cam, pipe.sink, lambda: pings.append(1), stop),
-        kwargs={"pipeline": pipe, "on_frame": lambda p, f: processed.append(f.seq)},
+    pipe = Pipeline(
+        cfg, stages, WatchlistHolder(watchlist), ListSink(), observer=_Observer(lambda r: processed.append(r.frame.seq))
     )
+    t = threading.Thread(target=run_loop, args=(pipe, cam, lambda: pings.append(1), stop))
     t.start()
     try:
         deadline = time.monotonic() + 30
@@ -373,9 +382,9 @@ def test_tiles_every_other_frame_still_alerts_once_per_enrolled_person(
         {"matching": TEST_MATCHING, "detection": {"tiles_every_n": 2}, "camera": {"source": "dir:/x"}}, ROOT
     )
     stages = build_stages(cfg)
-    assert stages.detector_light is not None
+    assert stages.vision.detector_light is not None
     calls = {"full": 0, "light": 0}
-    for name, det in (("full", stages.detector), ("light", stages.detector_light)):
+    for name, det in (("full", stages.vision.detector), ("light", stages.vision.detector_light)):
         inner = det.detect
 
         def counted(img: Any, _inner: Any = inner, _name: str = name) -> Any:

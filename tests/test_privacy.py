@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import logging
@@ -79,6 +80,9 @@ class RecordingEmbedder:
         self.chips: list[U8] = []
         self.vectors: list[F32] = []
 
+    def __getattr__(self, name: str) -> Any:  # dim, template, …: the wrapped embedder's
+        return getattr(self.inner, name)
+
     def embed(self, chips: U8) -> F32:
         out: F32 = self.inner.embed(chips)
         self.chips.extend(np.array(c, copy=True) for c in chips)
@@ -124,13 +128,13 @@ def enrol(stages: Any, faces_dir: Path) -> Any:
             continue
         for img in enrolment_images(lfw, identity, 2):
             rgb = np.ascontiguousarray(cv2.cvtColor(cv2.imread(str(img)), cv2.COLOR_BGR2RGB))
-            dets = stages.detector.detect(rgb)
+            dets = stages.vision.detector.detect(rgb)
             if len(dets) == 0:
                 continue
             areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
             i = int(np.argmax(areas))
-            chips, _ = stages.aligner.align(rgb, dets.keypoints[i : i + 1])
-            templates.append(stages.embedder.embed(chips)[0])
+            chips, _ = stages.vision.aligner.align(rgb, dets.keypoints[i : i + 1])
+            templates.append(stages.vision.embedder.embed(chips)[0])
             if not subjects or subjects[-1].subject_id != identity:
                 subjects.append(Subject(identity))
             owner.append(len(subjects) - 1)
@@ -245,7 +249,7 @@ def test_non_matching_people_leave_no_trace(
 ) -> None:
     from edge.core.keys import generate_device_keys
     from edge.device.audit.runtime import ServiceAudit
-    from edge.device.pipeline import Pipeline, build_stages, run_loop
+    from edge.device.pipeline import FrameReport, Pipeline, Stages, build_stages, run_loop
     from edge.device.publisher import AlertPublisher
 
     video, truth = clip
@@ -254,15 +258,17 @@ def test_non_matching_people_leave_no_trace(
     generate_device_keys(cfg.device.keys_dir)
     stages = build_stages(cfg)
     wl = enrol(stages, faces_dir)
-    rec = RecordingEmbedder(stages.embedder)
-    stages.embedder = rec
+    rec = RecordingEmbedder(stages.vision.embedder)
+    stages = Stages(dataclasses.replace(stages.vision, embedder=rec), stages.policy)
     frame_rows: list[bytes] = []
     prefix = cfg.topic_prefix
 
-    def sample_frame(_p: Any, frame: Any) -> None:
-        if frame.seq % 6 == 0:
-            h, w = frame.image.shape[:2]
-            frame_rows.append(frame.image[h // 4, w // 2 : w // 2 + 32].tobytes())
+    class SampleFrames:
+        def on_frame(self, report: FrameReport) -> None:
+            frame = report.frame
+            if frame.seq % 6 == 0:
+                h, w = frame.image.shape[:2]
+                frame_rows.append(frame.image[h // 4, w // 2 : w // 2 + 32].tobytes())
 
     with Collector(plain_broker, "#") as got:
         pipeline: list[Pipeline] = []
@@ -275,8 +281,8 @@ def test_non_matching_people_leave_no_trace(
         audit.start(wl)
         probes: list[F32] = []
         holder = recording_holder(wl, probes)
-        pipeline.append(Pipeline(cfg, stages, holder, publisher))
-        counters = run_loop(cfg, f"file:{video}", publisher, pipeline=pipeline[0], on_frame=sample_frame)
+        pipeline.append(Pipeline(cfg, stages, holder, publisher, observer=SampleFrames()))
+        counters = run_loop(pipeline[0], f"file:{video}")
         dep = audit.stop(counters, wl)
         assert dep is not None
         assert publisher.flush(20), "audit records were not all acknowledged by the broker"

@@ -29,7 +29,7 @@ def astronaut_chip() -> np.ndarray:
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) provides astronaut()")
     from edge.core.vision.analyze import FaceAnalyzer
 
-    face = FaceAnalyzer.from_config(parse_config({}, ROOT), whole_frame_only=True).primary(
+    face = FaceAnalyzer.from_config(parse_config({}, ROOT)).primary(
         np.ascontiguousarray(skimage_data.astronaut())
     )
     assert face is not None

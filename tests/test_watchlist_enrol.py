@@ -27,7 +27,7 @@ N_SUBJECTS = 4
 def _analyzer(cfg_path: Path) -> object:
     from edge.core.vision.analyze import FaceAnalyzer
 
-    return FaceAnalyzer.from_config(load_config(cfg_path), whole_frame_only=True)
+    return FaceAnalyzer.from_config(load_config(cfg_path))
 
 
 def _identities(faces_dir: Path, min_images: int) -> list[tuple[str, list[Path]]]:

@@ -72,7 +72,7 @@ def office(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     )
     from edge.core.vision.analyze import FaceAnalyzer
 
-    analyse = analyzer_adapter(FaceAnalyzer.from_config(load_config(cfg), whole_frame_only=True))
+    analyse = analyzer_adapter(FaceAnalyzer.from_config(load_config(cfg)))
 
     people = _people(faces_dir)
     a = b = other = None

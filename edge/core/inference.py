@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,18 @@ def _quant(detail: dict[str, Any]) -> Quant:
     return Quant(detail["dtype"], float(scale), int(zp))
 
 
+class InvokeTimer:
+    """Time spent inside interpreters, summed over the models it is given to (TFLiteModel.timer)."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self.invokes = 0
+
+    def add(self, seconds: float) -> None:
+        self.total_s += seconds
+        self.invokes += 1
+
+
 class TFLiteModel:
     """A loaded interpreter with its tensors described once; invoke() is the only per-frame call."""
 
@@ -156,6 +169,7 @@ class TFLiteModel:
         self.output_quant = [_quant(d) for d in self.outputs]
         self.num_threads = num_threads
         self.delegate = "xnnpack-cpu"
+        self.timer: InvokeTimer | None = None  # set by whoever measures (the benchmark); None costs nothing
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -176,7 +190,12 @@ class TFLiteModel:
         """Raw tensors in (already in the input dtype), raw tensors out (copies, safe to keep)."""
         for d, x in zip(self.inputs, xs, strict=True):
             self._interp.set_tensor(d["index"], x)
-        self._interp.invoke()
+        if self.timer is None:
+            self._interp.invoke()
+        else:
+            t0 = time.perf_counter()
+            self._interp.invoke()
+            self.timer.add(time.perf_counter() - t0)
         return [self._interp.get_tensor(d["index"]) for d in self.outputs]
 
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
+F64 = npt.NDArray[np.float64]
 
 # MediaPipe BlazeFace keypoint order (subject's right eye appears on the image's left).
 KP_RIGHT_EYE, KP_LEFT_EYE, KP_NOSE, KP_MOUTH, KP_RIGHT_EAR, KP_LEFT_EAR = range(6)

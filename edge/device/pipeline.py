@@ -4,8 +4,10 @@ One `Pipeline` holds the per-process state (models, tracker, cooldowns, counters
 one frame at a time; `run_loop` feeds it from a LatestFrameGrabber until EOF, `max_frames` or a
 stop request. Others hook in without touching the loop: `on_frame_processed` (the systemd
 watchdog: called only after a frame was really processed, so a stalled camera stops the pings),
-an `EventSink` (JSON lines now, the MQTT publisher later) and the shared WatchlistHolder
-(edge.device.watchlist.store), whose swap() puts a new list in force at the next frame.
+an `EventSink` (the MQTT publisher, or JSON lines), a `FrameObserver` (whoever measures the loop:
+stage times and each frame's detections, handed over and not kept) and the shared
+WatchlistHolder (edge.device.watchlist.store), whose swap() puts a new list in force at the next
+frame.
 
 Privacy: chips and embeddings exist only in per-frame buffers and in live tracks; a track's
 embeddings are wiped when it ends, and only counts survive it. A JPEG crop is made only for a
@@ -25,11 +27,11 @@ import cv2
 import numpy as np
 
 from edge.core.config import Config
-from edge.core.types import F32, U8, Counters, Detections, Frame, Match, MatchEvent, Quality
-from edge.core.vision.quality import FACE_REGION, count_rejections
-from edge.core.vision.track import EMBED_DIM, Track, Tracker
+from edge.core.types import F32, F64, U8, Counters, Detections, Frame, Match, MatchEvent
+from edge.core.vision.quality import count_rejections
+from edge.core.vision.stack import StackUse, VisionStack, build_vision_stack
+from edge.core.vision.track import Track, Tracker
 from edge.core.watchlist.match import Matcher
-from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import MatchingPolicy
 from edge.device.camera.base import FrameSource
 from edge.device.camera.factory import make_source
@@ -46,36 +48,30 @@ class EventSink(Protocol):
     def on_match(self, event: MatchEvent) -> None: ...
 
 
-class Detector(Protocol):
-    def detect(self, image: U8) -> Detections: ...
+@dataclass(frozen=True, slots=True)
+class FrameReport:
+    """What one processed frame gave, for whoever measures the loop (the benchmark, tests).
+
+    Handed to the observer and dropped: the pipeline keeps none of it, so no detection outlives
+    its frame through this path."""
+
+    frame: Frame
+    stage_ms: F64  # (len(STAGES),) milliseconds per stage, capture = the wait for the frame
+    detections: Detections
+    tracks: list[Track]
+    embedded: int
 
 
-class Aligner(Protocol):
-    def matrices(self, keypoints: F32) -> F32: ...
-    def cut(self, image: U8, matrices: F32, rows: slice, cols: slice) -> U8: ...
-    def align_with(self, image: U8, matrices: F32) -> U8: ...
+class FrameObserver(Protocol):
+    def on_frame(self, report: FrameReport) -> None: ...
 
 
-class QualityGate(Protocol):
-    def assess(self, keypoints: F32, scores: F32, chips: U8) -> list[Quality]: ...
-
-
-class Embedder(Protocol):
-    def embed(self, chips: U8) -> F32: ...
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Stages:
-    detector: Detector
-    aligner: Aligner
-    quality: QualityGate
-    embedder: Embedder
-    model_ids: dict[str, str]
+    """The camera's vision stack (edge.core.vision.stack) and the matching policy in force."""
+
+    vision: VisionStack
     policy: MatchingPolicy
-    # Whole-frame pass only, for the frames between tile passes (detection.tiles_every_n > 1).
-    detector_light: Detector | None = None
-    tiles_every_n: int = 1
-    embed_dim: int = EMBED_DIM  # the embedder's descriptor size: the tracks' buffers are this wide
 
 
 class Pipeline:
@@ -86,40 +82,37 @@ class Pipeline:
         watchlists: WatchlistHolder,
         sink: EventSink,
         camera: str | None = None,
+        observer: FrameObserver | None = None,
     ) -> None:
         self.cfg = cfg
         self.stages = stages
+        self.vision = stages.vision
         self.watchlists = watchlists
         self.sink = sink
+        self.observer = observer
         self.camera = camera or cfg.device.camera_name
         t = cfg.tracking
         self.tracker = Tracker(
-            t.iou_threshold, t.max_centre_dist, t.max_missed_frames, t.best_k, t.max_tracks, dim=stages.embed_dim
+            t.iou_threshold, t.max_centre_dist, t.max_missed_frames, t.best_k, t.max_tracks, dim=stages.vision.embed_dim
         )
         self.counters = Counters()
         self.suppressed = 0  # matches silenced by the per-subject cooldown
         # Per-subject time of the last alert; at most one entry per watchlist subject, pruned by age.
         self._last_alert: dict[str, float] = {}
-        # Stage times of the last frame (ms), overwritten each frame: read by the benchmark.
-        self.last_ms = np.zeros(len(STAGES), np.float64)
-        self.last_faces = 0
-        self.last_embedded = 0
-        # The last frame's detections and their tracks (overwritten each frame; for the benchmark).
-        self.last_dets = Detections.empty()
-        self.last_tracks: list[Track] = []
         self._times = np.zeros(_FPS_WINDOW, np.float64)
         self._n_times = 0
         self._started = time.monotonic()
 
     # -- one frame -----------------------------------------------------------------------------
-    def process(self, frame: Frame) -> None:
-        ms = self.last_ms
-        ms[1:] = 0.0
+    def process(self, frame: Frame, wait_ms: float = 0.0) -> None:
+        """One frame through every stage; `wait_ms` (time spent waiting for it) is only reported."""
+        ms = np.zeros(len(STAGES), np.float64)
+        ms[0] = wait_ms
         img = frame.image
         c = self.counters
         pc = time.perf_counter
 
-        st = self.stages
+        st = self.vision
         full = st.detector_light is None or (self.tracker.frame_idx + 1) % st.tiles_every_n == 0
         t0 = pc()
         dets = (st.detector if full or st.detector_light is None else st.detector_light).detect(img)
@@ -128,28 +121,27 @@ class Pipeline:
         n = len(dets)
         c.frames += 1
         c.faces_seen += n
-        self.last_faces = n
-        self.last_embedded = 0
 
         tracks, ended = self.tracker.update(dets.boxes)
-        self.last_dets, self.last_tracks = dets, tracks
         for tr in ended:
             self._end(tr)
-        if n:
-            self._faces(frame, dets, tracks)
+        embedded = self._faces(frame, dets, tracks, ms) if n else 0
         self._tick()
+        if self.observer is not None:
+            self.observer.on_frame(FrameReport(frame, ms, dets, tracks, embedded))
 
-    def _faces(self, frame: Frame, dets: Detections, tracks: list[Track]) -> None:
-        ms = self.last_ms
+    def _faces(self, frame: Frame, dets: Detections, tracks: list[Track], ms: F64) -> int:
+        """Gate, embed and match this frame's faces; returns how many were embedded."""
         pc = time.perf_counter
-        al = self.stages.aligner
+        vs = self.vision
+        al = vs.aligner
         t0 = pc()
         # Every face is judged, but only on its chip's face region (all the blur gate reads);
         # whole chips are cut below for the few faces that are embedded this frame.
         mats = al.matrices(dets.keypoints)
-        regions = al.cut(frame.image, mats, *FACE_REGION)
+        regions = vs.gate_regions(frame.image, mats)
         t1 = pc()
-        quality = self.stages.quality.assess(dets.keypoints, dets.scores, regions)
+        quality = vs.quality.assess(dets.keypoints, dets.scores, regions)
         t2 = pc()
         ms[2] = (t1 - t0) * 1e3
         ms[3] = (t2 - t1) * 1e3
@@ -157,7 +149,7 @@ class Pipeline:
 
         matcher = self._matcher()
         if matcher is None or matcher.watchlist.expired(frame.t_wall) or not matcher.watchlist.subjects:
-            return  # nothing to match against: compute no embedding at all
+            return 0  # nothing to match against: compute no embedding at all
         every_n = self.cfg.tracking.embed_every_n
         fidx = self.tracker.frame_idx
         sel = [
@@ -166,16 +158,15 @@ class Pipeline:
             if q.accepted and tr.wants_embedding(q.rank, fidx, every_n)
         ]
         if not sel:
-            return
+            return 0
         t3 = pc()
         chips = al.align_with(frame.image, mats[sel])
         t4 = pc()
-        vecs = self.stages.embedder.embed(chips)
+        vecs = vs.embedder.embed(chips)
         t5 = pc()
         ms[2] += (t4 - t3) * 1e3
         ms[4] = (t5 - t4) * 1e3
         self.counters.embeddings += len(sel)
-        self.last_embedded = len(sel)
         for j, i in enumerate(sel):
             tracks[i].add_embedding(vecs[j], quality[i].rank, fidx)
         probes = np.stack([tracks[i].fused() for i in sel])
@@ -184,6 +175,7 @@ class Pipeline:
             if m is not None:
                 self._on_match(frame, dets, i, tracks[i], m, matcher.watchlist.version)
         ms[5] = (pc() - t5) * 1e3
+        return len(sel)
 
     def _matcher(self) -> Matcher | None:
         return self.watchlists.matcher(*self.stages.policy.matcher_args())
@@ -246,7 +238,6 @@ class Pipeline:
         """End every live track (stop, EOF): nothing about non-matching people outlives the run."""
         for tr in self.tracker.end_all():
             self._end(tr)
-        self.last_dets, self.last_tracks = Detections.empty(), []
 
     def _tick(self) -> None:
         self._times[self._n_times % _FPS_WINDOW] = time.monotonic()
@@ -277,7 +268,7 @@ class Pipeline:
             "alerts_suppressed_cooldown": self.suppressed,
             "non_match_discarded": c.non_match_discarded,
             "live_tracks": len(self.tracker.tracks),
-            "models": dict(self.stages.model_ids),
+            "models": {"detector": self.vision.model_ids.detector, "embedder": self.vision.model_ids.embedder},
         }
         wl = self.watchlists.current()
         if wl is None:
@@ -291,56 +282,24 @@ class Pipeline:
 
 
 def build_stages(cfg: Config) -> Stages:
-    """Load the configured models (sha256-checked) with the configured TFLite thread count."""
-    from edge.core.inference import load_model
-    from edge.core.vision.align import Aligner as _Aligner
-    from edge.core.vision.detect import FaceDetector
-    from edge.core.vision.embed import Embedder as _Embedder
-    from edge.core.vision.quality import QualityGate as _Gate
+    """The camera's vision stack and the matching policy, from the config."""
     from edge.core.watchlist.policy import policy_for
 
-    d, m = cfg.detection, cfg.models
     policy = policy_for(cfg)  # a threshold below the floor fails here, before any model loads
-    detector = FaceDetector.from_settings(load_model(m.detector, m.dir, num_threads=m.num_threads), d)
-    light = None
-    if d.tiles_every_n > 1:
-        # Same interpreter (both run batch 1, one after the other), whole-frame view only.
-        light = FaceDetector.from_settings(detector.model, d, whole_frame_only=True)
-    embedder = _Embedder(load_model(m.embedder, m.dir, num_threads=m.num_threads), flip=policy.scoring.flip)
-    return Stages(
-        detector=detector,
-        aligner=_Aligner.for_template(embedder.template, embedder.chip_size),
-        quality=_Gate(cfg.quality),
-        embedder=embedder,
-        model_ids={"detector": m.detector, "embedder": m.embedder},
-        policy=policy,
-        detector_light=light,
-        tiles_every_n=d.tiles_every_n,
-        embed_dim=embedder.dim,
-    )
+    return Stages(build_vision_stack(cfg, StackUse.CAMERA), policy)
 
 
 def run_loop(
-    cfg: Config,
-    source: FrameSource | str | None,
-    sink: EventSink,
+    pipeline: Pipeline,
+    source: FrameSource | str | None = None,
     on_frame_processed: Callable[[], None] | None = None,
     stop_event: threading.Event | None = None,
     max_frames: int | None = None,
-    *,
-    watchlist: Watchlist | WatchlistHolder | None = None,
-    pipeline: Pipeline | None = None,
-    on_frame: Callable[[Pipeline, Frame], None] | None = None,
 ) -> Counters:
-    """Run until the replay ends, `max_frames` frames were processed or `stop_event` is set.
-
-    Pass `pipeline` to keep a handle for status(); otherwise one is built from `cfg` (models
-    loaded here) with `watchlist` (a Watchlist, the shared WatchlistHolder, or None).
-    """
+    """Feed `pipeline` from `source` (default: the config's camera) until the replay ends,
+    `max_frames` frames were processed or `stop_event` is set."""
+    cfg = pipeline.cfg
     stop = stop_event or threading.Event()
-    if pipeline is None:
-        holder = watchlist if isinstance(watchlist, WatchlistHolder) else WatchlistHolder(watchlist)
-        pipeline = Pipeline(cfg, build_stages(cfg), holder, sink)
     src = make_source(source or cfg.camera.source, cfg.camera) if not isinstance(source, FrameSource) else source
     grabber = LatestFrameGrabber(src, cfg.camera.reconnect_initial_s, cfg.camera.reconnect_max_s)
     c = pipeline.counters
@@ -358,11 +317,8 @@ def run_loop(
                 if grabber.ended:
                     break
                 continue  # stalled camera: no watchdog ping
-            pipeline.last_ms[0] = (time.perf_counter() - t0) * 1e3
-            pipeline.process(frame)
+            pipeline.process(frame, wait_ms=(time.perf_counter() - t0) * 1e3)
             processed += 1
-            if on_frame is not None:
-                on_frame(pipeline, frame)
             if on_frame_processed is not None:
                 on_frame_processed()
     finally:

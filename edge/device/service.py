@@ -115,13 +115,13 @@ def serve(
     publisher.start()
     sync.start()
     notifier.ready(f"processing {src.name}")
-    log.info("camera loop started", extra={"device": cfg.device.id, "source": src.name, **stages.model_ids})
+    ids = stages.vision.model_ids
+    log.info("camera loop started",
+             extra={"device": cfg.device.id, "source": src.name, "detector": ids.detector, "embedder": ids.embedder})
     result_counters: Counters | None = None
     deployment: dict[str, Any] | None = None
     try:
-        result_counters = run_loop(
-            cfg, src, pipeline.sink, notifier.frame_processed, stop, max_frames, pipeline=pipeline
-        )
+        result_counters = run_loop(pipeline, src, notifier.frame_processed, stop, max_frames)
     finally:
         notifier.stopping()
         sync.stop()

@@ -23,10 +23,9 @@ import numpy as np
 from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.imageio import decode_rgb
-from edge.core.inference import MANIFEST_NAME, load_manifest, load_model, sha256_file
+from edge.core.inference import MANIFEST_NAME, load_manifest, sha256_file
 from edge.core.vision.analyze import primary_index
-from edge.core.vision.detect import FaceDetector
-from edge.core.vision.embed import Embedder, aligner_for
+from edge.core.vision.stack import StackUse, build_vision_stack, same_chips
 from edge.lab.eval import load_dataset
 
 TOP_K = 100  # measured flat between 50 and 400 (docs/BENCHMARKS.md, "Recognition")
@@ -53,11 +52,14 @@ def build_cohort(
         if e not in manifest or manifest[e].role != "embedder":
             raise InputError(f"--embedder {e!r} is not an embedder in {models_dir / MANIFEST_NAME}")
     cfg = Config()
-    detector = FaceDetector.from_settings(
-        load_model(DETECTOR, models_dir, num_threads=2), cfg.detection, whole_frame_only=True, min_face=False
-    )
-    embedders = {e: Embedder(load_model(e, models_dir, num_threads=2)) for e in embedder_ids}
-    aligner = aligner_for(list(embedders.values()))  # one chip geometry for all, or a clear refusal
+    # The stills stack enrolment uses, with chip and mirror embedded here (flip off in the stack).
+    stacks = [
+        build_vision_stack(cfg, StackUse.STILLS, models_dir=models_dir, detector_id=DETECTOR, embedder_id=e, flip=False)
+        for e in embedder_ids
+    ]
+    stack = same_chips(stacks)  # one chip geometry for all, or a clear refusal
+    detector, aligner = stack.detector, stack.aligner
+    embedders = {e: s.embedder for e, s in zip(embedder_ids, stacks, strict=True)}
     n_ids = len(ds.names)
     sums = {e: np.zeros((n_ids, emb.dim), np.float64) for e, emb in embedders.items()}
     counts = np.zeros(n_ids, np.int64)

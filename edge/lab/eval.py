@@ -37,10 +37,8 @@ from edge.core.sysinfo import cpu_model
 from edge.core.types import F32, U8, Rejection
 from edge.core.vision.align import ChipTemplate
 from edge.core.vision.analyze import primary_index
-from edge.core.vision.detect import FaceDetector
-from edge.core.vision.embed import Embedder, aligner_for
-from edge.core.vision.quality import QualityGate
 from edge.core.vision.scoring import CohortNorm, load_scoring, snorm
+from edge.core.vision.stack import StackUse, build_vision_stack, same_chips
 
 SCHEMA_VERSION = 1
 VERIFY_FARS = (1e-3, 1e-4)
@@ -461,15 +459,17 @@ def run_eval(
     if pairs is not None:
         load_pairs(ds, pairs)
     det_id = detector_id or cfg.models.detector
-    detector = FaceDetector.from_settings(
-        load_model(det_id, mdir, num_threads=cfg.models.num_threads), cfg.detection, whole_frame_only=True,
-        min_face=False,
-    )  # fmt: skip
-    # Flip is applied here, per scoring mode, from one pass of plain and mirrored chips.
-    embedders = {
-        v: Embedder(load_model(_model_id(v), mdir, num_threads=cfg.models.num_threads)) for v in variants
-    }
-    aligner = aligner_for(list(embedders.values()))
+    # The stills stack enrolment uses; flip is applied here, per scoring mode, from one pass of
+    # plain and mirrored chips.
+    stacks = {
+        v: build_vision_stack(cfg, StackUse.STILLS, models_dir=mdir, detector_id=det_id, embedder_id=_model_id(v),
+                              flip=False)
+        for v in variants
+    }  # fmt: skip
+    stack = same_chips(list(stacks.values()))
+    detector = stack.detector
+    embedders = {v: s.embedder for v, s in stacks.items()}
+    aligner = stack.aligner
     if aligner.kind is not ChipTemplate.DLIB150:
         # dlib's chips are dlib150 geometry; the mesh places the embedder's own template's points.
         notes += [f"dlib alignment skipped: {aligner.kind.value} embedder" for a in aligns if a == "dlib"]
@@ -478,7 +478,7 @@ def run_eval(
             from edge.core.vision.landmarks import MeshAligner
 
             mesh_aligner = MeshAligner(mesh_aligner.landmarker, aligner.size, aligner.kind)
-    gate = QualityGate(cfg.quality)
+    gate = stack.quality
     n = len(ds.paths)
     need_mirror = any(sc in ("flip", "device") for sc in scorings)
     pkeys = [f"{v}/{a}" for v in variants for a in aligns]
@@ -514,8 +514,8 @@ def run_eval(
         for a in aligns:
             ta = time.perf_counter()
             if a == "ours":
-                c, _ = aligner.align(rgb, det.keypoints[j : j + 1])
-                q = gate.assess(det.keypoints[j : j + 1], det.scores[j : j + 1], c)[0]
+                c, mats = aligner.align(rgb, det.keypoints[j : j + 1])
+                q = gate.assess(det.keypoints[j : j + 1], det.scores[j : j + 1], stack.gate_regions(rgb, mats))[0]
                 if q.rejection is not None:
                     rejections[q.rejection.value] += 1
                     gated[i] = True

@@ -133,7 +133,6 @@ def face_analyser(choice: ModelChoice) -> tuple[Analyse, EnrolModel]:
         models_dir=models_dir,
         detector_id=choice.detector or cfg.models.detector,
         embedder_id=embedder_id,
-        whole_frame_only=True,  # custody images are portraits; tiling is for wide camera frames
     )
     return analyzer_adapter(analyzer), model
 

@@ -15,12 +15,8 @@ import numpy as np
 
 from edge.core.config import Config
 from edge.core.errors import InputError
-from edge.core.inference import load_model
 from edge.core.types import F32, U8, Quality
-from edge.core.vision.align import CHIP_SIZE, Aligner, ChipTemplate
-from edge.core.vision.detect import FaceDetector
-from edge.core.vision.embed import Embedder
-from edge.core.vision.quality import FACE_REGION, QualityGate
+from edge.core.vision.stack import StackUse, VisionStack, build_vision_stack
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +90,16 @@ def choose_primary(
 
 
 class FaceAnalyzer:
-    def __init__(
-        self,
-        detector: FaceDetector,
-        embedder: Embedder,
-        aligner: Aligner | None = None,
-        gate: QualityGate | None = None,
-        *,
-        embed_rejected: bool = False,
-    ) -> None:
-        self.detector = detector
-        self.embedder = embedder
-        self.aligner = aligner or Aligner.for_template(embedder.template, embedder.chip_size)
-        self.gate = gate or QualityGate()
+    """Every face of a still image, judged and embedded by a VisionStack built for stills."""
+
+    def __init__(self, stack: VisionStack, *, embed_rejected: bool = False) -> None:
+        if stack.use is not StackUse.STILLS:
+            raise InputError("FaceAnalyzer needs a vision stack built for stills (StackUse.STILLS)")
+        self.stack = stack
+        self.detector = stack.detector
+        self.embedder = stack.embedder
+        self.aligner = stack.aligner
+        self.gate = stack.quality
         # Evaluation measures the embedder on every face it can; the device never embeds rejects.
         self.embed_rejected = embed_rejected
 
@@ -118,17 +111,13 @@ class FaceAnalyzer:
         models_dir: Path | None = None,
         detector_id: str | None = None,
         embedder_id: str | None = None,
-        whole_frame_only: bool = False,
         embed_rejected: bool = False,
     ) -> FaceAnalyzer:
-        """Models and thresholds from the config; `whole_frame_only` skips tiling (small stills)."""
-        mdir = models_dir or cfg.models.dir
-        model = load_model(detector_id or cfg.models.detector, mdir, num_threads=cfg.models.num_threads)
-        detector = FaceDetector.from_settings(model, cfg.detection, whole_frame_only=whole_frame_only, min_face=False)
-        embedder = Embedder.from_config(
-            mdir, model_id=embedder_id or cfg.models.embedder, num_threads=cfg.models.num_threads
+        """The configured models and thresholds (or the named models), built as stills are."""
+        stack = build_vision_stack(
+            cfg, StackUse.STILLS, models_dir=models_dir, detector_id=detector_id, embedder_id=embedder_id
         )
-        return cls(detector, embedder, None, QualityGate(cfg.quality), embed_rejected=embed_rejected)
+        return cls(stack, embed_rejected=embed_rejected)
 
     def analyze(self, rgb: U8) -> list[AnalyzedFace]:
         """Every face in the image, in detector-score order."""
@@ -136,7 +125,7 @@ class FaceAnalyzer:
         if len(det) == 0:
             return []
         chips, mats = self.aligner.align(rgb, det.keypoints)
-        quals = self.gate.assess(det.keypoints, det.scores, self._gate_view(rgb, chips, mats))
+        quals = self.gate.assess(det.keypoints, det.scores, self.stack.gate_regions(rgb, mats))
         todo = np.array([q.accepted or self.embed_rejected for q in quals])
         emb = self.embedder.embed(chips[todo]) if todo.any() else np.zeros((0, self.embedder.dim), np.float32)
         rows = np.cumsum(todo) - 1
@@ -152,14 +141,6 @@ class FaceAnalyzer:
             )
             for i in range(len(det))
         ]
-
-    def _gate_view(self, rgb: U8, chips: U8, mats: F32) -> U8:
-        """What the gate judges: dlib150 chips as they are; other templates' face region re-cut in
-        the gate's reference geometry (Aligner.cut), so its thresholds keep their meaning."""
-        if self.aligner.kind is ChipTemplate.DLIB150 and chips.shape[1] == CHIP_SIZE:
-            return chips
-        regions: U8 = self.aligner.cut(rgb, mats, *FACE_REGION)
-        return regions
 
     def primary(self, rgb: U8) -> AnalyzedFace | None:
         """The largest / most central face, or None when there is none."""

@@ -17,7 +17,6 @@ ai-edge-litert before that RESHAPE existed, int8: 2.96 ms/chip at batch 1, 3.04 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy.typing as npt
 from edge.core.errors import InputError
 from edge.core.inference import TFLiteModel, load_model
 from edge.core.types import F32, U8
-from edge.core.vision.align import Aligner, ChipTemplate, parse_template
+from edge.core.vision.align import ChipTemplate, parse_template
 
 # The shipped dlib model's contract; other models bring their own in the manifest.
 CHIP_SIZE = 150
@@ -207,13 +206,3 @@ def _normalise(rows: F32) -> None:
     # A zero descriptor cannot occur for a real chip; guard anyway rather than emit NaN.
     np.maximum(norms, np.float32(1e-12), out=norms)
     rows /= norms
-
-
-def aligner_for(embedders: Sequence[Embedder]) -> Aligner:
-    """One aligner cutting chips for every embedder given (compared on the same chips)."""
-    kinds = {(e.template, e.chip_size) for e in embedders}
-    if len(kinds) != 1:
-        names = ", ".join(f"{e.model.id} ({e.template.value} {e.chip_size}px)" for e in embedders)
-        raise InputError(f"embedders cut different chips and cannot share an aligner: {names}")
-    template, size = kinds.pop()
-    return Aligner.for_template(template, size)

@@ -64,18 +64,18 @@ def pose_angles(keypoints: F32) -> tuple[F32, F32, F32]:
     return iod.astype(np.float32), yaw.astype(np.float32), roll.astype(np.float32)
 
 
-def sharpness(chips: U8) -> F32:
-    """Variance of the Laplacian of each face's grey face region → (N,).
+def sharpness(regions: U8) -> F32:
+    """Variance of the Laplacian of each grey face region → (N,).
 
-    `chips` are (N, 150, 150, 3) uint8 chips, whose FACE_REGION is cut here, or the regions
-    already cut (Aligner.cut(..., *FACE_REGION)), or chips of another size, used whole.
+    `regions` are (N, h, w, 3) uint8 face regions as VisionStack.gate_regions cuts them
+    (FACE_REGION of the gate's reference chip, whatever the embedder's template).
     """
-    if chips.ndim != 4 or chips.shape[3] != 3:
-        raise InputError(f"chips must be (N, H, W, 3), got {chips.shape}")
-    n = chips.shape[0]
+    if regions.ndim != 4 or regions.shape[3] != 3:
+        raise InputError(f"face regions must be (N, H, W, 3), got {regions.shape}")
+    n = regions.shape[0]
     if n == 0:
         return np.zeros((0,), np.float32)
-    roi = chips[:, FACE_REGION[0], FACE_REGION[1]] if chips.shape[1:3] == (150, 150) else chips
+    roi = regions
     h, w = roi.shape[1], roi.shape[2]
     # OpenCV's float RGB→grey uses the same BT.601 weights, in one pass instead of a matmul.
     grey = cv2.cvtColor(roi.astype(np.float32).reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY)
@@ -95,12 +95,13 @@ class QualityGate:
     def __init__(self, cfg: QualityConfig | None = None) -> None:
         self.cfg = cfg or QualityConfig()
 
-    def assess(self, keypoints: F32, scores: F32, chips: U8) -> list[Quality]:
+    def assess(self, keypoints: F32, scores: F32, regions: U8) -> list[Quality]:
+        """One Quality per face; `regions` are the faces' VisionStack.gate_regions."""
         n = int(np.asarray(scores).shape[0])
-        if keypoints.shape[0] != n or chips.shape[0] != n:
-            raise InputError(f"quality: {keypoints.shape[0]} keypoints, {n} scores, {chips.shape[0]} chips")
+        if keypoints.shape[0] != n or regions.shape[0] != n:
+            raise InputError(f"quality: {keypoints.shape[0]} keypoints, {n} scores, {regions.shape[0]} face regions")
         iod, yaw, roll = pose_angles(keypoints)
-        sharp = sharpness(chips)
+        sharp = sharpness(regions)
         sc = np.asarray(scores, np.float32)
         c = self.cfg
         failing = np.stack(

@@ -10,7 +10,6 @@ import resource
 import sys
 import time
 import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,13 @@ import numpy.typing as npt
 from edge.core.config import Config, load_config
 from edge.core.errors import EXIT_OK, InputError
 from edge.core.imageio import read_rgb
-from edge.core.types import U8, Frame, Subject
+from edge.core.inference import InvokeTimer
+from edge.core.types import U8, Subject
 from edge.core.watchlist.match import Matcher
 from edge.core.watchlist.model import Watchlist
 from edge.device.camera.base import FrameSource
 from edge.device.camera.factory import make_source
-from edge.device.pipeline import STAGES, Pipeline, Stages, build_stages, run_loop
+from edge.device.pipeline import STAGES, FrameReport, Pipeline, Stages, build_stages, run_loop
 from edge.device.pipeline_sinks import ListSink
 from edge.device.watchlist.store import WatchlistHolder
 
@@ -57,20 +57,6 @@ class _TimedSource(FrameSource):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def _time_invokes(model: Any, acc: list[float]) -> None:
-    """Wrap one model's invoke() so time inside the interpreter is summed into acc[0]."""
-    inner: Callable[..., Any] = model.invoke
-
-    def timed(*xs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(*xs)
-        finally:
-            acc[0] += time.perf_counter() - t
-
-    model.invoke = timed
 
 
 def _uri(source: str) -> str:
@@ -114,7 +100,7 @@ def enrol_ours(cfg: Config, images: list[tuple[str, Path]]) -> Watchlist:
     same aligner, quality gate and embedder as the loop), primary face of each image."""
     from edge.core.vision.analyze import FaceAnalyzer
 
-    analyzer = FaceAnalyzer.from_config(cfg, whole_frame_only=True)
+    analyzer = FaceAnalyzer.from_config(cfg)
     names, vecs = [], []
     for name, path in images:
         face = analyzer.primary(read_rgb(path))
@@ -176,38 +162,53 @@ def _pair(a: F64, b: F64) -> list[tuple[int, int]]:
     return pairs
 
 
+class _Recorder:
+    """The benchmark's FrameObserver: stage times, model time so far, and (with a peer) what
+    each track would be labelled, per frame."""
+
+    def __init__(self, timer: InvokeTimer, matcher: Matcher | None, labels_for_peer: bool, progress: bool) -> None:
+        self.timer, self.matcher = timer, matcher
+        self.labels_for_peer, self.progress = labels_for_peer, progress
+        self.rows: list[F64] = []
+        self.invokes: list[float] = []
+        self.labels: list[tuple[int, F64, list[str]]] = []
+        self.size: tuple[int, int] | None = None
+        self.pipeline: Pipeline | None = None
+
+    def on_frame(self, r: FrameReport) -> None:
+        self.rows.append(r.stage_ms.copy())
+        self.invokes.append(self.timer.total_s)
+        if self.size is None:
+            self.size = (int(r.frame.image.shape[1]), int(r.frame.image.shape[0]))
+        if self.labels_for_peer and self.matcher is not None:
+            # Per-track matching for the agreement figure: wall time, so only with a peer.
+            names = [_label(self.matcher, t.fused()) if t.n_kept else "" for t in r.tracks]
+            self.labels.append((r.frame.seq, r.detections.boxes.astype(np.float64), names))
+        if self.progress and self.pipeline is not None and len(self.rows) % 10 == 0:
+            print(f"\r  ours: {len(self.rows)} frames, {self.pipeline.fps():.1f} fps", end="", file=sys.stderr, flush=True)
+
+
 def run_ours(
     cfg: Config, stages: Stages, wl: Watchlist, uri: str, max_frames: int | None, progress: bool,
     labels_for_peer: bool = True,
 ) -> tuple[dict[str, Any], list[tuple[int, F64, list[str]]]]:
     capture_ms: list[float] = []
     src = _TimedSource(make_source(uri, cfg.camera), capture_ms)
-    invoke = [0.0]
-    _time_invokes(getattr(stages.detector, "model"), invoke)  # noqa: B009
-    _time_invokes(getattr(stages.embedder, "model"), invoke)  # noqa: B009
+    timer = InvokeTimer()
+    stages.vision.detector.model.timer = timer
+    stages.vision.embedder.model.timer = timer
     holder = WatchlistHolder(wl)
     sink = ListSink()
-    pipe = Pipeline(cfg, stages, holder, sink)
-    rows: list[F64] = []
-    invokes: list[float] = []
-    labels: list[tuple[int, F64, list[str]]] = []
-    matcher = holder.matcher(*stages.policy.matcher_args())
-    size: list[tuple[int, int]] = []
-
-    def on_frame(p: Pipeline, f: Frame) -> None:
-        rows.append(p.last_ms.copy())
-        invokes.append(invoke[0])
-        if not size:
-            size.append((int(f.image.shape[1]), int(f.image.shape[0])))
-        if labels_for_peer:  # per-track matching for the agreement figure: wall time, so only with a peer
-            dets, tracks = p.last_dets, p.last_tracks
-            names = [_label(matcher, t.fused()) if t.n_kept else "" for t in tracks]
-            labels.append((f.seq, dets.boxes.astype(np.float64), names))
-        if progress and len(rows) % 10 == 0:
-            print(f"\r  ours: {len(rows)} frames, {p.fps():.1f} fps", end="", file=sys.stderr, flush=True)
-
+    rec = _Recorder(timer, holder.matcher(*stages.policy.matcher_args()), labels_for_peer, progress)
+    pipe = Pipeline(cfg, stages, holder, sink, observer=rec)
+    rec.pipeline = pipe
     t0 = time.perf_counter()
-    counters = run_loop(cfg, src, sink, max_frames=max_frames, pipeline=pipe, on_frame=on_frame)
+    try:
+        counters = run_loop(pipe, src, max_frames=max_frames)
+    finally:
+        stages.vision.detector.model.timer = None
+        stages.vision.embedder.model.timer = None
+    rows, invokes, labels, size = rec.rows, rec.invokes, rec.labels, rec.size
     wall = time.perf_counter() - t0
     if progress:
         print(file=sys.stderr)
@@ -223,7 +224,7 @@ def run_ours(
     in_models = invokes[-1] if invokes else 0.0
     result: dict[str, Any] = {
         "frames": n,
-        "frame_size": list(size[0]) if size else None,
+        "frame_size": list(size) if size else None,
         "wall_s": round(wall, 3),
         "fps": round(n / wall, 2),
         "faces_seen": counters.faces_seen,
