@@ -6,6 +6,7 @@ stderr with journald priority prefixes under systemd; stdout carries only data.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -269,3 +270,31 @@ def test_every_reporting_command_prints_one_json_document_with_json(tmp_path: Pa
             json.loads(r.stdout)
         except ValueError as e:
             raise AssertionError(f"{' '.join(argv)} --json: stdout is not one JSON document ({e}): {r.stdout!r}") from e
+
+
+# ------------------------------------------------------------------------------- command modules
+
+
+def test_every_command_group_is_registered_and_named_after_its_module() -> None:
+    from edge.cli.main import COMMAND_MODULES, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {
+        "check-config", "provision", "models", "eval", "run", "keys", "backoffice", "watchlist", "alerts", "audit",
+        "deployment", "wipe", "bench", "demo",
+    }  # fmt: skip
+    named = {m.rsplit(".", 1)[1].replace("config", "check-config") for m in COMMAND_MODULES}
+    assert named == set(sub.choices)  # one module per command group, named after it
+    backoffice = next(a for a in sub.choices["backoffice"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(backoffice.choices) == {"init", "show", "serve", "user"}  # one group, one module
+    bench = next(a for a in sub.choices["bench"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(bench.choices) == {"pipeline", "models", "match", "alerts", "recognition", "console"}
+
+
+@pytest.mark.parametrize("module", ["edge.cli.eval", "edge.cli.deployment", "edge.core.logsetup"])
+def test_a_command_module_that_does_not_import_fails_loudly_never_drops_its_commands(module: str) -> None:
+    """An ImportError of project code is a bug: the CLI says so and exits 1, even for an unrelated command."""
+    code = f"import sys; sys.modules[{module!r}] = None; from edge.cli.main import main; sys.exit(main(['keys', '--help']))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode != EXIT_OK and module in r.stderr, (r.returncode, r.stdout, r.stderr)

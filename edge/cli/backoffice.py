@@ -97,17 +97,20 @@ def _backoffice_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _require_extra() -> None:
+def require_backoffice_extra(what: str = "the console") -> None:
+    """One line and exit 2 when the optional backoffice extra is not installed (never a traceback)."""
     try:
         import edge.backoffice.console.server  # noqa: F401  (pulls in every dependency of the extra)
     except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "edge":
+            raise  # project code missing is a bug, not an absent extra
         raise InputError(
-            f"the console needs the backoffice extra ({e.name} is missing): pip install 'lfr-edge[backoffice]'"
+            f"{what} needs the backoffice extra ({e.name} is missing): pip install 'lfr-edge[backoffice]'"
         ) from None
 
 
 def _parts(config: str) -> Parts:
-    _require_extra()
+    require_backoffice_extra()
     from edge.backoffice.console.config import load_console_config
     from edge.backoffice.console.server import open_parts
 
@@ -115,7 +118,7 @@ def _parts(config: str) -> Parts:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _require_extra()
+    require_backoffice_extra()
     import uvicorn  # noqa: F401  (part of the extra; fail here, not after the broker connected)
 
     from edge.backoffice.console.config import load_console_config

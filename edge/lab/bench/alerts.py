@@ -7,32 +7,29 @@ synchronous=FULL), publish QoS 1 over TLS with a password, delete on PUBACK. Two
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.core.errors import EXIT_OK, RuntimeFailure
+from edge.core.errors import RuntimeFailure
 
 DEVICE = "bench-dev"
 
 
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("alerts", help="alerts/s and match→PUBACK latency through TLS to a local broker")
-    p.add_argument("--count", type=int, default=500, help="alerts in the flat-out phase (default 500)")
-    p.add_argument("--paced", type=int, default=100, help="alerts in the paced phase (default 100)")
-    p.add_argument("--rate", type=float, default=20.0, help="alerts/s in the paced phase (default 20)")
-    p.add_argument("--no-crop", action="store_true", help="alerts without the probe face crop")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=_run)
+@dataclass(frozen=True, slots=True)
+class AlertsBenchParams:
+    count: int = 500  # alerts in the flat-out phase
+    paced: int = 100  # alerts in the paced phase
+    rate: float = 20.0  # alerts/s in the paced phase
+    crop: bool = True  # alerts carry a probe face crop
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -57,12 +54,9 @@ def _crop() -> bytes:
     return bytes(buf)
 
 
-def _progress(msg: str, quiet: bool) -> None:
-    if not quiet and sys.stderr.isatty():
-        print(msg, file=sys.stderr)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: AlertsBenchParams, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The bench's JSON document (docs/BENCHMARKS.md)."""
+    say = progress or (lambda _msg: None)
     from edge.core.alert_message import build_alert
     from edge.core.config import parse_config
     from edge.core.keys import BACKOFFICE_X25519_PUB, generate_backoffice_keys, generate_device_keys
@@ -72,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not mosquitto_available():
         raise RuntimeFailure("mosquitto is not installed (Debian: apt-get install mosquitto)")
-    crop = None if args.no_crop else _crop()
+    crop = _crop() if args.crop else None
     with tempfile.TemporaryDirectory(prefix="lfr-bench-alerts-") as tmp:
         root = Path(tmp)
         broker = MosquittoBroker(root / "broker", tls=True, users={DEVICE: "bench-pw"}, persistence=False)
@@ -104,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 if not pub.link.wait_connected(15):
                     raise RuntimeFailure(f"cannot connect to the bench broker: {pub.link.stats.last_error}")
-                _progress(f"flat out: {args.count} alerts …", args.json)
+                say(f"flat out: {args.count} alerts …")
                 t0 = time.perf_counter()
                 for i in range(args.count):
                     pub.on_match(event(i))
@@ -114,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
                 t_all = time.perf_counter() - t0
                 flat = list(pub.latencies_s)
                 pub.latencies_s.clear()
-                _progress(f"paced: {args.paced} alerts at {args.rate:g}/s …", args.json)
+                say(f"paced: {args.paced} alerts at {args.rate:g}/s …")
                 for i in range(args.paced):
                     t_next = time.perf_counter() + 1.0 / args.rate
                     pub.on_match(event(args.count + i))
@@ -147,14 +141,15 @@ def _run(args: argparse.Namespace) -> int:
         },
         "paced": {"count": args.paced, "rate_per_s": args.rate, "latency_ms": _percentiles(paced)},
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        f, p = result["flat_out"], result["paced"]
-        print(f"alerts bench ({result['machine']['arch']}, {result['machine']['cpus']} CPUs), "
-              f"{payload_bytes} B per alert")  # fmt: skip
-        print(f"  flat out: {f['alerts_per_s']} alerts/s acknowledged ({f['count']} alerts); "
-              f"match→PUBACK p50 {f['latency_ms']['p50']} ms, p99 {f['latency_ms']['p99']} ms")  # fmt: skip
-        print(f"  paced {args.rate:g}/s: match→PUBACK p50 {p['latency_ms']['p50']} ms, "
-              f"p99 {p['latency_ms']['p99']} ms, max {p['latency_ms']['max']} ms")  # fmt: skip
-    return EXIT_OK
+    return result
+
+
+def format_text(result: dict[str, Any]) -> str:
+    f, p = result["flat_out"], result["paced"]
+    return "\n".join([
+        f"alerts bench ({result['machine']['arch']}, {result['machine']['cpus']} CPUs), {result['alert_bytes']} B per alert",
+        f"  flat out: {f['alerts_per_s']} alerts/s acknowledged ({f['count']} alerts); "
+        f"match→PUBACK p50 {f['latency_ms']['p50']} ms, p99 {f['latency_ms']['p99']} ms",
+        f"  paced {p['rate_per_s']:g}/s: match→PUBACK p50 {p['latency_ms']['p50']} ms, "
+        f"p99 {p['latency_ms']['p99']} ms, max {p['latency_ms']['max']} ms",
+    ])  # fmt: skip

@@ -9,39 +9,32 @@ on a database seeded with N alerts (rows written in bulk: the seeding is not wha
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import os
 import platform
 import socket
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.core.errors import EXIT_OK, InputError, RuntimeFailure
+from edge.core.errors import InputError, RuntimeFailure
 
 DEVICES = 10
 PASSWORD = "bench-supervisor-pw"
 
 
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("console", help="review console: alerts/s ingested and page load p95 on a 10,000-alert DB")
-    p.add_argument("--alerts", type=int, default=1000, help="alerts in the ingest burst (default 1000)")
-    p.add_argument("--db-alerts", type=int, default=10_000, help="alerts in the page-load database (default 10000)")
-    p.add_argument("--requests", type=int, default=100, help="requests per page kind (default 100)")
-    p.add_argument(
-        "--database-url",
-        help="SQLAlchemy URL of an empty scratch database to bench instead of SQLite in a temp dir (it is filled)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=_run)
+@dataclass(frozen=True, slots=True)
+class ConsoleBenchParams:
+    alerts: int = 1000  # alerts in the ingest burst
+    db_alerts: int = 10_000  # alerts in the page-load database
+    requests: int = 100  # requests per page kind
+    database_url: str | None = None  # an empty scratch database instead of SQLite in a temp dir
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -222,7 +215,8 @@ def _pages(root: Path, n: int, requests: int, url: str | None) -> dict[str, Any]
         parts.audit.close()
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: ConsoleBenchParams) -> dict[str, Any]:
+    """The bench's JSON document (docs/BENCHMARKS.md)."""
     root = Path(tempfile.mkdtemp(prefix="lfr-bench-console-"))
     try:
         ingest = _ingest(root / "ingest", args.alerts, args.database_url)
@@ -231,21 +225,22 @@ def _run(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
-    result = {
+    return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu, Python {platform.python_version()}",
         "database": "PostgreSQL" if args.database_url and args.database_url.startswith("postgres") else "SQLite",
         "ingest": ingest,
         "pages": pages,
     }
-    if args.json:
-        print(json.dumps(result))
-        return EXIT_OK
-    i = ingest
-    print(f"console ingest: {i['alerts']} alerts from {i['devices']} devices (TLS, QoS 1, sealed, with crops) "
-          f"stored in {i['seconds']} s = {i['alerts_per_s']} alerts/s ({result['database']})")  # fmt: skip
-    print(f"page loads on a {pages['db_alerts']}-alert database, {pages['requests_per_kind']} requests each (ms):")
+
+
+def format_text(result: dict[str, Any]) -> str:
+    i, pages = result["ingest"], result["pages"]
+    lines = [
+        f"console ingest: {i['alerts']} alerts from {i['devices']} devices (TLS, QoS 1, sealed, with crops) "
+        f"stored in {i['seconds']} s = {i['alerts_per_s']} alerts/s ({result['database']})",
+        f"page loads on a {pages['db_alerts']}-alert database, {pages['requests_per_kind']} requests each (ms):",
+    ]
     for name, ms in pages["ms"].items():
-        print(f"  {name:<18} p50 {ms['p50']:>7}  p95 {ms['p95']:>7}  max {ms['max']:>7}")
-    sys.stdout.flush()
-    return EXIT_OK
+        lines.append(f"  {name:<18} p50 {ms['p50']:>7}  p95 {ms['p95']:>7}  max {ms['max']:>7}")
+    return "\n".join(lines)

@@ -10,36 +10,39 @@ matrix and probes. FAISS is a benchmark peer only, never a runtime dependency.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.core.errors import EXIT_OK, InputError
+from edge.core.errors import InputError
 from edge.core.sysinfo import cpu_model
 
 DIM = 128
 
 
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "match", help="watchlist matching: ms per probe, memory, load time, FAISS side by side"
-    )
-    p.add_argument("--sizes", default="1000,10000,100000,1000000", help="comma-separated subject counts")
-    p.add_argument("--probes", type=int, default=0, help="probes per size (default: scaled to the size)")
-    p.add_argument("--per-subject", type=int, default=1, help="templates per subject")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="bundle template dtype")
-    p.add_argument("--no-faiss", action="store_true", help="skip the FAISS peer")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout, no progress")
-    p.set_defaults(handler=_bench)
+@dataclass(frozen=True, slots=True)
+class MatchBenchParams:
+    sizes: tuple[int, ...] = (1000, 10000, 100000, 1000000)
+    probes: int = 0  # per size; 0: scaled to the size
+    per_subject: int = 1
+    dtype: str = "float32"
+    faiss: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.sizes or min(self.sizes) < 2:
+            raise InputError("--sizes: each size must be at least 2")
+
+
+Progress = Callable[[str], None]
 
 
 def _rss_mb() -> float:
@@ -48,12 +51,6 @@ def _rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return float("nan")
-
-
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.json and sys.stderr.isatty():
-        sys.stderr.write(f"\r{msg:<70}")
-        sys.stderr.flush()
 
 
 def _percentiles(ms: list[float]) -> tuple[float, float]:
@@ -76,22 +73,22 @@ def _faiss_search(index: Any, probe: np.ndarray[Any, Any]) -> int:
     return int(idx[0, 0])
 
 
-def _one_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def _one_size(n: int, params: MatchBenchParams, root: Path, say: Progress) -> dict[str, Any]:
     from edge.core.keys import generate_backoffice_keys, generate_device_keys
     from edge.core.types import Subject
     from edge.core.watchlist.bundle import build_bundle
     from edge.device.watchlist.store import WatchlistStore
 
     rng = np.random.default_rng(n)
-    k = max(1, args.per_subject)
+    k = max(1, params.per_subject)
     m = n * k
-    _say(args, f"{n}: making {m} templates")
+    say(f"{n}: making {m} templates")
     templates = rng.standard_normal((m, DIM), dtype=np.float32)
     templates /= np.linalg.norm(templates, axis=1, keepdims=True)
     subjects = [Subject(f"s{i:07d}", "wanted", 1) for i in range(n)]
     d = root / f"n{n}"
     dev, bo = generate_device_keys(d / "dev"), generate_backoffice_keys(d / "bo")
-    _say(args, f"{n}: building bundle")
+    say(f"{n}: building bundle")
     t0 = time.perf_counter()
     bundle = build_bundle(
         subjects=subjects,
@@ -102,7 +99,7 @@ def _one_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         version=1,
         expires_at=time.time() + 3600,
         embedder_sha256="0" * 64,
-        dtype=args.dtype,
+        dtype=params.dtype,
     )
     build_s = time.perf_counter() - t0
     del subjects
@@ -112,7 +109,7 @@ def _one_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     del bundle
     gc.collect()
 
-    _say(args, f"{n}: loading from the encrypted store")
+    say(f"{n}: loading from the encrypted store")
     rss0 = _rss_mb()
     store = WatchlistStore(d / "wl.enc", dev, [bo.ed25519_public], "0" * 64, max_bytes=limit)
     t0 = time.perf_counter()
@@ -122,16 +119,16 @@ def _one_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     assert wl is not None and matcher is not None
     rss_load = _rss_mb() - rss0
 
-    q = args.probes or int(min(300, max(30, 3e7 / m)))
+    q = params.probes or int(min(300, max(30, 3e7 / m)))
     src = rng.choice(n, size=q, replace=n < q)
     probes = wl.templates[src * k] + rng.standard_normal((q, DIM), dtype=np.float32) * 0.02
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-    index = None if args.no_faiss else _faiss_index(wl.templates)
+    index = _faiss_index(wl.templates) if params.faiss else None
     faiss_mod: Any = sys.modules.get("faiss")
     threads0 = faiss_mod.omp_get_max_threads() if index is not None else 1
     if index is not None:
         faiss_mod.omp_set_num_threads(1)
-    _say(args, f"{n}: matching {q} probes")
+    say(f"{n}: matching {q} probes")
     for p in probes[:3]:
         matcher.match(p)
         if index is not None:
@@ -149,7 +146,7 @@ def _one_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             fms.append((time.perf_counter() - t0) * 1e3)
             agree += r is not None and top // k == int(r.subject.subject_id[1:])
     p50, p95 = _percentiles(ms)
-    faiss_row: dict[str, Any] | str = "faiss-cpu not installed" if not args.no_faiss else "skipped"
+    faiss_row: dict[str, Any] | str = "faiss-cpu not installed" if params.faiss else "skipped"
     if index is not None:
         f50, f95 = _percentiles(fms)
         faiss_row = {"version": getattr(faiss_mod, "__version__", "?"), "ms_p50_1t": f50, "ms_p95_1t": f95}
@@ -186,45 +183,38 @@ def _one_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return row
 
 
-def _bench(args: argparse.Namespace) -> int:
-    try:
-        sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--sizes {args.sizes!r}: expected comma-separated integers") from None
-    if not sizes or min(sizes) < 2:
-        raise InputError("--sizes: each size must be at least 2")
+def run(params: MatchBenchParams, progress: Progress | None = None) -> dict[str, Any]:
+    """The bench's JSON document (docs/BENCHMARKS.md): one row per size."""
+    say: Progress = progress or (lambda _msg: None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lfr-bench-match-") as tmp:
-        for n in sizes:
-            rows.append(_one_size(n, args, Path(tmp)))
-            if not args.json and sys.stderr.isatty():
-                sys.stderr.write("\r" + " " * 72 + "\r")
-    result = {
+        for n in params.sizes:
+            rows.append(_one_size(n, params, Path(tmp), say))
+    return {
         "bench": "match",
         "dim": DIM,
-        "dtype": args.dtype,
-        "per_subject": args.per_subject,
+        "dtype": params.dtype,
+        "per_subject": params.per_subject,
         "machine": f"{os.cpu_count()} cpu, {cpu_model()}",
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "sizes": rows,
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return EXIT_OK
-    print(f"watchlist matching, {DIM}-d {args.dtype} bundles, {args.per_subject} template(s)/subject")
-    print(f"machine: {result['machine']}, load average {result['load_average']}, {result['date']}")
+
+
+def format_text(result: dict[str, Any]) -> str:
+    lines = [f"watchlist matching, {DIM}-d {result['dtype']} bundles, {result['per_subject']} template(s)/subject",
+             f"machine: {result['machine']}, load average {result['load_average']}, {result['date']}"]  # fmt: skip
     head = f"{'subjects':>9} {'bundle MB':>9} {'load s':>7} {'ms/probe':>9} {'p95':>7} {'FAISS ms':>9} {'ratio':>6}"
-    print(head + f" {'matrix MB':>9} {'top-1':>6}")
-    for r in rows:
+    lines.append(head + f" {'matrix MB':>9} {'top-1':>6}")
+    for r in result["sizes"]:
         f = r.get("faiss")
         fms = f"{f['ms_p50_best']:.3f}" if isinstance(f, dict) else "-"
         ratio = f"{r['ratio_vs_faiss_best']:.2f}" if "ratio_vs_faiss_best" in r else "-"
-        print(
+        lines.append(
             f"{r['subjects']:>9} {r['bundle_mb']:>9.1f} {r['load_s']:>7.3f} {r['ms_per_probe_p50']:>9.3f} "
             f"{r['ms_per_probe_p95']:>7.3f} {fms:>9} {ratio:>6} {r['matrix_mb']:>9.1f} {r['top1_correct']:>6.3f}"
         )
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MB; FAISS = IndexFlatIP, faster of 1 thread (run alternately with ours) and default threads")
-    return EXIT_OK
-
+    lines.append(f"peak RSS {result['peak_rss_mb']:.0f} MB; FAISS = IndexFlatIP, faster of 1 thread (run alternately with ours) and default threads")
+    return "\n".join(lines)

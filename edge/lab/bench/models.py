@@ -7,18 +7,16 @@ record (docs/BENCHMARKS.md), not an assertion.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edge.core.errors import EXIT_OK, InputError
+from edge.core.errors import InputError
 
 
 def _input(detail: dict[str, Any], rng: np.random.Generator) -> npt.NDArray[Any]:
@@ -45,75 +43,90 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int) -> npt.NDArray[
     return ms
 
 
-def bench_model(path: Path, model_id: str, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ModelsBenchParams:
+    models_dir: Path
+    threads: tuple[int, ...] = (1, 2)
+    repeats: int = 100
+    warmup: int = 10
+    only: tuple[str, ...] | None = None  # model ids; None: every manifest model
+
+    def __post_init__(self) -> None:
+        if not self.threads or min(self.threads) < 1 or self.repeats < 1 or self.warmup < 0:
+            raise InputError("--threads must be ≥1, --repeats ≥1, --warmup ≥0")
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRun:
+    threads: int
+    median_ms: float
+    p95_ms: float
+    min_ms: float
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTimes:
+    id: str
+    role: str
+    precision: str
+    runs: tuple[ThreadRun, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsBench:
+    runtime: str
+    cpu: str
+    models_dir: str
+    models: tuple[ModelTimes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bench_model(path: Path, model_id: str, threads: int, repeats: int, warmup: int) -> ThreadRun:
     from edge.core.inference import TFLiteModel
 
     model = TFLiteModel(path, num_threads=threads, model_id=model_id)
     rng = np.random.default_rng(0)
     xs = [_input(d, rng) for d in model.inputs]
     ms = time_ms(lambda: model.invoke(*xs), repeats, warmup)
-    return {
-        "threads": threads,
-        "median_ms": round(float(np.median(ms)), 3),
-        "p95_ms": round(float(np.percentile(ms, 95)), 3),
-        "min_ms": round(float(ms.min()), 3),
-        "n": repeats,
-    }
+    return ThreadRun(
+        threads=threads,
+        median_ms=round(float(np.median(ms)), 3),
+        p95_ms=round(float(np.percentile(ms, 95)), 3),
+        min_ms=round(float(ms.min()), 3),
+        n=repeats,
+    )
 
 
-def run(models_dir: Path, threads: list[int], repeats: int, warmup: int, only: list[str] | None) -> dict[str, Any]:
+def run(params: ModelsBenchParams, progress: Callable[[str], None] | None = None) -> ModelsBench:
     from edge.core.inference import load_manifest, runtime_name, sha256_file
     from edge.core.sysinfo import cpu_model
 
-    manifest = load_manifest(models_dir)
-    rows: list[dict[str, Any]] = []
+    manifest = load_manifest(params.models_dir)
+    rows: list[ModelTimes] = []
     for mid, entry in sorted(manifest.items()):
-        if only and mid not in only:
+        if params.only and mid not in params.only:
             continue
-        path = models_dir / entry.file
+        path = params.models_dir / entry.file
         if not path.exists():
             raise InputError(f"{path}: model file missing (manifest id {mid!r})")
         if sha256_file(path) != entry.sha256:
             raise InputError(f"{path}: sha256 does not match the manifest; run `lfr-edge models verify`")
-        row: dict[str, Any] = {"id": mid, "role": entry.role, "precision": entry.precision, "runs": []}
-        for t in threads:
-            row["runs"].append(bench_model(path, mid, t, repeats, warmup))
-            if sys.stderr.isatty():
-                print(f"\rbench: {mid} @ {t} threads   ", end="", file=sys.stderr, flush=True)
-        rows.append(row)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    return {"runtime": runtime_name(), "cpu": cpu_model(), "models_dir": str(models_dir), "models": rows}
+        runs = []
+        for t in params.threads:
+            runs.append(bench_model(path, mid, t, params.repeats, params.warmup))
+            if progress is not None:
+                progress(f"bench: {mid} @ {t} threads")
+        rows.append(ModelTimes(mid, entry.role, entry.precision, tuple(runs)))
+    return ModelsBench(runtime_name(), cpu_model(), str(params.models_dir), tuple(rows))
 
 
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="median and p95 ms per inference of each manifest model at 1 and 2 threads")
-    p.add_argument("--models-dir", type=Path)
-    p.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
-    p.add_argument("--repeats", type=int, default=100, help="timed invokes per model and thread count")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--only", help="comma-separated model ids (default: every manifest model)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_handler)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from edge.core.inference import default_models_dir
-
-    try:
-        threads = [int(t) for t in args.threads.split(",") if t.strip()]
-    except ValueError:
-        raise InputError(f"--threads {args.threads!r}: expected integers like 1,2") from None
-    if not threads or min(threads) < 1 or args.repeats < 1 or args.warmup < 0:
-        raise InputError("--threads must be ≥1, --repeats ≥1, --warmup ≥0")
-    only = [m.strip() for m in args.only.split(",")] if args.only else None
-    result = run(args.models_dir or default_models_dir(), threads, args.repeats, args.warmup, only)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return EXIT_OK
-    print(f"runtime: {result['runtime']}  cpu: {result['cpu']}")
-    print(f"{'model':<30} {'prec':<5} {'threads':>7} {'median ms':>10} {'p95 ms':>8}")
-    for r in result["models"]:
-        for run_ in r["runs"]:
-            print(f"{r['id']:<30} {r['precision']:<5} {run_['threads']:>7} {run_['median_ms']:>10.2f} {run_['p95_ms']:>8.2f}")
-    return EXIT_OK
+def format_text(result: ModelsBench) -> str:
+    lines = [f"runtime: {result.runtime}  cpu: {result.cpu}",
+             f"{'model':<30} {'prec':<5} {'threads':>7} {'median ms':>10} {'p95 ms':>8}"]  # fmt: skip
+    for r in result.models:
+        for t in r.runs:
+            lines.append(f"{r.id:<30} {r.precision:<5} {t.threads:>7} {t.median_ms:>10.2f} {t.p95_ms:>8.2f}")
+    return "\n".join(lines)

@@ -1,15 +1,23 @@
-"""Implementation of `lfr-edge bench pipeline` (what it measures: see edge/lab/bench/pipeline.py)."""
+"""`lfr-edge bench pipeline --source FILE`: the camera loop's speed, stage by stage, and a peer.
+
+Runs the real loop (grabber thread, detector, aligner, quality gate, tracker, embedder, matcher)
+over a replay and reports per-stage median/p95 ms, end-to-end frames/s and faces/s, the share
+of frame time spent outside model invokes (the part tiling, pre/post-processing and Python
+decide), and peak RSS. `--peer face_recognition` runs that library (dlib HOG detector + the same
+ResNet weights) on the same frames in the same process, and reports both fps, their ratio and
+how often the two agree on who is who. The peer is a bench-only optional dependency.
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import os
 import resource
 import sys
 import time
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.core.config import Config, load_config
-from edge.core.errors import EXIT_OK, InputError
+from edge.core.errors import InputError
 from edge.core.imageio import read_rgb
 from edge.core.inference import InvokeTimer
 from edge.core.types import U8, Subject
@@ -28,6 +36,8 @@ from edge.device.camera.factory import make_source
 from edge.device.pipeline import STAGES, FrameReport, Pipeline, Stages, build_stages, run_loop
 from edge.device.pipeline_sinks import ListSink
 from edge.device.watchlist.store import WatchlistHolder
+
+Progress = Callable[[str], None]  # a status line for a person (the CLI shows it on a terminal)
 
 F64 = npt.NDArray[np.float64]
 UNKNOWN = "(unknown)"
@@ -166,7 +176,7 @@ class _Recorder:
     """The benchmark's FrameObserver: stage times, model time so far, and (with a peer) what
     each track would be labelled, per frame."""
 
-    def __init__(self, timer: InvokeTimer, matcher: Matcher | None, labels_for_peer: bool, progress: bool) -> None:
+    def __init__(self, timer: InvokeTimer, matcher: Matcher | None, labels_for_peer: bool, progress: Progress | None) -> None:
         self.timer, self.matcher = timer, matcher
         self.labels_for_peer, self.progress = labels_for_peer, progress
         self.rows: list[F64] = []
@@ -184,12 +194,12 @@ class _Recorder:
             # Per-track matching for the agreement figure: wall time, so only with a peer.
             names = [_label(self.matcher, t.fused()) if t.n_kept else "" for t in r.tracks]
             self.labels.append((r.frame.seq, r.detections.boxes.astype(np.float64), names))
-        if self.progress and self.pipeline is not None and len(self.rows) % 10 == 0:
-            print(f"\r  ours: {len(self.rows)} frames, {self.pipeline.fps():.1f} fps", end="", file=sys.stderr, flush=True)
+        if self.progress is not None and self.pipeline is not None and len(self.rows) % 10 == 0:
+            self.progress(f"ours: {len(self.rows)} frames, {self.pipeline.fps():.1f} fps")
 
 
 def run_ours(
-    cfg: Config, stages: Stages, wl: Watchlist, uri: str, max_frames: int | None, progress: bool,
+    cfg: Config, stages: Stages, wl: Watchlist, uri: str, max_frames: int | None, progress: Progress | None,
     labels_for_peer: bool = True,
 ) -> tuple[dict[str, Any], list[tuple[int, F64, list[str]]]]:
     capture_ms: list[float] = []
@@ -210,8 +220,6 @@ def run_ours(
         stages.vision.embedder.model.timer = None
     rows, invokes, labels, size = rec.rows, rec.invokes, rec.labels, rec.size
     wall = time.perf_counter() - t0
-    if progress:
-        print(file=sys.stderr)
     n = len(rows)
     if n == 0:
         raise InputError(f"{uri}: no frames read")
@@ -267,7 +275,7 @@ def _import_face_recognition() -> Any:
 
 
 def run_peer(
-    cfg: Config, uri: str, n_frames: int, images: list[tuple[str, Path]] | None, progress: bool
+    cfg: Config, uri: str, n_frames: int, images: list[tuple[str, Path]] | None, progress: Progress | None
 ) -> tuple[dict[str, Any], dict[int, tuple[F64, list[str]]]]:
     fr = _import_face_recognition()
     matcher = None
@@ -302,13 +310,11 @@ def run_peer(
                 v = np.asarray(e, np.float32)
                 labels.append(_label(matcher, v / np.linalg.norm(v)))
             out[f.seq] = (boxes, labels)
-            if progress:
-                print(f"\r  peer: {len(out)}/{n_frames} frames", end="", file=sys.stderr, flush=True)
+            if progress is not None:
+                progress(f"peer: {len(out)}/{n_frames} frames")
     finally:
         src.close()
     wall = time.perf_counter() - t0
-    if progress:
-        print(file=sys.stderr)
     n = len(out)
     return {
         "name": "face_recognition (dlib HOG upsample=1 + 5-point chips + dlib ResNet, num_jitters=1)",
@@ -355,7 +361,24 @@ def agreement(
 
 
 # ----------------------------------------------------------------------------------------------
-def bench(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class PipelineBenchParams:
+    source: str  # video file or folder of frames (PATH, file:PATH or dir:PATH)
+    config: Path | None = None  # models, detection, quality, tracking, matching sections
+    frames: int | None = None  # stop after N frames
+    enrol: Path | None = None  # <subject>/<image> folder for the watchlist (needed for agreement)
+    threshold: float | None = None
+    detector: str | None = None
+    embedder: str | None = None
+    peer: str | None = None  # "face_recognition"
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.frames < 1:
+            raise InputError(f"--frames: {self.frames} must be >= 1")
+
+
+def run(args: PipelineBenchParams, progress: Progress | None = None) -> dict[str, Any]:
+    """The bench's JSON document (docs/BENCHMARKS.md)."""
     from edge.core.config import parse_config
     from edge.core.inference import runtime_name
 
@@ -370,12 +393,9 @@ def bench(args: argparse.Namespace) -> int:
     # Replays run flat out and lossless: the benchmark measures processing, not the clip's fps.
     updates["camera"] = cfg.camera.model_copy(update={"realtime": False, "loop": False})
     cfg = cfg.model_copy(update=updates)
-    if args.frames is not None and args.frames < 1:
-        raise InputError(f"--frames: {args.frames} must be >= 1")
     uri = _uri(args.source)
-    progress = sys.stderr.isatty() and not args.json
     stages = build_stages(cfg)
-    images = _enrol_images(Path(args.enrol)) if args.enrol else None
+    images = _enrol_images(args.enrol) if args.enrol else None
     wl = enrol_ours(cfg, images) if images else synthetic_watchlist()
     ours, our_labels = run_ours(cfg, stages, wl, uri, args.frames, progress, labels_for_peer=bool(args.peer))
     report: dict[str, Any] = {
@@ -398,38 +418,36 @@ def bench(args: argparse.Namespace) -> int:
         report["agreement"] = agreement(our_labels, peer_labels)
         if not images:
             report["agreement"]["note"] = "no --enrol: every face is unknown to both, so this only checks detection"
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print(report)
-    return EXIT_OK
+    return report
 
 
-def _print(r: dict[str, Any]) -> None:
+def format_text(r: dict[str, Any]) -> str:
+    lines: list[str] = []
     o = r["ours"]
     w, h = o["frame_size"] or (0, 0)
-    print(f"source {r['source']}  {w}x{h}  {o['frames']} frames")
+    lines.append(f"source {r['source']}  {w}x{h}  {o['frames']} frames")
     m = r["models"]
-    print(f"models {m['detector']} + {m['embedder']}  ({m['runtime']}, {m['num_threads']} threads); "
+    lines.append(f"models {m['detector']} + {m['embedder']}  ({m['runtime']}, {m['num_threads']} threads); "
           f"tiles {r['detection']['tiles']} whole_frame={r['detection']['whole_frame']} "
           f"tiles_every_n={r['detection']['tiles_every_n']}")  # fmt: skip
-    print(f"{'stage':10s} {'median ms':>10s} {'p95 ms':>8s} {'mean/frame':>11s} {'frames':>7s}")
+    lines.append(f"{'stage':10s} {'median ms':>10s} {'p95 ms':>8s} {'mean/frame':>11s} {'frames':>7s}")
     for name, s in o["stages"].items():
-        print(f"{name:10s} {s['median_ms']:10.2f} {s['p95_ms']:8.2f} {s['mean_per_frame_ms']:11.2f} {s['frames_run']:7d}")
-    print(f"end to end {o['fps']:.1f} fps, {o['faces_per_s']:.0f} faces/s ({o['faces_seen']} faces, "
+        lines.append(f"{name:10s} {s['median_ms']:10.2f} {s['p95_ms']:8.2f} {s['mean_per_frame_ms']:11.2f} {s['frames_run']:7d}")
+    lines.append(f"end to end {o['fps']:.1f} fps, {o['faces_per_s']:.0f} faces/s ({o['faces_seen']} faces, "
           f"{o['embeddings']} embeddings, {o['alerts']} alerts)")  # fmt: skip
-    print(f"model invokes {o['model_invoke_ms_per_frame']:.1f} ms of {o['frame_ms_mean']:.1f} ms per frame; "
+    lines.append(f"model invokes {o['model_invoke_ms_per_frame']:.1f} ms of {o['frame_ms_mean']:.1f} ms per frame; "
           f"outside model invokes {100 * o['outside_model_share_of_frame_time']:.0f} % of frame time")  # fmt: skip
-    print(f"peak RSS {o['peak_rss_mb']:.0f} MB")
+    lines.append(f"peak RSS {o['peak_rss_mb']:.0f} MB")
     if "peer" in r:
         p = r["peer"]
-        print(f"peer {p['name']}: {p['fps']:.2f} fps, {p['faces_per_s']:.1f} faces/s over {p['frames']} frames")
-        print(f"ratio ours/peer {r['fps_ratio']}x")
+        lines.append(f"peer {p['name']}: {p['fps']:.2f} fps, {p['faces_per_s']:.1f} faces/s over {p['frames']} frames")
+        lines.append(f"ratio ours/peer {r['fps_ratio']}x")
         a = r["agreement"]
         pct = "n/a" if a["agreement"] is None else f"{100 * a['agreement']:.1f} %"
-        print(f"agreement on who is who: {pct} of {a['faces_labelled_by_both']} faces labelled by both "
+        lines.append(f"agreement on who is who: {pct} of {a['faces_labelled_by_both']} faces labelled by both "
               f"(found by both {a['faces_found_by_both']}, only ours {a['faces_only_ours']}, "
               f"only peer {a['faces_only_peer']})")  # fmt: skip
         if a["agreement_when_named"] is not None:
-            print(f"  of which named by either: {a['faces_named_by_either']}, same name "
+            lines.append(f"  of which named by either: {a['faces_named_by_either']}, same name "
                   f"{100 * a['agreement_when_named']:.1f} %")  # fmt: skip
+    return "\n".join(lines)

@@ -16,7 +16,6 @@ the video's ground truth by frame and position: right person, wrong person, or a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import secrets
@@ -25,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from edge.core.errors import EXIT_OK, InputError, RuntimeFailure
+from edge.core.errors import InputError, RuntimeFailure
 from edge.lab.localrig import backoffice_config, device_config, run_cli
 
 U8 = npt.NDArray[np.uint8]
@@ -234,21 +234,40 @@ def judge(cast: Cast, size: tuple[int, int], alerts: list[dict[str, Any]], in_li
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class RecognitionBenchParams:
+    faces: Path  # labelled faces in <identity>/<image> layout (LFW)
+    config: Path | None = None  # YAML merged into the device config (e.g. matching: {operating_point: balanced})
+    enrol_max: int = 5  # enrolment photos per subject at most
+    limit: int | None = None  # a seeded subset of this many identities
+    frames_per_person: int = 24
+    gap: int = 12  # empty frames between people in a cell (tracks end)
+    face_min: float = 70.0  # face width in px when a person appears
+    face_max: float = 130.0  # face width in px when they leave
+    seed: int = 0
+    work: Path | None = None  # keep the run's files here
+    keep: bool = False  # keep the temporary folder
+
+    def __post_init__(self) -> None:
+        if self.enrol_max < 1 or self.frames_per_person < 2 or self.gap < 0:
+            raise InputError("--enrol-max ≥ 1, --frames-per-person ≥ 2 and --gap ≥ 0 are required")
+
+
+def run(args: RecognitionBenchParams, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     from edge.core.sysinfo import cpu_model
     from edge.lab.localbroker import MosquittoBroker, mosquitto_available
 
     if not mosquitto_available():
         raise InputError("bench recognition needs Debian's mosquitto (apt-get install mosquitto)")
-    faces = Path(args.faces)
+    faces = args.faces
     size = (1280, 720)
     cast = choose_cast(faces, args.seed, args.enrol_max, args.limit, args.frames_per_person, args.gap)
-    wd = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lfr-bench-recognition-"))
+    wd = args.work if args.work else Path(tempfile.mkdtemp(prefix="lfr-bench-recognition-"))
     wd.mkdir(parents=True, exist_ok=True)
 
     def say(msg: str) -> None:
-        if not args.quiet:
-            print(f"[bench recognition] {msg}", file=sys.stderr, flush=True)
+        if progress is not None:
+            progress(msg)
 
     t_start = time.monotonic()
     passwords = {DEVICE_ID: secrets.token_urlsafe(16), "backoffice": secrets.token_urlsafe(16)}
@@ -278,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dev_cfg["mqtt"]["status_interval_s"] = 30
         dev_cfg["alerts"]["include_crop"] = False
         if args.config:
-            extra = yaml.safe_load(Path(args.config).read_text()) or {}
+            extra = yaml.safe_load(args.config.read_text()) or {}
             for section, values in extra.items():
                 dev_cfg.setdefault(section, {}).update(values)
         dev_yaml = dev / "lfr-edge.yaml"
@@ -385,29 +404,3 @@ def format_text(r: dict[str, Any]) -> str:
         f"raised; rejected by the listener: {r['listener_rejected']}",
         f"device run: {r['run_s']} s; whole bench: {r['wall_s']} s",
     ])  # fmt: skip
-
-
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("recognition", help="end to end: enrolled people alerted and strangers falsely alerted on")
-    p.add_argument("--faces", required=True, help="labelled faces in <identity>/<image> layout (LFW)")
-    p.add_argument("--config", help="YAML merged into the device config (e.g. matching: {operating_point: balanced})")
-    p.add_argument("--enrol-max", type=int, default=5, help="enrolment photos per subject at most (default 5)")
-    p.add_argument("--limit", type=int, help="use a seeded subset of this many identities")
-    p.add_argument("--frames-per-person", type=int, default=24)
-    p.add_argument("--gap", type=int, default=12, help="empty frames between people in a cell (tracks end)")
-    p.add_argument("--face-min", type=float, default=70.0, help="face width in px when a person appears")
-    p.add_argument("--face-max", type=float, default=130.0, help="face width in px when they leave")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", help="keep the run's files here")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_handler)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    if args.enrol_max < 1 or args.frames_per_person < 2 or args.gap < 0:
-        raise InputError("--enrol-max ≥ 1, --frames-per-person ≥ 2 and --gap ≥ 0 are required")
-    r = run(args)
-    print(json.dumps(r, indent=2) if args.json else format_text(r))
-    return EXIT_OK
