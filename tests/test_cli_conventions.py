@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,45 @@ def test_a_command_module_that_does_not_import_fails_loudly_never_drops_its_comm
     code = f"import sys; sys.modules[{module!r}] = None; from edge.cli.main import main; sys.exit(main(['keys', '--help']))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode != EXIT_OK and module in r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+# ------------------------------------------------------------------------------- --config
+
+
+def _config_options(parser: argparse.ArgumentParser, path: str = "lfr-edge") -> Iterator[tuple[str, str]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _config_options(child, f"{path} {name}")
+        elif "--config" in action.option_strings:
+            yield path, action.help or ""
+
+
+def test_every_config_option_states_the_one_rule() -> None:
+    from edge.cli.main import build_parser
+
+    options = dict(_config_options(build_parser()))
+    assert len(options) >= 20
+    for command, text in options.items():
+        if command == "lfr-edge bench recognition":
+            assert "merged into the bench's device config" in text  # an overlay, not a config file
+            continue
+        assert "$LFR_EDGE_CONFIG" in text or "$LFR_EDGE_BACKOFFICE_CONFIG" in text, (command, text)
+    backoffice = [c for c, t in options.items() if "$LFR_EDGE_BACKOFFICE_CONFIG" in t]
+    assert set(backoffice) >= {"lfr-edge alerts listen", "lfr-edge backoffice serve", "lfr-edge backoffice user add"}
+
+
+def test_config_comes_from_the_flag_then_the_environment_then_etc(tmp_path: Path) -> None:
+    cfg = device_config(tmp_path)
+    assert cli("keys", "init", "--config", str(cfg)).returncode == 0
+    r = cli("keys", "show", "--json", env={"LFR_EDGE_CONFIG": str(cfg)})
+    assert r.returncode == EXIT_OK and "ed25519" in json.loads(r.stdout)
+    missing = tmp_path / "nowhere.yaml"
+    r = cli("keys", "show", "--json", "--config", str(cfg), env={"LFR_EDGE_CONFIG": str(missing)})
+    assert r.returncode == EXIT_OK  # the flag wins
+    r = cli("keys", "show", env={"LFR_EDGE_CONFIG": str(missing)})
+    assert r.returncode == EXIT_INPUT and str(missing) in r.stderr
+    r = cli("check-config", "--backoffice", env={"LFR_EDGE_BACKOFFICE_CONFIG": str(missing)})
+    assert r.returncode == EXIT_INPUT and str(missing) in r.stderr
+    r = cli("check-config", env={"LFR_EDGE_CONFIG": "", "LFR_EDGE_BACKOFFICE_CONFIG": ""})
+    assert r.returncode == EXIT_INPUT and "/etc/lfr-edge/lfr-edge.yaml" in r.stderr

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.cli.options import add_config_option, backoffice_config, device_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
 from edge.core.logsetup import say, setup_logging
 
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the device's registered key, unseal it, drop duplicates, print one line per alert. Forged, "
         "tampered or unknown-device alerts are printed as REJECTED lines, never as alerts.",
     )
-    lp.add_argument("--config", required=True, help="back-office config (see config/backoffice.example.yaml)")
+    add_config_option(lp, ConfigRole.BACKOFFICE, "back-office config (see config/backoffice.example.yaml)")
     lp.add_argument("--count", type=int, default=0, help="exit after N distinct alerts (0: run until stopped)")
     lp.add_argument("--timeout", type=float, default=0.0, help="exit after S seconds (exit 1 if --count not reached)")
     lp.add_argument("--out", type=Path, help="save each alert's face crop as DIR/<alert_id>.jpg (mode 0600)")
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Signs, seals, spools and publishes N synthetic alerts exactly as the pipeline would, "
         "then waits until the broker has acknowledged everything in the spool (including older rows).",
     )
-    tp.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    add_config_option(tp)
     tp.add_argument("--count", type=int, default=1, help="test alerts to send (0: only drain the spool)")
     tp.add_argument("--interval", type=float, default=0.0, help="seconds between alerts")
     tp.add_argument("--wait", type=float, default=30.0, help="seconds to wait for delivery (exit 1 if not done)")
@@ -50,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tp.set_defaults(handler=_test)
 
     sp = asub.add_parser("spool", help="device: alerts and audit records waiting in the spool, drops counted")
-    sp.add_argument("--config", help="device config")
+    add_config_option(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(handler=_spool)
 
@@ -86,7 +88,7 @@ def _listen(args: argparse.Namespace) -> int:
     from edge.core.alert_message import VerifiedAlert
 
     _stderr_logging(args.verbose)
-    cfg = load_backoffice_config(args.config)
+    cfg = load_backoffice_config(backoffice_config(args))
     out_dir: Path | None = args.out
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -165,7 +167,7 @@ def _test(args: argparse.Namespace) -> int:
     from edge.device.publisher import AlertPublisher
 
     _stderr_logging(args.verbose)
-    cfg = load_config(args.config)
+    cfg = load_config(device_config(args))
     pub = AlertPublisher.from_config(cfg).start()
     try:
         for i in range(args.count):
@@ -195,7 +197,7 @@ def _spool(args: argparse.Namespace) -> int:
     from edge.device.publisher import SPOOL_FILE, STORAGE_KEY
     from edge.device.spool import Spool
 
-    cfg = load_config(args.config)
+    cfg = load_config(device_config(args))
     path = cfg.device.data_dir / SPOOL_FILE
     if not path.exists():
         counters: dict[str, int] = {}

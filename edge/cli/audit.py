@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.core.config import AuditConfig, config_path, load_config
+from edge.cli.options import add_config_option, device_config
+from edge.core.config import AuditConfig, ConfigRole, load_config
 from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError
 
 
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Detects an edited, deleted, inserted or reordered record and a forged checkpoint, "
         "and names the record (seq, segment file, line). Exit 0 intact, 3 tampered, 2 no log or bad arguments.",
     )
-    v.add_argument("--config", help="device config: the log under device.data_dir, key from device.keys_dir")
+    add_config_option(v, ConfigRole.DEVICE, "device config: the log under device.data_dir, key from device.keys_dir")
     v.add_argument("--dir", help="audit log directory (instead of --config), e.g. a copy in the back office")
     v.add_argument("--pub", help="device Ed25519 public key (PEM) to check the checkpoint signatures")
     v.add_argument(
@@ -55,7 +56,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.dir:
         directory = Path(args.dir)
     else:
-        cfg = load_config(config_path(args.config))
+        cfg = load_config(device_config(args))
         directory = audit_dir(cfg)
         checkpoint_every = cfg.audit.checkpoint_every
         if pub is None:

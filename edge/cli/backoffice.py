@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.cli.keys import describe_keys
+from edge.cli.options import add_config_option, backoffice_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK, InputError
 from edge.core.keys import (
     BACKOFFICE_ED25519,
@@ -48,14 +50,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "as `alerts listen` does), stores them, and serves the console on console.host:console.port "
         "(127.0.0.1:8080 by default; put a TLS reverse proxy in front, see docs/CONSOLE.md).",
     )
-    serve.add_argument("--config", required=True, help="back-office config with a console: section")
+    add_config_option(serve, ConfigRole.BACKOFFICE, "back-office config with a console: section")
     serve.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
     serve.set_defaults(handler=_serve)
 
     user = bs.add_parser("user", help="console accounts: add (the first supervisor comes from here), list")
     us = user.add_subparsers(dest="user_cmd", metavar="ACTION", required=True)
     add = us.add_parser("add", help="create a console account")
-    add.add_argument("--config", required=True, help="back-office config with a console: section")
+    add_config_option(add, ConfigRole.BACKOFFICE, "back-office config with a console: section")
     add.add_argument("--username", required=True)
     add.add_argument("--role", required=True, choices=["officer", "supervisor"])
     add.add_argument(
@@ -63,7 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add.set_defaults(handler=_user_add)
     ls = us.add_parser("list", help="list console accounts")
-    ls.add_argument("--config", required=True)
+    add_config_option(ls, ConfigRole.BACKOFFICE, "back-office config with a console: section")
     ls.add_argument("--json", action="store_true", help="a JSON list of accounts")
     ls.set_defaults(handler=_user_list)
 
@@ -109,7 +111,7 @@ def require_backoffice_extra(what: str = "the console") -> None:
         ) from None
 
 
-def _parts(config: str) -> Parts:
+def _parts(config: Path) -> Parts:
     require_backoffice_extra()
     from edge.backoffice.console.config import load_console_config
     from edge.backoffice.console.server import open_parts
@@ -126,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging("INFO" if args.verbose else "WARNING", "text")
     logging.getLogger("paho").setLevel(logging.WARNING)
-    cfg = load_console_config(args.config)
+    cfg = load_console_config(backoffice_config(args))
 
     def ready(url: str) -> None:
         print(f"console: serving {url} (ingesting {cfg.topic_root}/+/alerts from {', '.join(cfg.brokers)})", flush=True)
@@ -144,7 +146,7 @@ def _user_add(args: argparse.Namespace) -> int:
         password = getpass.getpass(f"password for {args.username}: ")
         if getpass.getpass("again: ") != password:
             raise InputError("the two passwords differ")
-    parts = _parts(args.config)
+    parts = _parts(backoffice_config(args))
     try:
         user = parts.accounts.add_user(args.username, Role(args.role), password, by="cli")
     finally:
@@ -154,7 +156,7 @@ def _user_add(args: argparse.Namespace) -> int:
 
 
 def _user_list(args: argparse.Namespace) -> int:
-    parts = _parts(args.config)
+    parts = _parts(backoffice_config(args))
     try:
         users = [(u.username, u.role.value, active) for u, active, _ in parts.accounts.users()]
         if args.json:

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from edge.cli.options import add_config_option, resolve_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK, InputError
 from edge.core.logsetup import say
 
@@ -71,8 +73,8 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 def _pipeline(sub: Sub) -> None:
     p = sub.add_parser("pipeline", help="camera loop: per-stage ms, end-to-end fps, optional face_recognition peer")
     p.add_argument("--source", required=True, help="video file or folder of frames (PATH, file:PATH or dir:PATH)")
-    p.add_argument("--config", type=Path, help="device-style config for models, detection, quality, tracking, "
-                   "matching (default: built-in defaults)")  # fmt: skip
+    add_config_option(p, ConfigRole.DEVICE, "device-style config for models, detection, quality, tracking, matching",
+                      optional=True)  # fmt: skip
     p.add_argument("--frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--enrol", type=Path, help="folder of <subject>/<image> used to build the watchlist (needed for agreement)")
     p.add_argument("--threshold", type=float, default=None, help="override matching.threshold")
@@ -88,7 +90,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from edge.lab.bench.pipeline_run import PipelineBenchParams, format_text, run
 
     params = PipelineBenchParams(
-        source=args.source, config=args.config, frames=args.frames, enrol=args.enrol, threshold=args.threshold,
+        source=args.source, config=resolve_config(args, optional=True), frames=args.frames, enrol=args.enrol, threshold=args.threshold,
         detector=args.detector, embedder=args.embedder, peer=args.peer,
     )  # fmt: skip
     with _status_line(not args.json) as progress:

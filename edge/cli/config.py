@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from edge.backoffice.config_check import check_backoffice
-from edge.core.config import config_path
+from edge.core.config import ConfigRole, config_path
 from edge.core.config_check import CheckReport, ConfigKind, check_device, check_device_data, detect_kind
 from edge.core.errors import EXIT_INPUT, EXIT_OK, ConfigError
 from edge.core.logsetup import say
@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Every error is printed in one pass, one line each with its key path, then one warning line per "
         "insecure choice. Exit 0 when there are no errors (warnings allowed), 2 otherwise.",
     )
-    p.add_argument("--config", help="config file (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"config file (default: a device file, ${ConfigRole.DEVICE.env} else {ConfigRole.DEVICE.default}; "
+        f"with --backoffice ${ConfigRole.BACKOFFICE.env} else {ConfigRole.BACKOFFICE.default})",
+    )
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--backoffice", action="store_true", help="check a back-office file (default: by its keys)")
     kind.add_argument("--device", action="store_true", help="check a device file (default: by its keys)")
@@ -34,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
+    path = config_path(args.config, ConfigRole.BACKOFFICE if args.backoffice else ConfigRole.DEVICE)
     kind = ConfigKind.BACKOFFICE if args.backoffice else ConfigKind.DEVICE if args.device else None
     report = check_file(path, kind)
     if args.json:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.core.config import config_path, load_config
+from edge.cli.options import add_config_option, device_config
+from edge.core.config import load_config
 from edge.core.errors import EXIT_OK, InputError
 
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "report",
         help="start, end, location, watchlist, counts, alerts, thresholds, models of each deployment",
     )
-    r.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    add_config_option(r)
     r.add_argument("--dir", help="audit log directory (instead of --config)")
     r.add_argument("--since", help="only deployments still running at or after this ISO-8601 time")
     r.add_argument("--json", action="store_true", help="a JSON list of deployment records")
@@ -45,7 +46,7 @@ def _report(args: argparse.Namespace) -> int:
             since = parse_iso(args.since)
         except ValueError:
             raise InputError(f"--since: {args.since!r} is not an ISO-8601 time (e.g. 2026-11-26T09:00Z)") from None
-    directory = Path(args.dir) if args.dir else audit_dir(load_config(config_path(args.config)))
+    directory = Path(args.dir) if args.dir else audit_dir(load_config(device_config(args)))
     if not directory.is_dir():
         raise InputError(f"{directory}: no audit log here (directory not found)")
     deps = load_deployments(directory, since)

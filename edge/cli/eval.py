@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.cli.options import add_config_option, resolve_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK, InputError
 from edge.core.logsetup import say
 
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--gate", action="store_true",
                    help="apply the quality gate as the device does (refused faces count as not acquired)")
     e.add_argument("--models-dir", type=Path)
-    e.add_argument("--config", help="config file for thresholds and models (default: built-in defaults)")
+    add_config_option(e, ConfigRole.DEVICE, "device config for thresholds and models", optional=True)
     e.add_argument("--json", action="store_true", help="print the JSON result (schema: docs/EVAL.md)")
     e.set_defaults(handler=_eval)
 
@@ -52,7 +54,8 @@ def _eval(args: argparse.Namespace) -> int:
     from edge.core.config import Config, load_config
     from edge.lab.eval import format_text, run_eval
 
-    cfg = load_config(args.config) if args.config else Config()
+    path = resolve_config(args, optional=True)
+    cfg = load_config(path) if path else Config()
     if not 0.0 < args.enrol_fraction < 1.0:
         raise InputError(f"--enrol-fraction {args.enrol_fraction}: must be between 0 and 1 (exclusive)")
     if args.gallery_photos < 1:

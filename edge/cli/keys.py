@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from edge.cli.options import add_config_option, device_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK, InputError
 from edge.core.keys import (
     DEVICE_ED25519,
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _dir_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", help="keys directory (default: device.keys_dir from the config)")
-    p.add_argument("--config", help="config file, for device.keys_dir (default: $LFR_EDGE_CONFIG or /etc/…)")
+    add_config_option(p, ConfigRole.DEVICE, "device config, for device.keys_dir")
 
 
 def device_keys_dir(args: argparse.Namespace) -> Path:
@@ -43,7 +45,7 @@ def device_keys_dir(args: argparse.Namespace) -> Path:
         return Path(args.dir)
     from edge.core.config import load_config
 
-    return load_config(args.config).device.keys_dir
+    return load_config(device_config(args)).device.keys_dir
 
 
 def describe_keys(entries: list[tuple[str, str, PublicKey]], as_json: bool) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge.core.config import config_path
+from edge.cli.options import add_config_option, device_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK
 from edge.core.logsetup import setup_logging
 from edge.device.provision import BOOT_DIRS, provision, write_egress_dropin
@@ -13,7 +14,7 @@ from edge.device.provision import BOOT_DIRS, provision, write_egress_dropin
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("provision", help="install the config from the boot partition on first boot, validated")
-    p.add_argument("--config", help="target config path (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    add_config_option(p, ConfigRole.DEVICE, "where the device config is installed")
     p.add_argument("--boot-dir", action="append", type=Path, help="where a flashed card carries lfr-edge.yaml")
     p.add_argument("--egress-dropin", type=Path, help="also write systemd IPAddressAllow= for the brokers here")
     p.set_defaults(handler=_provision)
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _provision(args: argparse.Namespace) -> int:
     setup_logging("INFO", "json")
-    target = config_path(args.config)
+    target = device_config(args)
     cfg = provision(target, tuple(args.boot_dir) if args.boot_dir else BOOT_DIRS)
     if args.egress_dropin:
         write_egress_dropin(cfg, args.egress_dropin)

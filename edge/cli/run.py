@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from edge.core.config import config_path, load_config
+from edge.cli.options import add_config_option, device_config
+from edge.core.config import load_config
 from edge.core.config_check import check_device
 from edge.core.errors import EXIT_OK, ConfigError, InputError
 
@@ -20,7 +21,7 @@ log = logging.getLogger("lfr_edge.run")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the camera loop (the service's main job)")
-    p.add_argument("--config", help="config file (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    add_config_option(p)
     p.add_argument("--source", help="camera source URI overriding camera.source (e.g. file:clip.mp4)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N processed frames")
     p.add_argument(
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge.device.pipeline_sinks import JsonlSink
     from edge.device.service import serve
 
-    path = config_path(args.config)
+    path = device_config(args)
     report = check_device(path)  # exactly what check-config reports, before anything starts
     if not report.ok:
         raise ConfigError(report.errors)

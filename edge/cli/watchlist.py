@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.cli.options import add_config_option, resolve_config
+from edge.core.config import ConfigRole
 from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError, RuntimeFailure, VerificationFailed
 from edge.core.logsetup import say
 
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--models-dir", help="models directory (default: the shipped models)")
     b.add_argument("--embedder", help="embedder model id, as on the devices (default: from --config)")
     b.add_argument("--detector", help="detector model id (default: from --config)")
-    b.add_argument("--config", help="device-style config for quality gates and models (optional)")
+    add_config_option(b, ConfigRole.DEVICE, "device config the vans run: quality gates and models", optional=True)
     b.add_argument("--json", action="store_true", help="per-image and per-subject report as JSON on stdout")
     b.add_argument(
         "--strict",
@@ -66,18 +68,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     i = ws.add_parser("install", help="verify a bundle and install it on this device")
     i.add_argument("file", help="bundle file")
-    i.add_argument("--config", help="config file (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    add_config_option(i)
     i.add_argument("--json", action="store_true")
     i.set_defaults(handler=_install)
 
     s = ws.add_parser("status", help="installed watchlist: version, subjects, templates, expiry, signer")
-    s.add_argument("--config", help="config file")
+    add_config_option(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=_status)
 
     w = ws.add_parser("wipe", help="back office: send a signed wipe command to a device (or --local)")
     w.add_argument("--local", action="store_true", help="wipe this device's list now (uses --config)")
-    w.add_argument("--config", help="device config (with --local)")
+    add_config_option(w, ConfigRole.DEVICE, "device config (with --local)")
     w.add_argument("--device", help="device id to wipe")
     w.add_argument("--sign", help="back-office Ed25519 private key (file or keys directory)")
     _broker_args(w)
@@ -380,7 +382,7 @@ def _build(args: argparse.Namespace) -> int:
         meta=Path(args.meta) if args.meta else None,
         dtype=args.dtype,
         models=ModelChoice(
-            config=Path(args.config) if args.config else None,
+            config=resolve_config(args, optional=True),
             models_dir=Path(args.models_dir) if args.models_dir else None,
             embedder=args.embedder,
             detector=args.detector,

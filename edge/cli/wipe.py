@@ -8,7 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from edge.core.config import config_path, load_config
+from edge.cli.options import add_config_option, device_config
+from edge.core.config import load_config
 from edge.core.errors import EXIT_OK, EXIT_RUNTIME, InputError
 from edge.core.logsetup import say
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="remove watchlist, spool, keys and audit log after publishing a final signed record",
     )
     w.add_argument("--all", action="store_true", required=True, help="wipe everything (the only mode)")
-    w.add_argument("--config", help="device config (default: $LFR_EDGE_CONFIG or /etc/lfr-edge/lfr-edge.yaml)")
+    add_config_option(w)
     w.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
     w.add_argument("--no-publish", action="store_true", help="do not try MQTT; keep the final record on disk")
     w.add_argument("--json", action="store_true", help="one JSON document instead of text")
@@ -39,7 +40,7 @@ def _wipe(args: argparse.Namespace) -> int:
 
     if not args.all:
         raise InputError("wipe: --all is required")
-    cfg = load_config(config_path(args.config))
+    cfg = load_config(device_config(args))
     publisher = None if args.no_publish else mqtt_publisher(cfg, args.timeout)
     res = wipe_all(cfg, publisher)
     if args.json:

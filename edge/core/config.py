@@ -24,6 +24,23 @@ from edge.core.yamlsafe import clip, load_yaml_file, short_repr
 
 CONFIG_ENV = "LFR_EDGE_CONFIG"
 DEFAULT_CONFIG = Path("/etc/lfr-edge/lfr-edge.yaml")
+BACKOFFICE_CONFIG_ENV = "LFR_EDGE_BACKOFFICE_CONFIG"
+DEFAULT_BACKOFFICE_CONFIG = Path("/etc/lfr-edge/backoffice.yaml")
+
+
+class ConfigRole(Enum):
+    """Whose configuration a command reads: each role has its own environment variable and default file."""
+
+    DEVICE = "device"
+    BACKOFFICE = "backoffice"
+
+    @property
+    def env(self) -> str:
+        return CONFIG_ENV if self is ConfigRole.DEVICE else BACKOFFICE_CONFIG_ENV
+
+    @property
+    def default(self) -> Path:
+        return DEFAULT_CONFIG if self is ConfigRole.DEVICE else DEFAULT_BACKOFFICE_CONFIG
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -508,11 +525,13 @@ def parse_config(data: Any, base: Path, source: str = "<config>", require_id: bo
     return _resolve(cfg, base)
 
 
-def config_path(explicit: str | Path | None) -> Path:
+def config_path(explicit: str | Path | None, role: ConfigRole = ConfigRole.DEVICE) -> Path:
+    """The one rule every command follows: the explicit --config, else the role's environment variable
+    ($LFR_EDGE_CONFIG / $LFR_EDGE_BACKOFFICE_CONFIG), else the role's file under /etc/lfr-edge/."""
     if explicit:
         return Path(explicit)
-    env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else DEFAULT_CONFIG
+    env = os.environ.get(role.env)
+    return Path(env) if env else role.default
 
 
 def load_config_data(path: Path) -> Any:
