@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 [ -x .venv/bin/python ] || ./setup.sh --dev
 echo "== ruff"; .venv/bin/ruff check edge tests models
-echo "== mypy --strict edge/"; .venv/bin/mypy edge
+echo "== mypy --strict edge/ (as Python 3.10, pyproject python_version)"; .venv/bin/mypy edge
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest "$@"
