@@ -172,8 +172,8 @@ def _run_alerts(args: argparse.Namespace) -> int:
 
     params = AlertsBenchParams(count=args.count, paced=args.paced, rate=args.rate, crop=not args.no_crop)
     with _status_line(not args.json) as progress:
-        doc = run(params, progress)
-    return _emit(doc, args.json, lambda: format_text(doc))
+        result = run(params, progress)
+    return _emit(result.to_json(), args.json, lambda: format_text(result))
 
 
 # ------------------------------------------------------------------------------------- recognition

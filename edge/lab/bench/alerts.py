@@ -13,7 +13,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,60 @@ class AlertsBenchParams:
     crop: bool = True  # alerts carry a probe face crop
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class LatencyMs:
+    p50: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlatOut:
+    count: int
+    alerts_per_s: float
+    enqueue_per_s: float
+    latency_ms: LatencyMs
+
+
+@dataclass(frozen=True, slots=True)
+class Paced:
+    count: int
+    rate_per_s: float
+    latency_ms: LatencyMs
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    arch: str
+    cpus: int | None
+    system: str
+    python: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsBench:
+    """One run of the alerts bench; to_json() is the document docs/BENCHMARKS.md quotes."""
+
+    date: str
+    machine: Machine
+    path: str
+    alert_bytes: int
+    flat_out: FlatOut
+    paced: Paced
+
+    def to_json(self) -> dict[str, Any]:
+        return {"benchmark": "alerts", **asdict(self)}
+
+
+def _percentiles(values: list[float]) -> LatencyMs:
     if not values:
-        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+        return LatencyMs(float("nan"), float("nan"), float("nan"))
     a = np.asarray(values) * 1000.0
-    return {
-        "p50": round(float(np.percentile(a, 50)), 2),
-        "p99": round(float(np.percentile(a, 99)), 2),
-        "max": round(float(a.max()), 2),
-    }
+    return LatencyMs(
+        p50=round(float(np.percentile(a, 50)), 2),
+        p99=round(float(np.percentile(a, 99)), 2),
+        max=round(float(a.max()), 2),
+    )
 
 
 def _crop() -> bytes:
@@ -54,9 +99,7 @@ def _crop() -> bytes:
     return bytes(buf)
 
 
-def run(args: AlertsBenchParams, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The bench's JSON document (docs/BENCHMARKS.md)."""
-    say = progress or (lambda _msg: None)
+def run(args: AlertsBenchParams, progress: Callable[[str], None] | None = None) -> AlertsBench:
     from edge.core.alert_message import build_alert
     from edge.core.config import parse_config
     from edge.core.keys import BACKOFFICE_X25519_PUB, generate_backoffice_keys, generate_device_keys
@@ -66,6 +109,7 @@ def run(args: AlertsBenchParams, progress: Callable[[str], None] | None = None) 
 
     if not mosquitto_available():
         raise RuntimeFailure("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    say = progress or (lambda _msg: None)
     crop = _crop() if args.crop else None
     with tempfile.TemporaryDirectory(prefix="lfr-bench-alerts-") as tmp:
         root = Path(tmp)
@@ -121,35 +165,33 @@ def run(args: AlertsBenchParams, progress: Callable[[str], None] | None = None) 
                 )
             finally:
                 pub.stop()
-    result: dict[str, Any] = {
-        "benchmark": "alerts",
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "arch": platform.machine(),
-            "cpus": os.cpu_count(),
-            "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(),
-        },
-        "path": "Ed25519 sign + X25519/AES-GCM seal + encrypted SQLite spool (WAL, synchronous=FULL) "
+    return AlertsBench(
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        machine=Machine(
+            arch=platform.machine(),
+            cpus=os.cpu_count(),
+            system=f"{platform.system()} {platform.release()}",
+            python=platform.python_version(),
+        ),
+        path="Ed25519 sign + X25519/AES-GCM seal + encrypted SQLite spool (WAL, synchronous=FULL) "
         "+ MQTT v5 QoS 1 over TLS (local Mosquitto, password auth)",
-        "alert_bytes": payload_bytes,
-        "flat_out": {
-            "count": args.count,
-            "alerts_per_s": round(args.count / t_all, 1),
-            "enqueue_per_s": round(args.count / t_enq, 1),
-            "latency_ms": _percentiles(flat),
-        },
-        "paced": {"count": args.paced, "rate_per_s": args.rate, "latency_ms": _percentiles(paced)},
-    }
-    return result
+        alert_bytes=payload_bytes,
+        flat_out=FlatOut(
+            count=args.count,
+            alerts_per_s=round(args.count / t_all, 1),
+            enqueue_per_s=round(args.count / t_enq, 1),
+            latency_ms=_percentiles(flat),
+        ),
+        paced=Paced(count=args.paced, rate_per_s=args.rate, latency_ms=_percentiles(paced)),
+    )
 
 
-def format_text(result: dict[str, Any]) -> str:
-    f, p = result["flat_out"], result["paced"]
+def format_text(result: AlertsBench) -> str:
+    f, p = result.flat_out, result.paced
     return "\n".join([
-        f"alerts bench ({result['machine']['arch']}, {result['machine']['cpus']} CPUs), {result['alert_bytes']} B per alert",
-        f"  flat out: {f['alerts_per_s']} alerts/s acknowledged ({f['count']} alerts); "
-        f"match→PUBACK p50 {f['latency_ms']['p50']} ms, p99 {f['latency_ms']['p99']} ms",
-        f"  paced {p['rate_per_s']:g}/s: match→PUBACK p50 {p['latency_ms']['p50']} ms, "
-        f"p99 {p['latency_ms']['p99']} ms, max {p['latency_ms']['max']} ms",
+        f"alerts bench ({result.machine.arch}, {result.machine.cpus} CPUs), {result.alert_bytes} B per alert",
+        f"  flat out: {f.alerts_per_s} alerts/s acknowledged ({f.count} alerts); "
+        f"match→PUBACK p50 {f.latency_ms.p50} ms, p99 {f.latency_ms.p99} ms",
+        f"  paced {p.rate_per_s:g}/s: match→PUBACK p50 {p.latency_ms.p50} ms, "
+        f"p99 {p.latency_ms.p99} ms, max {p.latency_ms.max} ms",
     ])  # fmt: skip
