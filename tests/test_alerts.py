@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from edge.backoffice.listener import load_backoffice_config
 from edge.core.alert_message import AlertRejected, build_alert, canonical_json, verify_alert
 from edge.core.config import load_config
+from edge.core.errors import EXIT_VERIFY
 from edge.core.keys import generate_device_keys, load_backoffice_keys, load_device_keys, load_x25519_public
 from edge.core.mqtt import LinkSettings, MqttLink
 from edge.device.publisher import AlertPublisher
@@ -176,6 +177,29 @@ def test_device_a_cannot_publish_as_device_b(setup: dict[str, Any]) -> None:
         listener.stop()
     assert [(a.device_id, a.body["subject_id"] if a.body else None) for a in got.alerts] == [("dev-a", "S-0068")]
     assert got.rejects == []
+
+
+def test_listen_that_received_only_forgeries_exits_3(
+    setup: dict[str, Any], broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    """--count not reached because what arrived did not verify: verification failed, not a quiet broker."""
+    bo = make_backoffice(setup["tmp"] / "bo-forged", setup["broker"], {"dev-a": setup["a"].public_key},
+                         DEVICE_USERS["backoffice"], unseal=False)  # fmt: skip
+    cli = lfr_edge("alerts", "listen", "--config", str(bo), "--count", "1", "--timeout", "8")
+    seal = load_x25519_public(setup["bo_keys"] / "backoffice_x25519.pub.pem")
+    forged = build_alert(event(1), "dev-a", Ed25519PrivateKey.generate(), "d", "e", seal_to=seal)
+    link = MqttLink(LinkSettings.from_config(load_config(setup["a"].config))).start()
+    try:
+        assert setup["broker"].wait_subscribed("bo-listener", "lfr/+/alerts")
+        assert link.wait_connected(10)
+        assert link.publish("lfr/dev-a/alerts", forged.payload).wait(10)
+        stdout, stderr = cli.communicate(timeout=40)
+    finally:
+        link.stop(offline_status=False)
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == EXIT_VERIFY, stderr
+    assert "REJECTED lfr/dev-a/alerts" in stdout and "1 message(s) rejected" in stderr
 
 
 def test_forged_tampered_and_unknown_device_alerts_are_rejected_never_shown(

@@ -14,7 +14,7 @@ from typing import Any
 
 from edge.cli.options import add_config_option, backoffice_config, device_config
 from edge.core.config import ConfigRole
-from edge.core.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
+from edge.core.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure, VerificationFailed
 from edge.core.logsetup import say, setup_logging
 
 
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_config_option(lp, ConfigRole.BACKOFFICE, "back-office config (see config/backoffice.example.yaml)")
     lp.add_argument("--count", type=int, default=0, help="exit after N distinct alerts (0: run until stopped)")
-    lp.add_argument("--timeout", type=float, default=0.0, help="exit after S seconds (exit 1 if --count not reached)")
+    lp.add_argument("--timeout", type=float, default=0.0,
+                    help="exit after S seconds (--count not reached: exit 3 if messages were rejected, else 1)")  # fmt: skip
     lp.add_argument("--out", type=Path, help="save each alert's face crop as DIR/<alert_id>.jpg (mode 0600)")
     lp.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     lp.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
@@ -115,8 +116,12 @@ def _listen(args: argparse.Namespace) -> int:
             if args.count and count >= args.count:
                 done.set()
 
+    rejected = 0
+
     def on_reject(topic: str, reason: str) -> None:
+        nonlocal rejected
         with lock:
+            rejected += 1
             if args.json:
                 _emit(json.dumps({"event": "rejected", "topic": topic, "reason": reason}))
             else:
@@ -139,7 +144,10 @@ def _listen(args: argparse.Namespace) -> int:
     finally:
         listener.stop()
     if args.count and count < args.count:
-        raise RuntimeFailure(f"timed out after {args.timeout:g} s with {count} of {args.count} alerts")
+        missing = f"timed out after {args.timeout:g} s with {count} of {args.count} alerts"
+        if rejected:  # what came did not verify: tampering or a key problem, not a quiet broker
+            raise VerificationFailed(f"{missing}; {rejected} message(s) rejected (see the REJECTED lines)")
+        raise RuntimeFailure(missing)
     return EXIT_OK
 
 
