@@ -7,11 +7,13 @@ stderr with journald priority prefixes under systemd; stdout carries only data.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,9 +149,17 @@ def test_exit_130_when_a_watchlist_build_is_interrupted(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     try:
-        with open(meta, "w"):  # returns once the build has opened the file for reading
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait(60)
+        writer = None
+        while writer is None and proc.poll() is None:  # a reader on the FIFO: the build is reading --meta
+            try:
+                writer = os.open(meta, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                assert e.errno == errno.ENXIO, e  # no reader yet
+                time.sleep(0.05)
+        assert writer is not None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+        os.close(writer)
     finally:
         if proc.poll() is None:
             proc.kill()
