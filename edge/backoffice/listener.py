@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
@@ -43,7 +43,7 @@ from edge.core.alert_message import AlertRejected, VerifiedAlert, parse_time, ve
 from edge.core.config import BrokerList, TLSConfig, bounded
 from edge.core.errors import ConfigError, InputError
 from edge.core.keys import check_private_file, load_backoffice_keys, load_ed25519_public, load_signing_key
-from edge.core.mqtt import LinkSettings, Message, MqttLink
+from edge.core.mqtt import LinkSettings, Message, MqttLink, PublishHandle
 from edge.core.yamlsafe import clip, load_yaml_file, short_repr
 
 log = logging.getLogger("lfr_edge.listener")
@@ -291,6 +291,8 @@ class AlertListener:
         self.failed = 0  # alerts the sink could not store: not acknowledged, the device re-sends them
         self.acks_sent = 0
         self._warned_no_key = False
+        self._handling = threading.Lock()  # held while one alert is verified, stored and acknowledged
+        self._acks: deque[PublishHandle] = deque(maxlen=1000)
 
     def start(self) -> AlertListener:
         root = self.cfg.topic_root
@@ -299,7 +301,17 @@ class AlertListener:
         self.link.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, ack_timeout: float = 5.0) -> None:
+        # Let the alert being handled finish and its acknowledgement reach the broker: a listener that
+        # stops (--count reached, SIGTERM) right after storing an alert still acknowledges it.
+        if self._handling.acquire(timeout=ack_timeout):
+            self._handling.release()
+        deadline = time.monotonic() + ack_timeout
+        with self._lock:
+            pending = list(self._acks)
+        for handle in pending:
+            if not handle.wait(max(0.0, deadline - time.monotonic())):
+                break
         self.link.stop(offline_status=False)
         if self._seen_file is not None:
             self._seen_file.close()
@@ -328,6 +340,10 @@ class AlertListener:
         self.on_reject(topic, reason)
 
     def _alert(self, msg: Message) -> None:
+        with self._handling:
+            self._handle_alert(msg)
+
+    def _handle_alert(self, msg: Message) -> None:
         try:
             alert = verify_alert(msg.payload, self.device_keys, self.unseal_key, self._device_of(msg.topic))
         except AlertRejected as e:
@@ -390,7 +406,9 @@ class AlertListener:
             return
         ack_topic = topic.rsplit("/", 1)[0] + "/" + ACK_TOPIC_SUFFIX
         try:
-            self.link.publish(ack_topic, build_ack(self.ack_key, alert.device_id, [alert.alert_id]), qos=1)
+            handle = self.link.publish(ack_topic, build_ack(self.ack_key, alert.device_id, [alert.alert_id]), qos=1)
+            with self._lock:
+                self._acks.append(handle)
             self.acks_sent += 1
         except Exception:  # the device re-sends and is acknowledged then
             log.exception("acknowledgement of %s not sent", alert.alert_id[:64])
