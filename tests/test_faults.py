@@ -1,5 +1,6 @@
 """Fault injection: hostile and mistaken inputs are refused in one short line with exit 2, in bounded
-memory, by real processes (and a real Mosquitto where a broker is involved). Issue 11, items 4-6, 8."""
+memory, by real processes (and a real Mosquitto where a broker is involved); no alert is lost end to
+end whatever is killed or restarted. Issue 11, items 1-8."""
 
 from __future__ import annotations
 
@@ -382,7 +383,7 @@ def test_example_acl_is_the_one_the_test_broker_enforces() -> None:
     assert _rules((ROOT / "config" / "mosquitto.acl").read_text()) == _rules(default_acl())
 
 
-def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sending_a_wipe(
+def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_sending_a_wipe_or_forging_an_ack(
     broker_factory: BrokerFactory,  # noqa: F811
 ) -> None:
     broker = broker_factory(tls=False, users=DEVICE_USERS, acl=(ROOT / "config" / "mosquitto.acl").read_text())
@@ -399,7 +400,8 @@ def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sendin
         # The device reads its bundle and commands, and writes its alerts.
         dev.subscribe("lfr/dev-a/watchlist", on_message)
         dev.subscribe("lfr/dev-a/cmd", on_message)
-        assert broker.wait_subscribed(dev.settings.client_id, "lfr/dev-a/cmd")
+        dev.subscribe("lfr/dev-a/ack", on_message)
+        assert broker.wait_subscribed(dev.settings.client_id, "lfr/dev-a/ack")
         assert seen.wait(10) and got == [("lfr/dev-a/watchlist", b"bundle-v1")]
         bo.subscribe("lfr/dev-a/alerts", on_message)
         bo.subscribe("lfr/dev-a/cmd", on_message)
@@ -411,19 +413,24 @@ def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sendin
         clear = dev.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
         wipe = dev.publish("lfr/dev-a/cmd", b"wipe", qos=1)
         other = dev.publish("lfr/dev-b/alerts", b"forged", qos=1)
-        for h in (clear, wipe, other):
+        # Nor can they forge the back office's acknowledgement (which would empty the spool unsent).
+        ack = dev.publish("lfr/dev-a/ack", b"forged-ack", qos=1)
+        for h in (clear, wipe, other, ack):
             assert h.wait(10) and not h.ok and h.reason_code == 135, (h.topic, h.reason_code)  # Not authorized
         time.sleep(0.5)
         assert ("lfr/dev-a/cmd", b"wipe") not in got and ("lfr/dev-a/alerts", b"alert") in got
+        assert ("lfr/dev-a/ack", b"forged-ack") not in got
         late = _link(broker, BACKOFFICE_USER)
         retained: list[bytes] = []
         late.subscribe("lfr/dev-a/watchlist", lambda m: retained.append(m.payload))
         assert _until(lambda: retained == [b"bundle-v1"]), retained  # the bundle is still there
         late.stop(offline_status=False)
 
-        # The back office can do both.
+        # The back office can do all three.
         assert bo.publish("lfr/dev-a/cmd", b"wipe", qos=1).wait(10)
         assert _until(lambda: ("lfr/dev-a/cmd", b"wipe") in got)
+        assert bo.publish("lfr/dev-a/ack", b"ack", qos=1).wait(10)
+        assert _until(lambda: ("lfr/dev-a/ack", b"ack") in got)
         cleared = bo.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
         assert cleared.wait(10) and cleared.ok
         late = _link(broker, BACKOFFICE_USER)
