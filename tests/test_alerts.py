@@ -265,7 +265,7 @@ def test_wrong_password_and_untrusted_ca_give_one_clear_line_and_keep_retrying(
     assert len(login) == 1 and "password" in login[0].lower() and "retrying" in login[0], pw_err
     trust = [line for line in ca_err if "not trusted by mqtt.tls.ca_file" in line]
     assert len(trust) == 1 and "retrying" in trust[0], ca_err
-    assert "2 record(s) still in the spool" in results[0][1]
+    assert "2 message(s) still in the spool" in results[0][1]
     log = broker.log_text()
     # Retried (with backoff) rather than giving up after the first refusal.
     assert log.count("disconnected, not authorised") >= 2

@@ -153,7 +153,11 @@ def _listen(args: argparse.Namespace) -> int:
                 _emit(f"STATUS {device} {state}")
             last_state[device] = state
 
-    listener = AlertListener(cfg, on_alert, on_reject, on_status).start()
+    listener = AlertListener(cfg, on_alert, on_reject, on_status)
+    if out_dir is None:  # after the config and keys are known good: a refusal stays one line
+        say("note: without --out alerts are shown but not stored, so they are not acknowledged: "
+            "devices keep them spooled and send them again", logging.WARNING)  # fmt: skip
+    listener.start()
     if sys.stderr.isatty() and not args.json:
         say(f"listening on {', '.join(cfg.brokers)} for {cfg.topic_root}/+/alerts …", logging.INFO)
     try:
@@ -219,7 +223,7 @@ def _test(args: argparse.Namespace) -> int:
         )
     if not ok:
         say(
-            f"error: {result['pending']} record(s) still in the spool after {args.wait:g} s, "
+            f"error: {result['pending']} message(s) still in the spool after {args.wait:g} s, "
             f"{result['awaiting_ack']} alert(s) not acknowledged by the back office "
             "(they stay spooled and are sent again, also on the next start)"
         )
