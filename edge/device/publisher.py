@@ -280,11 +280,12 @@ class AlertPublisher:
         except queue.Empty:
             item = None
         sent: list[int] = []
+        acked: list[str] = []
         while True:
             if isinstance(item, _Puback):
                 self._broker_acknowledged(item, st, sent)
             elif isinstance(item, _Acked):
-                self._backoffice_acknowledged(item.refs, st)
+                acked += item.refs  # a burst of acknowledgements costs one transaction
             elif isinstance(item, _Reconnected):
                 # The broker may have restarted and lost what it held: re-send soon, spread out.
                 now = time.monotonic()
@@ -296,6 +297,8 @@ class AlertPublisher:
             except queue.Empty:
                 break
         self.spool.delete_many(sent)
+        if acked:
+            self._backoffice_acknowledged(acked, st)
         now = time.monotonic()
         if now >= st.next_expire:
             self.spool.expire()
@@ -331,7 +334,7 @@ class AlertPublisher:
     def _send(self, row_id: int, topic: str, payload: bytes, kind: str, st: _DrainState) -> None:
         handle = self.link.publish(topic, payload, qos=1)
         st.inflight[row_id] = kind
-        if row_id not in st.attempts:
+        if row_id not in st.attempts:  # never answered by the broker yet
             st.first_pending.add(row_id)
         handle.add_done_callback(self._on_puback(row_id))
 
@@ -360,8 +363,6 @@ class AlertPublisher:
                 log.error("alerts: broker refused %s (%s); dropping it", ev.handle.topic, ev.handle.reason)
                 self.spool.drop(ev.row_id, "refused")
             return
-        attempts = st.attempts.get(ev.row_id, 0)
-        st.attempts[ev.row_id] = attempts + 1
         if ev.handle.ok:
             self.sent_to_broker += 1
             with self._t_lock:
@@ -371,11 +372,13 @@ class AlertPublisher:
         else:
             # Kept, not dropped: a refusal (ACL, quota) is fixed at the broker and the alert then goes.
             log.error("alerts: broker refused %s (%s); kept, retrying", ev.handle.topic, ev.handle.reason)
-        if ev.row_id in st.refs:  # not acknowledged while it was in flight
+        if ev.row_id in st.refs:  # not acknowledged by the back office while it was in flight
+            attempts = st.attempts.get(ev.row_id, 0)
+            st.attempts[ev.row_id] = attempts + 1
             st.waiting[ev.row_id] = time.monotonic() + self._retry_delay(attempts)
 
-    def _backoffice_acknowledged(self, refs: tuple[str, ...], st: _DrainState) -> None:
-        outcome = self.spool.acknowledge(list(refs))
+    def _backoffice_acknowledged(self, refs: list[str], st: _DrainState) -> None:
+        outcome = self.spool.acknowledge(refs)
         self.delivered += outcome.acknowledged + outcome.late
         if outcome.late:
             log.info("alerts: %d dropped alert(s) were stored by the back office after all", outcome.late)

@@ -17,6 +17,7 @@ so it is audited once even across restarts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -102,6 +103,21 @@ class Spool:
                 self._db.execute(f"ALTER TABLE spool ADD COLUMN {name} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS spool_ref ON spool(ref)")
         self._count = int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+        self._backfill_refs()
+
+    def _backfill_refs(self) -> None:
+        """Alert rows spooled by a version without end-to-end acknowledgement carry no alert id; read
+        it from the (signed) payload once, so the back office's acknowledgement can name them."""
+        rows = self._db.execute(
+            "SELECT id, created, kind, blob, ref FROM spool WHERE kind = 'alert' AND ref IS NULL"
+        ).fetchall()
+        for row in self._decode(rows):
+            try:
+                alert_id = json.loads(row.payload).get("alert_id")
+            except (ValueError, AttributeError):
+                alert_id = None
+            if isinstance(alert_id, str) and alert_id:
+                self._db.execute("UPDATE spool SET ref = ? WHERE id = ?", (alert_id, row.id))
 
     def close(self) -> None:
         with self._lock:
@@ -240,12 +256,12 @@ class Spool:
         """Flag alerts raised before `cutoff` and still unacknowledged; returns (alert id, created) of
         those flagged now, each exactly once over the spool's life."""
         with self._lock:
+            query = "SELECT id, ref, created FROM spool WHERE kind = 'alert' AND overdue = 0 AND created < ?"
+            if not self._db.execute(query, (cutoff,)).fetchone():
+                return []  # the usual case, checked every second: no write transaction, no fsync
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._db.execute(
-                    "SELECT id, ref, created FROM spool WHERE kind = 'alert' AND overdue = 0 AND created < ?",
-                    (cutoff,),
-                ).fetchall()
+                rows = self._db.execute(query, (cutoff,)).fetchall()
                 self._db.executemany("UPDATE spool SET overdue = 1 WHERE id = ?", [(r[0],) for r in rows])
                 self._db.execute("COMMIT")
             except BaseException:
