@@ -949,18 +949,26 @@ def test_an_unacknowledged_alert_is_audited_once_shown_in_status_and_kept(
     from edge.core.config import load_config
     from edge.device.publisher import AlertPublisher
 
-    _, dev, _ = _ack_world(tmp_path, broker_factory, ack_overdue_s=1.0)
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory, ack_overdue_s=1.0)
     overdue: list[str] = []
     cfg = load_config(dev.config)
+    # A back office that only prints (no --out) stores nothing, so it acknowledges nothing.
+    printing = lfr_edge("alerts", "listen", "--config", str(bo_cfg))
+    assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
     pub = AlertPublisher.from_config(cfg, on_overdue=lambda aid, age: overdue.append(aid)).start()
     try:
-        raised = [pub.on_match(event(i)) for i in range(2)]  # no back office: never acknowledged
+        raised = [pub.on_match(event(i)) for i in range(2)]
         assert _until(lambda: pub.status()["alerts"]["overdue"] == 2, 30), pub.status()["alerts"]
         assert _until(lambda: pub.sent_to_broker >= 6, 30)  # still re-sent, not given up
         status = pub.status()["alerts"]
+        time.sleep(2 * cfg.mqtt.status_interval_s)  # let a status carrying the overdue count go out
     finally:
         pub.stop()
+        shown, noted = _stop(printing)
     assert sorted(overdue) == sorted(raised)
+    assert "not acknowledged" in noted
+    assert sorted(line.rsplit("alert=", 1)[1] for line in shown.splitlines() if line.startswith("ALERT")) == sorted(raised)
+    assert "STATUS dev-a online (2 alert(s) unacknowledged past alerts.ack_overdue_s)" in shown, shown
     assert status["awaiting_ack"] == 2 and status["oldest_unacked_age_s"] >= 1.0 and status["dropped"] == {}
     again = AlertPublisher.from_config(cfg, on_overdue=lambda aid, age: overdue.append(aid)).start()
     try:  # after a restart: still shown, not audited a second time

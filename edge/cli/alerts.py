@@ -146,6 +146,11 @@ def _listen(args: argparse.Namespace) -> int:
 
     def on_status(device: str, status: dict[str, Any]) -> None:
         state = str(status.get("state", "?"))
+        alerts = status.get("alerts")
+        overdue = alerts.get("overdue") if isinstance(alerts, dict) else None
+        if isinstance(overdue, int) and not isinstance(overdue, bool) and overdue > 0:
+            # Alerts the device holds that no back office has acknowledged for too long: worth a line.
+            state += f" ({overdue} alert(s) unacknowledged past alerts.ack_overdue_s)"
         with lock:
             if args.json:
                 _emit(json.dumps({"event": "status", "device_id": device, **status}))
