@@ -315,8 +315,8 @@ class AlertPublisher:
                     del st.waiting[row_id]
                     row = rows.get(row_id)
                     if row is None:  # acknowledged or dropped meanwhile
-                        st.refs.pop(row_id, None)
-                        st.attempts.pop(row_id, None)
+                        st.rows.pop(st.refs.get(row_id, ""), None)
+                        st.forget(row_id)
                         continue
                     self._send(row.id, row.topic, row.payload, row.kind, st)
                 room = self.window - len(st.inflight)
@@ -325,6 +325,7 @@ class AlertPublisher:
             st.cursor = row.id
             if row.ref is not None:
                 st.refs[row.id] = row.ref
+                st.rows[row.ref] = row.id
             self._send(row.id, row.topic, row.payload, row.kind, st)
         if room > 0 and len(fresh) < room and not st.first_pending:
             with self._idle_lock:
@@ -382,11 +383,10 @@ class AlertPublisher:
         self.delivered += outcome.acknowledged + outcome.late
         if outcome.late:
             log.info("alerts: %d dropped alert(s) were stored by the back office after all", outcome.late)
-        wanted = set(refs)
-        for row_id in [r for r, ref in st.refs.items() if ref in wanted]:
-            st.refs.pop(row_id, None)
-            st.waiting.pop(row_id, None)
-            st.attempts.pop(row_id, None)
+        for ref in refs:
+            row_id = st.rows.pop(ref, None)
+            if row_id is not None:
+                st.forget(row_id)
 
     def _on_ack_message(self, msg: Message) -> None:
         # paho's thread: verify here (cheap), leave the SQLite work to the drainer.
@@ -496,8 +496,14 @@ class _DrainState:
     inflight: dict[int, str] = dataclasses.field(default_factory=dict)  # row → kind, awaiting PUBACK
     first_pending: set[int] = dataclasses.field(default_factory=set)  # rows never PUBACKed yet
     refs: dict[int, str] = dataclasses.field(default_factory=dict)  # alert row → alert id
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)  # alert id → row (acknowledgements name ids)
     waiting: dict[int, float] = dataclasses.field(default_factory=dict)  # alert row → monotonic re-send time
     attempts: dict[int, int] = dataclasses.field(default_factory=dict)  # alert row → PUBACKs or refusals
     cursor: int = 0  # last row handed to the link for the first time
     next_expire: float = 0.0
     next_overdue: float = 0.0
+
+    def forget(self, row_id: int) -> None:
+        self.refs.pop(row_id, None)
+        self.waiting.pop(row_id, None)
+        self.attempts.pop(row_id, None)
