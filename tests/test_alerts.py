@@ -344,6 +344,10 @@ def test_backoffice_config_rejects_unknown_keys_naming_them(tmp_path: Path) -> N
     p.write_text("brokers: ['http://h']\n")
     with pytest.raises(ConfigError, match="not a broker URI"):
         load_backoffice_config(p)
+    # The acknowledgement key is checked with the rest, before anything connects.
+    p.write_text("brokers: ['mqtts://h:8883']\nack_key: missing/backoffice_ed25519.pem\n")
+    with pytest.raises(ConfigError, match="ack_key: 'missing/backoffice_ed25519.pem' does not exist"):
+        load_backoffice_config(p)
 
 
 def test_protocol_auto_falls_back_to_mqtt311_when_the_broker_refuses_v5(
