@@ -1011,3 +1011,25 @@ def test_a_forged_or_misaddressed_acknowledgement_removes_nothing(
     finally:
         bo.stop(offline_status=False)
         pub.stop()
+
+
+def test_alerts_the_broker_refuses_are_kept_and_counted_never_dropped(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    """`topic_prefix: lfr/fleet` passes check-config (with a warning) but the example ACL refuses it:
+    the alerts used to be dropped as "refused"; now they stay spooled, counted, re-sent."""
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher
+
+    _, dev, _ = _ack_world(tmp_path, broker_factory)
+    cfg = load_config(dev.config)
+    cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"topic_prefix": "lfr/fleet", "protocol": "v5"})})
+    pub = AlertPublisher.from_config(cfg).start()
+    try:
+        raised = [pub.on_match(event(i)) for i in range(3)]
+        assert _until(lambda: pub.refused_by_broker >= 6, 30)  # each refused, and tried again
+        status = pub.status()["alerts"]
+    finally:
+        pub.stop()
+    assert len(raised) == 3 and status["awaiting_ack"] == 3 and status["pending"] == 3
+    assert status["dropped"] == {} and status["delivered"] == 0 and status["refused_by_broker"] >= 6

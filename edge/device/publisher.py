@@ -66,6 +66,7 @@ class AckStatus:
     oldest_unacked_age_s: float | None
     overdue: int  # of those, unacknowledged for longer than alerts.ack_overdue_s
     acks_rejected: int  # acknowledgements that did not verify (forged, wrong device)
+    refused_by_broker: int  # alert publishes the broker refused (e.g. ACL) this run; the alerts are kept
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +139,7 @@ class AlertPublisher:
         self.delivered = 0  # alerts acknowledged end to end by the back office
         self.sent_to_broker = 0
         self.acks_rejected = 0
+        self.refused_by_broker = 0
         self.latencies_s: deque[float] = deque(maxlen=100_000)  # match → PUBACK, for the benchmark
         self._t_enqueued: dict[int, float] = {}
         self._t_lock = threading.Lock()
@@ -372,6 +374,7 @@ class AlertPublisher:
                 self.latencies_s.append(ev.t - t0)
         else:
             # Kept, not dropped: a refusal (ACL, quota) is fixed at the broker and the alert then goes.
+            self.refused_by_broker += 1
             log.error("alerts: broker refused %s (%s); kept, retrying", ev.handle.topic, ev.handle.reason)
         if ev.row_id in st.refs:  # not acknowledged by the back office while it was in flight
             attempts = st.attempts.get(ev.row_id, 0)
@@ -422,6 +425,7 @@ class AlertPublisher:
             oldest_unacked_age_s=age,
             overdue=waiting.overdue,
             acks_rejected=self.acks_rejected,
+            refused_by_broker=self.refused_by_broker,
         )
 
     # ----------------------------------------------------------------------- status
