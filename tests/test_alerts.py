@@ -346,7 +346,7 @@ def test_backoffice_config_rejects_unknown_keys_naming_them(tmp_path: Path) -> N
         load_backoffice_config(p)
     # The acknowledgement key is checked with the rest, before anything connects.
     p.write_text("brokers: ['mqtts://h:8883']\nack_key: missing/backoffice_ed25519.pem\n")
-    with pytest.raises(ConfigError, match="ack_key: 'missing/backoffice_ed25519.pem' does not exist"):
+    with pytest.raises(ConfigError, match=r"ack_key: 'missing/backoffice_ed25519\.pem' does not exist"):
         load_backoffice_config(p)
 
 
