@@ -255,10 +255,11 @@ def test_check_config_warns_about_insecure_choices_and_still_passes(tmp_path: Pa
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK") and "with warnings" in r.stdout
     warnings = r.stderr.strip().splitlines()
-    assert len(warnings) == 3, r.stderr
+    assert len(warnings) == 4, r.stderr
     assert warnings[0].startswith("warning: mqtt.tls.insecure_no_verify: true")
     assert warnings[1].startswith("warning: mqtt.brokers: mqtt://broker.lan:1883 is plain mqtt:// with no password")
     assert warnings[2].startswith("warning: alerts.seal_to: null")
+    assert warnings[3].startswith("warning: watchlist.trusted_signers: empty")  # alerts never acknowledged
 
 
 def _backoffice_file(tmp_path: Path, **extra: object) -> Path:
