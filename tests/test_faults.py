@@ -36,7 +36,7 @@ from tests.broker import (  # noqa: F401  (broker_factory is a fixture)
     free_port,
     require_mosquitto,
 )
-from tests.faultkit import ROOT, run_measured, sparse_file
+from tests.faultkit import ROOT, assert_unread, run_measured, sparse_file
 from tests.watchlist_kit import make_kit
 
 MAX_ERROR_BYTES = 400  # "a few hundred bytes at most"
@@ -112,10 +112,12 @@ def test_oversized_config_is_refused_before_reading(tmp_path: Path) -> None:
     big = sparse_file(tmp_path / "big.yaml", 8 << 30)
     r = run_measured(tmp_path, "check-config", "--config", str(big))
     _one_line_refusal(r, "larger than the 1048576-byte limit")
-    assert r.max_rss_mb < 100, r.max_rss_mb
+    tiny = run_measured(tmp_path, "check-config", "--config", str(sparse_file(tmp_path / "tiny.yaml", 16)))
+    assert tiny.returncode == 2, tiny.stderr
+    assert_unread(r, tiny)
     r = run_measured(tmp_path, "check-config", "--config", "/dev/zero")
     _one_line_refusal(r, "not a regular file")
-    assert r.max_rss_mb < 100, r.max_rss_mb
+    assert_unread(r, tiny)
 
 
 def test_a_nul_byte_in_any_path_is_refused_in_check_config_and_run(tmp_path: Path) -> None:
@@ -317,10 +319,13 @@ def test_watchlist_install_refuses_8_gib_and_dev_zero_unread_in_bounded_memory(t
     big = sparse_file(tmp_path / "huge.lfrw", 8 << 30)
     r = run_measured(tmp_path, "watchlist", "install", str(big), "--config", str(cfg))
     _one_line_refusal(r, "oversize", "8589934592 bytes is more than the", "watchlist.max_bundle_mb")
-    assert r.max_rss_mb <= 100, r.max_rss_mb
+    tiny_file = sparse_file(tmp_path / "tiny.lfrw", 64)
+    tiny = run_measured(tmp_path, "watchlist", "install", str(tiny_file), "--config", str(cfg))
+    assert tiny.returncode == 2, tiny.stderr
+    assert_unread(r, tiny)
     r = run_measured(tmp_path, "watchlist", "install", "/dev/zero", "--config", str(cfg))
     _one_line_refusal(r, "/dev/zero: not a regular file")
-    assert r.max_rss_mb <= 100, r.max_rss_mb
+    assert_unread(r, tiny)
     status = run_measured(tmp_path, "watchlist", "status", "--config", str(cfg))
     assert status.returncode == 0 and "no watchlist installed" in status.stdout
 
@@ -351,7 +356,10 @@ def test_inbox_refuses_an_8_gib_file_unread_in_bounded_memory(tmp_path: Path) ->
     r = run_measured(tmp_path, str(script), str(cfg), python_script=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("refused oversize inbox:huge.lfrw: 8589934592 bytes is more than the"), r.stdout
-    assert r.max_rss_mb <= 100, r.max_rss_mb
+    sparse_file(inbox / "tiny.lfrw", 64)
+    tiny = run_measured(tmp_path, str(script), str(cfg), python_script=True)
+    assert tiny.returncode == 0 and tiny.stdout.startswith("refused"), (tiny.stdout, tiny.stderr)
+    assert_unread(r, tiny)
     assert (inbox / "rejected" / "huge.lfrw").exists() and not (inbox / "huge.lfrw").exists()
 
 
