@@ -253,6 +253,10 @@ class AlertPublisher:
                 return self.status_provider()
             except Exception:
                 log.exception("alerts: status provider failed; publishing the publisher's own status")
+        return self.own_status()
+
+    def own_status(self) -> Status:
+        """Device facts and this publisher's parts only: no camera, list or policy in this process."""
         return Status(
             state=ServiceState.ONLINE,
             device_id=self.cfg.device.id,
