@@ -219,3 +219,36 @@ def test_commands_fall_back_to_the_store_when_no_service_runs(tmp_path: Path) ->
     assert json.loads(r.stdout) == {"local": True, "wiped": False, "service": False}
     r = lfr("watchlist", "status", "--config", str(cfg))
     assert r.returncode == 0 and "no watchlist installed" in r.stdout and FALLBACK in r.stderr
+
+
+def test_control_socket_is_owner_only_refuses_garbage_and_a_second_service(tmp_path: Path) -> None:
+    """The channel itself, on a real socket: 0600, bad requests refused with exit 2, one service per socket."""
+    from edge.core.errors import RuntimeFailure
+    from edge.device.control import Command, ControlRequest, ControlResponse, ControlServer, ask
+
+    seen: list[ControlRequest] = []
+
+    def handler(req: ControlRequest) -> ControlResponse:
+        seen.append(req)
+        return ControlResponse(ok=True, wiped=req.command is Command.WIPE)
+
+    path = tmp_path / "run" / "control.sock"
+    server = ControlServer(path, handler, max_bytes=4096).start()
+    try:
+        assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+        answer = ask(path, ControlRequest(Command.WIPE, "cli"))
+        assert answer is not None and answer.ok and answer.wiped is True
+        big = ask(path, ControlRequest(Command.INSTALL, "cli", b"\0" * 8192))
+        assert big is not None and not big.ok and big.exit_code == 2 and "longer than" in (big.error or "")
+        for garbage in (b"not json\n", b'{"v": 1, "command": "format-disk"}\n', b'{"v": 1, "command": "install"}\n'):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+                s.sendall(garbage)
+                reply = ControlResponse.decode(s.makefile("rb").readline())
+            assert not reply.ok and reply.exit_code == 2, garbage
+        assert [r.command for r in seen] == [Command.WIPE]  # nothing malformed reached the handler
+        with pytest.raises(RuntimeFailure, match="already runs"):
+            ControlServer(path, handler, max_bytes=4096).bind()
+    finally:
+        server.close()
+    assert not path.exists() and ask(path, ControlRequest(Command.STATUS)) is None
