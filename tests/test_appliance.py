@@ -29,7 +29,7 @@ from edge.core.config import load_config
 from edge.device.control import socket_path
 from edge.lab.localbroker import BACKOFFICE_USER
 from tests.alertkit import ROOT, Device, Received, make_backoffice, make_backoffice_keys, make_device, start_listener
-from tests.broker import DEVICE_USERS, broker_factory, tls_broker  # noqa: F401  (pytest fixtures)
+from tests.broker import DEVICE_USERS, broker_factory, plain_broker, tls_broker  # noqa: F401  (pytest fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -185,6 +185,11 @@ def _exercise(
     assert r.returncode == 2 and "(rollback)" in r.stderr and FALLBACK not in r.stderr, r.stderr
     assert _status(c)["watchlist_version"] == 2
 
+    # A device-wide wipe would leave the list in the service's memory: refused until it is stopped.
+    r = lfr("wipe", "--all", "--no-publish", "--config", c)
+    assert r.returncode == 1 and "service is running" in r.stderr, r.stderr
+    assert (dev_data(van) / "watchlist.enc").exists() and _status(c)["watchlist_version"] == 2
+
     # A second service on the same device refuses to start rather than take over the socket.
     second = lfr("run", "--config", c, "--max-frames", "1", timeout=300)
     assert second.returncode == 1 and "already runs" in second.stderr, second.stderr[-2000:]
@@ -252,3 +257,57 @@ def test_control_socket_is_owner_only_refuses_garbage_and_a_second_service(tmp_p
     finally:
         server.close()
     assert not path.exists() and ask(path, ControlRequest(Command.STATUS)) is None
+
+
+def test_the_appliance_object_reports_typed_status_and_events(tmp_path: Path, plain_broker: Any) -> None:  # noqa: F811
+    """In process: install and wipe through the typed surface while the loop runs; each change is a typed event."""
+    import threading
+
+    from edge.core.config import parse_config
+    from edge.device.appliance import Appliance, ApplianceEvent, EventKind
+    from edge.device.status import ServiceState, WatchlistState
+    from edge.device.watchlist.store import embedder_sha256_for
+    from tests.test_status import StillCamera
+    from tests.watchlist_kit import make_kit
+
+    kit = make_kit(tmp_path)
+    cfg = parse_config(
+        {
+            "device": {"id": "van-3", "data_dir": str(tmp_path / "data"), "keys_dir": str(tmp_path / "device-keys")},
+            "camera": {"source": "picamera2"},
+            "mqtt": {"brokers": [plain_broker.uri]},
+            "watchlist": {"trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")]},
+        },
+        tmp_path,
+    )
+    bundle = kit.bundle(5, n_subjects=3, embedder=embedder_sha256_for(cfg))[0]
+    app = Appliance(cfg, StillCamera())
+    seen: list[ApplianceEvent] = []
+    app.subscribe(seen.append)
+    assert app.status().state is ServiceState.STARTING and app.status().cameras == ()
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(app.run()))
+    t.start()
+    try:
+        wait_until(lambda: app.status().state is ServiceState.ONLINE and app.status().cameras[0].frames > 0, 120, "frames")
+        installed = app.install_watchlist(bundle, "test")
+        assert installed.watchlist.state is WatchlistState.ACTIVE and installed.watchlist.subjects == 3
+        st = app.status()
+        assert st.watchlist is not None and st.watchlist.version == 5
+        assert st.matching is not None and st.matching.expected_for_list_size == 3
+        wiped = app.wipe("test")
+        assert wiped.removed and wiped.wiped_version == 5 and wiped.watchlist.state is WatchlistState.NONE
+        after = app.status()
+        assert after.watchlist is not None and after.watchlist.state is WatchlistState.NONE
+        assert not (tmp_path / "data" / "watchlist.enc").exists()
+    finally:
+        app.stop()
+        t.join(60)
+    assert not t.is_alive() and result[0].status.cameras[0].frames > 0
+    assert [(e.kind, e.watchlist_version) for e in seen] == [
+        (EventKind.STARTED, None),
+        (EventKind.WATCHLIST_INSTALLED, 5),
+        (EventKind.WATCHLIST_WIPED, 5),
+        (EventKind.STOPPED, None),
+    ]
+    assert seen[1].source == "test"
