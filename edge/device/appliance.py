@@ -37,6 +37,7 @@ from edge.core.types import Counters, Frame, MatchEvent
 from edge.device.camera.base import FrameSource
 from edge.device.control import Command, ControlRequest, ControlResponse, ControlServer
 from edge.device.pipeline import EventSink, Pipeline
+from edge.device.sdnotify import Notifier
 from edge.device.status import (
     ModelsStatus,
     ServiceState,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lfr_edge.service")
 
 FLUSH_AT_STOP_S = 3.0
-READY_WAIT_S = 300.0  # a control request during start-up waits this long for the models to load
+READY_WAIT_S = 90.0  # a control request during start-up waits this long for the models to load (the CLI waits 120 s)
 
 
 # --------------------------------------------------------------------------- typed surface
@@ -167,13 +168,12 @@ class Appliance:
         source: str | FrameSource | None = None,
         *,
         stop: threading.Event | None = None,
-        notifier: Any = None,
+        notifier: Notifier | None = None,
         extra_sinks: tuple[EventSink, ...] = (),
         max_frames: int | None = None,
     ) -> None:
         from edge.core.keys import load_device_keys
         from edge.device.camera.factory import make_source
-        from edge.device.sdnotify import Notifier
 
         self.cfg = cfg
         self._stop = stop or threading.Event()

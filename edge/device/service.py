@@ -7,12 +7,12 @@ the control socket and the ordered stop.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 from edge.core.config import Config
 from edge.device.appliance import Appliance, ServiceResult
 from edge.device.camera.base import FrameSource
 from edge.device.pipeline import EventSink
+from edge.device.sdnotify import Notifier
 
 __all__ = ["ServiceResult", "serve"]
 
@@ -24,7 +24,7 @@ def serve(
     max_frames: int | None = None,
     stop: threading.Event | None = None,
     extra_sinks: tuple[EventSink, ...] = (),
-    notifier: Any = None,
+    notifier: Notifier | None = None,
 ) -> ServiceResult:
     """Run the whole appliance until `stop` is set, the replay ends, or `max_frames` frames."""
     app = Appliance(cfg, source, stop=stop, notifier=notifier, extra_sinks=extra_sinks, max_frames=max_frames)
