@@ -311,3 +311,49 @@ def test_the_appliance_object_reports_typed_status_and_events(tmp_path: Path, pl
         (EventKind.STOPPED, None),
     ]
     assert seen[1].source == "test"
+
+
+def test_a_stored_list_that_no_longer_verifies_is_reported_unusable_by_the_running_service(
+    tmp_path: Path, plain_broker: Any  # noqa: F811
+) -> None:
+    """The signer was removed from trusted_signers: the service runs, alerts nobody, and says why
+    (`watchlist status` exits 3 as it does with no service), rather than "none installed"."""
+    import threading
+
+    from edge.device.appliance import Appliance
+    from edge.device.status import ServiceState, WatchlistState
+    from edge.device.watchlist.store import embedder_sha256_for
+    from tests.test_status import StillCamera
+    from tests.watchlist_kit import make_kit
+
+    kit = make_kit(tmp_path)
+    doc: dict[str, Any] = {
+        "device": {"id": "van-4", "data_dir": str(tmp_path / "data"), "keys_dir": str(tmp_path / "device-keys")},
+        "camera": {"source": "picamera2"},
+        "mqtt": {"brokers": [plain_broker.uri]},
+        "watchlist": {"trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")]},
+    }
+    path = tmp_path / "device.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    bundle = tmp_path / "v1.wl"
+    bundle.write_bytes(kit.bundle(1, embedder=embedder_sha256_for(load_config(path)))[0])
+    assert lfr("watchlist", "install", str(bundle), "--config", str(path)).returncode == 0
+    doc["watchlist"]["trusted_signers"] = [str(tmp_path / "other-device-keys" / "device_ed25519.pub.pem")]
+    path.write_text(yaml.safe_dump(doc))
+
+    app = Appliance(load_config(path), StillCamera())
+    t = threading.Thread(target=app.run)
+    t.start()
+    try:
+        wait_until(lambda: app.status().state is ServiceState.ONLINE, 120, "the service")
+        wl = app.status().watchlist
+        assert wl is not None and wl.state is WatchlistState.UNUSABLE and wl.verification_failed
+        r = lfr("watchlist", "status", "--config", str(path), "--json")
+        assert r.returncode == 3 and FALLBACK not in r.stderr, r.stderr
+        assert json.loads(r.stdout)["state"] == "unusable" and "(unknown_signer)" in json.loads(r.stdout)["error"]
+        r = lfr("status", "--config", str(path), "--json")
+        assert r.returncode == 3 and json.loads(r.stdout)["watchlist"] == "unusable", r.stderr
+    finally:
+        app.stop()
+        t.join(60)
+    assert not t.is_alive()

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from edge.cli.options import add_config_option, device_config
-from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError, VerificationFailed
+from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError
 
 if TYPE_CHECKING:
     from edge.core.config import Config
@@ -32,11 +32,10 @@ def _status(args: argparse.Namespace) -> int:
 
     cfg = load_config(device_config(args))
     answer = ask_service(cfg, ControlRequest(Command.STATUS), "reporting the stored watchlist")
-    code = EXIT_OK
-    if answer is not None and answer.status is not None:
-        doc = answer.status
-    else:
-        doc, code = _not_running(cfg)
+    doc = answer.status if answer is not None and answer.status is not None else _not_running(cfg)
+    # A stored list that no longer verifies exits 3 after the report, as `watchlist status` does.
+    detail = doc.get("watchlist_detail")
+    code = EXIT_VERIFY if isinstance(detail, dict) and detail.get("verification_failed") is True else EXIT_OK
     if args.json:
         print(json.dumps(doc))
     else:
@@ -44,26 +43,23 @@ def _status(args: argparse.Namespace) -> int:
     return code
 
 
-def _not_running(cfg: Config) -> tuple[dict[str, Any], int]:
+def _not_running(cfg: Config) -> dict[str, Any]:
     from edge.device.status import (
         ModelsStatus,
         ServiceState,
         Status,
-        WatchlistState,
         WatchlistStatus,
         cpu_temperature_c,
         runtime_status,
     )
     from edge.device.watchlist.store import store_from_config
 
-    code = EXIT_OK
     try:
         store = store_from_config(cfg)
         store.load()
         wl = store.status()
     except InputError as e:
-        wl = WatchlistStatus(WatchlistState.UNUSABLE, error=str(e))
-        code = EXIT_VERIFY if isinstance(e, VerificationFailed) else EXIT_OK
+        wl = WatchlistStatus.unusable(e)
     status = Status(
         state=ServiceState.NOT_RUNNING,
         device_id=cfg.device.id,
@@ -74,7 +70,7 @@ def _not_running(cfg: Config) -> tuple[dict[str, Any], int]:
         cpu_temp_c=cpu_temperature_c(),
         watchlist=wl,
     )
-    return status.to_json(), code
+    return status.to_json()
 
 
 def _print(doc: dict[str, Any]) -> None:

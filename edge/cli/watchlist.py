@@ -192,21 +192,21 @@ def _status(args: argparse.Namespace) -> int:
     from edge.cli.service import ask_service
     from edge.core.config import load_config
     from edge.device.control import Command, ControlRequest
+    from edge.device.status import WatchlistStatus
 
     answer = ask_service(load_config(args.config), ControlRequest(Command.STATUS), "reading the store directly")
-    code = EXIT_OK
     if answer is not None:
         detail = (answer.status or {}).get("watchlist_detail")
         info: dict[str, Any] = detail if isinstance(detail, dict) else {"state": "none"}
     else:
-        # A stored list that no longer verifies (its signer is not trusted any more) exits 3 after the report.
         store = _device_store(args.config)
         try:
             store.load()
             info = store.status().to_json()
         except InputError as e:
-            info = {"state": "unusable", "error": str(e)}
-            code = EXIT_VERIFY if isinstance(e, VerificationFailed) else EXIT_OK
+            info = WatchlistStatus.unusable(e).to_json()
+    # A stored list that no longer verifies (its signer is not trusted any more) exits 3 after the report.
+    code = EXIT_VERIFY if info.get("verification_failed") is True else EXIT_OK
     if args.json:
         print(json.dumps(info))
         return code

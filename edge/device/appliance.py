@@ -42,6 +42,7 @@ from edge.device.status import (
     ModelsStatus,
     ServiceState,
     Status,
+    WatchlistState,
     WatchlistStatus,
     cpu_temperature_c,
     matching_status,
@@ -193,6 +194,7 @@ class Appliance:
         self._listeners_lock = threading.Lock()
         # What run() built; None until then (status() says "starting").
         self._parts: _Parts | None = None
+        self._load_error: InputError | None = None  # why the stored list did not open at start
 
     # ----------------------------------------------------------------------- events
 
@@ -230,7 +232,7 @@ class Appliance:
 
     def status(self) -> Status:
         p = self._parts
-        wl = p.store.status() if p is not None else None
+        wl = self._watchlist_status(p) if p is not None else None
         return Status(
             state=self._state,
             device_id=self.cfg.device.id,
@@ -249,6 +251,14 @@ class Appliance:
             mqtt=p.publisher.link_status() if p is not None else None,
         )
 
+    def _watchlist_status(self, p: _Parts) -> WatchlistStatus:
+        wl = p.store.status()
+        # The stored list that would not open at start is still there and still not in force: say so,
+        # not "none" (an install over it or a wipe ends this).
+        if wl.state is WatchlistState.NONE and self._load_error is not None and p.store.path.exists():
+            return WatchlistStatus.unusable(self._load_error)
+        return wl
+
     def install_watchlist(self, bundle: bytes, source: str) -> InstallOutcome:
         """Verify, store and put in force at the next frame; BundleError (the list in force unchanged) on refusal."""
         p = self._require_parts()
@@ -263,7 +273,7 @@ class Appliance:
         removed = p.store.wipe(source=source)
         for pl in p.pipelines:
             pl.frame_boundary()  # the frame that was running with the old list has finished
-        return WipeOutcome(removed, before.version if before is not None else None, p.store.status())
+        return WipeOutcome(removed, before.version if before is not None else None, self._watchlist_status(p))
 
     def _require_parts(self) -> _Parts:
         if not self._ready.wait(READY_WAIT_S) or self._parts is None:
@@ -332,6 +342,7 @@ class Appliance:
             store.load()
         except InputError as e:  # a stored list that cannot be opened: run, count faces, alert nobody
             log.error("installed watchlist not usable: %s", e)
+            self._load_error = e
         sync = sync_from_config(cfg, store, publisher.link)
         pipeline = _GuardedPipeline(cfg, stages, holder, Fanout(publisher, self.extra_sinks, audit))
         pipelines.append(pipeline)

@@ -79,6 +79,15 @@ class WatchlistStatus:
     signer: str | None = None
     embedder_sha256: str | None = None
     error: str | None = None  # why an UNUSABLE list does not open
+    verification_failed: bool = False  # UNUSABLE because a signature or signer does not verify (exit 3)
+
+    @staticmethod
+    def unusable(error: Exception) -> WatchlistStatus:
+        from edge.core.errors import VerificationFailed
+
+        return WatchlistStatus(
+            WatchlistState.UNUSABLE, error=str(error), verification_failed=isinstance(error, VerificationFailed)
+        )
 
     @staticmethod
     def of(wl: Watchlist | None, now: float | None = None) -> WatchlistStatus:
@@ -101,6 +110,7 @@ class WatchlistStatus:
         out: dict[str, Any] = {"state": self.state.value}
         if self.state is WatchlistState.UNUSABLE:
             out["error"] = self.error
+            out["verification_failed"] = self.verification_failed
         if self.version is None:
             return out
         out.update(
