@@ -252,6 +252,8 @@ def test_control_socket_is_owner_only_refuses_garbage_and_a_second_service(tmp_p
                 reply = ControlResponse.decode(s.makefile("rb").readline())
             assert not reply.ok and reply.exit_code == 2, garbage
         assert [r.command for r in seen] == [Command.WIPE]  # nothing malformed reached the handler
+        # Who asked, as the kernel tells it (the audit log records the source of every wipe and install).
+        assert seen[0].source == f"cli (uid {os.getuid()}, pid {os.getpid()})"
         with pytest.raises(RuntimeFailure, match="already runs"):
             ControlServer(path, handler, max_bytes=4096).bind()
     finally:

@@ -8,6 +8,9 @@ connection, one JSON line each way:
     ← {"v": 1, "ok": true, "status": {…}, "watchlist": {…}, "wiped": true}
     ← {"v": 1, "ok": false, "error": "one line", "exit_code": 2}
 
+The service appends the caller's uid and pid (SO_PEERCRED) to the request's `source`, which the
+audit log records with every install and wipe.
+
 The socket lives in the data directory rather than systemd's $RUNTIME_DIRECTORY because the command
 a technician types does not see the service's environment: both must find the same path from the
 config alone, or the command would silently act on the store behind the service's back.
@@ -18,11 +21,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,6 +264,7 @@ class ControlServer:
             except ControlError as e:
                 conn.sendall(ControlResponse.failure(f"control request refused: {e}", EXIT_INPUT).encode())
                 return
+            request = dataclasses.replace(request, source=_with_peer(request.source, conn))
             log.info("control: %s from %s", request.command.value, request.source)
             try:
                 response = self.handler(request)
@@ -268,6 +274,17 @@ class ControlServer:
             conn.sendall(response.encode())
         except OSError as e:  # the client went away or stalled: its problem, not the service's
             log.warning("control: client dropped (%s)", e)
+
+
+def _with_peer(source: str, conn: socket.socket) -> str:
+    """The requester's own words plus who the kernel says it is, for the audit log's `source`."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return source
+    try:
+        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return source
+    return f"{source} (uid {uid}, pid {pid})"
 
 
 def _answers(path: Path) -> bool:
