@@ -371,6 +371,7 @@ class Appliance:
             if not (publisher.link.connected and publisher.flush(FLUSH_AT_STOP_S)) and publisher.spool.pending():
                 log.warning("stopping with alerts still spooled; they are sent at next start",
                             extra={"pending": publisher.spool.pending()})
+            self._state = ServiceState.STOPPED
             final = self.status()
             publisher.stop()
             self.notifier.close()

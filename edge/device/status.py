@@ -35,6 +35,7 @@ class ServiceState(Enum):
     STARTING = "starting"
     ONLINE = "online"
     STOPPING = "stopping"
+    STOPPED = "stopped"  # the run summary's final status
     NOT_RUNNING = "not running"  # what `lfr-edge status` reports when no service answers
 
 
