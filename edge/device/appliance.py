@@ -348,9 +348,10 @@ class Appliance:
         pipelines.append(pipeline)
         self._parts = _Parts(store, publisher, stages.policy, tuple(pipelines))
         audit.start(holder.current())
+        # Online before the link starts: the heartbeat sent on connect must not say "starting".
+        self._state = ServiceState.ONLINE
         publisher.start()
         sync.start()
-        self._state = ServiceState.ONLINE
         self._ready.set()
         self.notifier.ready(f"processing {src.name}")
         ids = stages.vision.model_ids
