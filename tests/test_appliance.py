@@ -150,6 +150,10 @@ def _exercise(
     assert got.wait(lambda: len(got.alerts) >= 1, 60), got.rejects
     before = _status(c)
     assert before["state"] == "online" and before["watchlist"] == "active" and before["watchlist_version"] == 1
+    assert before["cameras"][0]["matches"] >= 2 and before["alerts"]["raised"] >= 2  # one owner each, both kept
+    r = lfr("status", "--config", c)
+    assert r.returncode == 0 and "service: online" in r.stdout and "watchlist: active, version 1" in r.stdout, r.stdout
+    assert "camera cam0:" in r.stdout and ENROLLED not in r.stdout
 
     # The wipe: in force when the command returns.
     r = lfr("watchlist", "wipe", "--local", "--config", c, "--json")
