@@ -165,7 +165,7 @@ def _exercise(
     assert after["watchlist"] == "none installed" and after["watchlist_detail"] == {"state": "none"}
     assert "watchlist_version" not in after
     # The back office is told too, by the signed heartbeat made from the same typed status.
-    assert got.wait(lambda: any(s.get("watchlist") == "none installed" for _, s in got.statuses), 30), got.statuses[-1:]
+    assert got.wait(lambda: any(s.get("watchlist") == "none installed" for _, s in got.statuses), 90), got.statuses[-1:]
     # ... and on disk: the stored list and its key are gone.
     data = dev_data(van)
     assert not (data / "watchlist.enc").exists() and not (data / "watchlist.key").exists()
