@@ -327,8 +327,12 @@ class Appliance:
             return pipelines[0].counters if pipelines else Counters()
 
         audit = ServiceAudit(cfg, keys=self.keys, counters=counters, watchlist=holder.current)
+        def overdue(alert_id: str, age_s: float) -> None:
+            # Audited once per alert (the spool remembers); the alert stays spooled and is still re-sent.
+            audit.append("alert_unacknowledged", {"alert_id": alert_id, "age_s": round(age_s, 1)})
+
         publisher = AlertPublisher.from_config(
-            cfg, status_provider=self.status, on_drop=audit.spool_drop_hook(), keys=self.keys
+            cfg, status_provider=self.status, on_drop=audit.spool_drop_hook(), keys=self.keys, on_overdue=overdue
         )
         audit.attach_spool(publisher.enqueue)
         audit_hook = audit.watchlist_hook()

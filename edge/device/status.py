@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.core.alert_message import iso_utc as iso_ms
 from edge.core.watchlist.bundle import iso_utc as iso_seconds
 from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import MatchingPolicy
+
+if TYPE_CHECKING:
+    from edge.device.publisher import AckStatus  # the publisher owns the acknowledgement figures
 
 
 class ServiceState(Enum):
@@ -163,12 +166,16 @@ def matching_status(policy: MatchingPolicy, list_size: int) -> MatchingStatus:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryStatus:
-    """Alerts through the spool: raised here, acknowledged by the broker, still spooled, dropped (why)."""
+    """Alerts through the spool: raised here, still spooled, dropped (why), and the back office's
+    acknowledgements (the publisher's AckStatus: delivered, awaiting, overdue, ...)."""
 
     raised: int
-    delivered: int
     pending: int
     dropped: Mapping[str, int]
+    ack: AckStatus
+
+    def to_json(self) -> dict[str, Any]:
+        return {"raised": self.raised, "pending": self.pending, "dropped": dict(self.dropped), **self.ack.as_dict()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +239,7 @@ class Status:
         if self.cameras:
             out["cameras"] = [_plain(_fields(c)) for c in self.cameras]
         if self.alerts is not None:
-            out["alerts"] = _plain(_fields(self.alerts))
+            out["alerts"] = self.alerts.to_json()
         if self.mqtt is not None:
             out["mqtt"] = _plain(_fields(self.mqtt))
         out["models"] = _fields(self.models)
