@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from edge.core.keys import generate_device_keys, load_backoffice_keys, load_devi
 from edge.core.mqtt import LinkSettings, MqttLink
 from edge.device.publisher import AlertPublisher
 from edge.device.spool import AckOutcome, Spool
+from edge.device.status import CameraStatus, WatchlistState, WatchlistStatus
 from tests.alertkit import (
     event,
     face_jpeg,
@@ -480,7 +482,7 @@ def test_a_resent_alert_is_shown_once_even_across_listener_restarts(setup: dict[
     assert [a.alert_id for a in got2.alerts] == [second.alert_id]
 
 
-def test_status_merges_pipeline_counts_and_reads_cpu_temperature(tmp_path: Path) -> None:
+def test_status_lays_out_typed_parts_and_reads_cpu_temperature(tmp_path: Path) -> None:
     from edge.core.config import parse_config
     from edge.device.publisher import cpu_temperature_c
 
@@ -495,13 +497,22 @@ def test_status_merges_pipeline_counts_and_reads_cpu_temperature(tmp_path: Path)
                         "mqtt": {"brokers": ["mqtt://127.0.0.1:1"]}}, tmp_path)  # fmt: skip
     keys = load_device_keys(make_device_keys(tmp_path))
     spool = Spool(tmp_path / "d" / "spool.db", bytes(32))
-    provider = {"fps": 12.5, "alerts": 3, "faces_seen": 40, "watchlist_version": 7, "models": {"x": "y"}}
-    pub = AlertPublisher(cfg, MqttLink.from_config(cfg), spool, keys.ed25519, status_provider=lambda: provider)
+    pub = AlertPublisher(cfg, MqttLink.from_config(cfg), spool, keys.ed25519)
     pub.on_match(event(1))  # not started: stays in the spool
-    status = pub.status()
-    assert status["state"] == "online" and status["fps"] == 12.5 and status["watchlist_version"] == 7
-    assert status["alerts"]["raised"] == 1 and status["alerts"]["pending"] == 1
-    assert status["models"]["x"] == "y" and status["models"]["embedder"] == cfg.models.embedder
+    camera = CameraStatus("cam0", 12.5, 40, 0, 0, 40, 9, {"blur": 2}, 1, 0, 3, 1)
+    # The document is laid out from the typed parts, each once: the camera's count of matches stays
+    # its own, the delivery block is the publisher's (nothing is settled by a merge).
+    pub.status_provider = lambda: dataclasses.replace(
+        pub.own_status(), cameras=(camera,), watchlist=WatchlistStatus(WatchlistState.NONE)
+    )
+    status = pub.status().to_json()
+    assert status["state"] == "online" and status["fps"] == 12.5 and status["faces_seen"] == 40
+    alerts = status["alerts"]
+    assert (alerts["raised"], alerts["pending"], alerts["dropped"], alerts["delivered"]) == (1, 1, {}, 0)
+    assert alerts["awaiting_ack"] == 1 and alerts["refused_by_broker"] == 0  # the acknowledgement figures, once
+    assert status["cameras"][0]["matches"] == 1 and status["rejections"] == {"blur": 2}
+    assert status["watchlist"] == "none installed" and status["watchlist_detail"] == {"state": "none"}
+    assert status["models"] == {"detector": cfg.models.detector, "embedder": cfg.models.embedder}
     assert status["runtime"]["tflite"] in ("ai-edge-litert", "tflite-runtime", "unavailable")
     assert b"S-0001" not in json.dumps(status).encode()  # counts only, never who
     spool.close()

@@ -267,6 +267,7 @@ def test_every_reporting_command_prints_one_json_document_with_json(tmp_path: Pa
         ["backoffice", "show", "--dir", str(tmp_path / "bo2")],
         ["watchlist", "install", str(bundle), "--config", c],
         ["watchlist", "status", "--config", c],
+        ["status", "--config", c],
         ["alerts", "spool", "--config", c],
         ["audit", "verify", "--dir", str(tmp_path / "audit")],
         ["deployment", "report", "--dir", str(tmp_path / "audit")],
@@ -292,8 +293,8 @@ def test_every_command_group_is_registered_and_named_after_its_module() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {
-        "check-config", "provision", "models", "eval", "run", "keys", "backoffice", "watchlist", "alerts", "audit",
-        "deployment", "wipe", "bench", "demo",
+        "check-config", "provision", "models", "eval", "run", "status", "keys", "backoffice", "watchlist", "alerts",
+        "audit", "deployment", "wipe", "bench", "demo",
     }  # fmt: skip
     named = {m.rsplit(".", 1)[1].replace("config", "check-config") for m in COMMAND_MODULES}
     assert named == set(sub.choices)  # one module per command group, named after it

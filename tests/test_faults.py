@@ -788,14 +788,14 @@ def test_broker_restarted_without_persistence_while_the_back_office_is_away_lose
     try:
         raised = {pub.on_match(event(i)) for i in range(4)}
         assert pub.flush(20, Delivery.BROKER)  # the broker has all four (queued for the back office)
-        status = pub.status()["alerts"]
+        status = pub.status().to_json()["alerts"]
         assert status["awaiting_ack"] == 4 and status["delivered"] == 0 and status["pending"] == 4
         broker.stop()  # no persistence: the four queued alerts are gone from the broker
         broker.start()
         back = _listen(bo_cfg, out, "--count", "4", "--timeout", "90")
         assert back.wait(120) == 0, _stop(back)
-        assert pub.flush(30, Delivery.BACKOFFICE), pub.status()["alerts"]
-        status = pub.status()["alerts"]
+        assert pub.flush(30, Delivery.BACKOFFICE), pub.status().to_json()["alerts"]
+        status = pub.status().to_json()["alerts"]
     finally:
         pub.stop()
     assert set(_stored(out)) == raised
@@ -822,13 +822,13 @@ def test_listener_that_cannot_store_acknowledges_nothing_and_loses_nothing_once_
         raised = [pub.on_match(event(i)) for i in range(3)]
         assert pub.flush(20, Delivery.BROKER)
         assert _until(lambda: pub.sent_to_broker >= 6, 30)  # each sent and re-sent: nothing acknowledged
-        assert pub.status()["alerts"]["awaiting_ack"] == 3 and pub.delivered == 0
+        assert pub.status().to_json()["alerts"]["awaiting_ack"] == 3 and pub.delivered == 0
         out.unlink()
         out.mkdir(mode=0o700)  # writable again
         raised += [pub.on_match(event(i)) for i in range(3, 11)]
         code = listener.wait(150)
-        assert pub.flush(30, Delivery.BACKOFFICE), pub.status()["alerts"]
-        status = pub.status()["alerts"]
+        assert pub.flush(30, Delivery.BACKOFFICE), pub.status().to_json()["alerts"]
+        status = pub.status().to_json()["alerts"]
     finally:
         pub.stop()
     stdout, stderr = _stop(listener)
@@ -937,12 +937,12 @@ def test_spool_cap_accounting_matches_what_the_back_office_received(
         assert pub.flush(20, Delivery.BROKER)
         raised += [pub.on_match(event(i)) for i in range(10, 12)]  # the cap drops the two oldest (sent) ones
         assert pub.flush(20, Delivery.BROKER)
-        assert pub.status()["alerts"]["dropped"] == {"alert.cap": 2}
+        assert pub.status().to_json()["alerts"]["dropped"] == {"alert.cap": 2}
         back = _listen(bo_cfg, out, "--count", "12", "--timeout", "90")
         assert back.wait(120) == 0, _stop(back)
         assert pub.flush(30, Delivery.BACKOFFICE)
-        assert _until(lambda: pub.delivered == 12, 30), pub.status()["alerts"]
-        status = pub.status()["alerts"]
+        assert _until(lambda: pub.delivered == 12, 30), pub.status().to_json()["alerts"]
+        status = pub.status().to_json()["alerts"]
     finally:
         pub.stop()
     received = _stored(out)
@@ -967,9 +967,9 @@ def test_an_unacknowledged_alert_is_audited_once_shown_in_status_and_kept(
     pub = AlertPublisher.from_config(cfg, on_overdue=lambda aid, age: overdue.append(aid)).start()
     try:
         raised = [pub.on_match(event(i)) for i in range(2)]
-        assert _until(lambda: pub.status()["alerts"]["overdue"] == 2, 30), pub.status()["alerts"]
+        assert _until(lambda: pub.status().to_json()["alerts"]["overdue"] == 2, 30), pub.status().to_json()["alerts"]
         assert _until(lambda: pub.sent_to_broker >= 6, 30)  # still re-sent, not given up
-        status = pub.status()["alerts"]
+        status = pub.status().to_json()["alerts"]
         time.sleep(2 * cfg.mqtt.status_interval_s)  # let a status carrying the overdue count go out
     finally:
         pub.stop()
@@ -982,7 +982,7 @@ def test_an_unacknowledged_alert_is_audited_once_shown_in_status_and_kept(
     again = AlertPublisher.from_config(cfg, on_overdue=lambda aid, age: overdue.append(aid)).start()
     try:  # after a restart: still shown, not audited a second time
         assert _until(lambda: again.sent_to_broker >= 2, 30)
-        assert again.status()["alerts"]["overdue"] == 2
+        assert again.status().to_json()["alerts"]["overdue"] == 2
     finally:
         again.stop()
     assert sorted(overdue) == sorted(raised)
@@ -1013,10 +1013,10 @@ def test_a_forged_or_misaddressed_acknowledgement_removes_nothing(
         ):
             assert bo.publish("lfr/dev-a/ack", forged, qos=1).wait(10)
         assert _until(lambda: pub.acks_rejected == 3, 30)
-        assert pub.status()["alerts"]["awaiting_ack"] == 1 and pub.delivered == 0
+        assert pub.status().to_json()["alerts"]["awaiting_ack"] == 1 and pub.delivered == 0
         assert bo.publish("lfr/dev-a/ack", build_ack(bo_key, "dev-a", [alert_id]), qos=1).wait(10)
         assert _until(lambda: pub.delivered == 1, 30)
-        assert pub.status()["alerts"]["awaiting_ack"] == 0
+        assert pub.status().to_json()["alerts"]["awaiting_ack"] == 0
     finally:
         bo.stop(offline_status=False)
         pub.stop()
@@ -1037,7 +1037,7 @@ def test_alerts_the_broker_refuses_are_kept_and_counted_never_dropped(
     try:
         raised = [pub.on_match(event(i)) for i in range(3)]
         assert _until(lambda: pub.refused_by_broker >= 6, 30)  # each refused, and tried again
-        status = pub.status()["alerts"]
+        status = pub.status().to_json()["alerts"]
     finally:
         pub.stop()
     assert len(raised) == 3 and status["awaiting_ack"] == 3 and status["pending"] == 3

@@ -273,8 +273,10 @@ def test_non_matching_people_leave_no_trace(
     with Collector(plain_broker, "#") as got:
         pipeline: list[Pipeline] = []
         audit = ServiceAudit(cfg, counters=lambda: pipeline[0].counters)
-        publisher = AlertPublisher.from_config(
-            cfg, status_provider=lambda: pipeline[0].status() if pipeline else {}, on_drop=audit.spool_drop_hook()
+        publisher = AlertPublisher.from_config(cfg, on_drop=audit.spool_drop_hook())
+        # The heartbeat carries the camera's counts too, as the appliance's does: they must leak nothing either.
+        publisher.status_provider = lambda: dataclasses.replace(
+            publisher.own_status(), cameras=(pipeline[0].status(),) if pipeline else ()
         )
         audit.attach_spool(publisher.enqueue)
         publisher.start()

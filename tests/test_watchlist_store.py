@@ -14,6 +14,7 @@ import pytest
 
 from edge.core.errors import InputError
 from edge.core.watchlist.bundle import BundleError, Reason
+from edge.device.status import WatchlistState
 from edge.device.watchlist.store import WatchlistHolder, describe
 from tests.watchlist_kit import EMBEDDER, Kit, make_kit
 
@@ -197,11 +198,11 @@ def test_expired_list_loads_but_reports_expired_once(kit: Kit) -> None:
     now[0] = time.time()
     store = kit.store(clock=lambda: now[0])
     wl = store.install(kit.bundle(1, expires_in=100.0)[0])
-    assert not store.check_expiry() and store.status()["state"] == "active"
+    assert not store.check_expiry() and store.status().state is WatchlistState.ACTIVE
     now[0] = wl.expires_at + 1
     assert store.check_expiry() and store.check_expiry()
     assert [k for k, _ in kit.events].count("expired") == 1
-    assert store.status()["state"] == "expired"
+    assert store.status().state is WatchlistState.EXPIRED
     assert kit.store().load() is not None  # still loads so status can say "expired"
 
 

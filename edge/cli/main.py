@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "edge.cli.models",
     "edge.cli.eval",
     "edge.cli.run",
+    "edge.cli.status",
     "edge.cli.keys",
     "edge.cli.backoffice",
     "edge.cli.watchlist",

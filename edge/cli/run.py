@@ -48,8 +48,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.core.logsetup import setup_logging
+    from edge.device.appliance import Appliance
     from edge.device.pipeline_sinks import JsonlSink
-    from edge.device.service import serve
 
     path = device_config(args)
     report = check_device(path)  # exactly what check-config reports, before anything starts
@@ -65,11 +65,12 @@ def _run(args: argparse.Namespace) -> int:
     extra = () if args.events == "none" else (JsonlSink(None if args.events == "-" else args.events),)
     try:
         with stop_on_signals(stop):
-            result = serve(cfg, args.source, max_frames=args.max_frames, stop=stop, extra_sinks=extra)
+            app = Appliance(cfg, args.source, max_frames=args.max_frames, stop=stop, extra_sinks=extra)
+            result = app.run()
     finally:
         for sink in extra:
             sink.close()
     c = result.counters
     log.info("camera loop stopped", extra={"frames": c.frames, "alerts": c.matches})
-    print(json.dumps({"stopped": True, **result.status}), flush=True)  # the summary is data: stdout
+    print(json.dumps({"stopped": True, **result.status.to_json()}), flush=True)  # the summary is data: stdout
     return EXIT_OK

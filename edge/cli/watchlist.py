@@ -1,6 +1,8 @@
 """`lfr-edge watchlist build|install|status|wipe|publish`.
 
-build and publish/wipe (remote) run in the back office; install, status and wipe --local on the device.
+build and publish/wipe (remote) run in the back office; install, status and wipe --local on the device,
+where they act on the running service through its control socket (edge.device.control) and on the
+store directly only when no service runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from edge.core.logsetup import say
 
 if TYPE_CHECKING:
     from edge.backoffice.enrolment.report import EnrolReport
+    from edge.device.watchlist.store import WatchlistStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -108,7 +111,7 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- device side
 
 
-def _device_store(config: str | None) -> Any:
+def _device_store(config: str | None) -> WatchlistStore:
     from edge.core.config import load_config
     from edge.device.watchlist.store import store_from_config
 
@@ -148,42 +151,62 @@ def _read_install_bundle(path: Path, limit: int) -> bytes:
 
 
 def _install(args: argparse.Namespace) -> int:
+    """To the running service when one answers (it matches against the new list from its next
+    frame); straight into the store when none runs (the service loads it when it starts)."""
+    from edge.cli.service import ask_service
+    from edge.core.config import load_config
     from edge.core.watchlist.bundle import BundleError
+    from edge.device.control import Command, ControlRequest
     from edge.device.watchlist.store import describe
 
     path = Path(args.file)
-    store = _device_store(args.config)
+    cfg = load_config(args.config)
+    source = f"cli:{path.name}"
     try:
-        data = _read_install_bundle(path, store.max_bytes)
+        data = _read_install_bundle(path, int(cfg.watchlist.max_bundle_mb * (1 << 20)))
     except BundleError as e:
-        store.report_refusal(e, f"cli:{path.name}")
+        _device_store(args.config).report_refusal(e, source)
         raise
-    try:
-        store.load()
-    except InputError as e:  # a damaged stored list must not block installing a good one
-        say(f"warning: the stored watchlist is unusable ({e}); installing over it", logging.WARNING)
-    wl = store.install(data, source=f"cli:{path.name}")
-    info = describe(wl)
+    answer = ask_service(cfg, ControlRequest(Command.INSTALL, source, data), "installing into the store directly")
+    if answer is not None:
+        info = answer.watchlist or {}
+    else:
+        store = _device_store(args.config)
+        try:
+            store.load()
+        except InputError as e:  # a damaged stored list must not block installing a good one
+            say(f"warning: the stored watchlist is unusable ({e}); installing over it", logging.WARNING)
+        info = describe(store.install(data, source=source))
     if args.json:
         print(json.dumps(info))
     else:
         print(
-            f"installed watchlist version {wl.version}: {info['subjects']} subjects, "
-            f"{info['templates']} templates, expires {info['expires_at']}, signer {info['signer']}"
+            f"installed watchlist version {info.get('version')}: {info.get('subjects')} subjects, "
+            f"{info.get('templates')} templates, expires {info.get('expires_at')}, signer {info.get('signer')}"
         )
     return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
-    store = _device_store(args.config)
+    """The list the running service matches against; the stored one when no service runs."""
+    from edge.cli.service import ask_service
+    from edge.core.config import load_config
+    from edge.device.control import Command, ControlRequest
+    from edge.device.status import WatchlistStatus
+
+    answer = ask_service(load_config(args.config), ControlRequest(Command.STATUS), "reading the store directly")
+    if answer is not None:
+        detail = (answer.status or {}).get("watchlist_detail")
+        info: dict[str, Any] = detail if isinstance(detail, dict) else {"state": "none"}
+    else:
+        store = _device_store(args.config)
+        try:
+            store.load()
+            info = store.status().to_json()
+        except InputError as e:
+            info = WatchlistStatus.unusable(e).to_json()
     # A stored list that no longer verifies (its signer is not trusted any more) exits 3 after the report.
-    code = EXIT_OK
-    try:
-        store.load()
-        info = store.status()
-    except InputError as e:
-        info = {"state": "unusable", "error": str(e)}
-        code = EXIT_VERIFY if isinstance(e, VerificationFailed) else EXIT_OK
+    code = EXIT_VERIFY if info.get("verification_failed") is True else EXIT_OK
     if args.json:
         print(json.dumps(info))
         return code
@@ -201,6 +224,31 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  expires:   {info['expires_at']}")
         print(f"  signer:    {info['signer']}")
     return code
+
+
+def _wipe_local(args: argparse.Namespace) -> int:
+    """The running service drops the list from memory and disk before answering; with none
+    running, the store is wiped directly."""
+    from edge.cli.service import ask_service
+    from edge.core.config import load_config
+    from edge.device.control import Command, ControlRequest
+
+    cfg = load_config(args.config)
+    request = ControlRequest(Command.WIPE, "cli")
+    answer = ask_service(cfg, request, "wiping the store directly")
+    if answer is not None:
+        with_list = bool(answer.wiped)
+    else:
+        with_list = _device_store(args.config).wipe(source="cli")
+        # A service that started while this ran may have loaded the list before its file went: it
+        # answers now, so it is told too (a wipe of nothing is harmless).
+        late = ask_service(cfg, request, None)
+        with_list = with_list or bool(late is not None and late.wiped)
+    if args.json:
+        print(json.dumps({"local": True, "wiped": with_list, "service": answer is not None}))
+    else:
+        print("watchlist wiped; storage key destroyed" if with_list else "nothing to wipe (no watchlist)")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- back office
@@ -252,13 +300,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _wipe(args: argparse.Namespace) -> int:
     if args.local:
-        store = _device_store(args.config)
-        with_list = store.wipe(source="cli")
-        if args.json:
-            print(json.dumps({"local": True, "wiped": with_list}))
-        else:
-            print("watchlist wiped; storage key destroyed" if with_list else "nothing to wipe (no watchlist)")
-        return EXIT_OK
+        return _wipe_local(args)
     if not args.device or not args.sign:
         raise InputError("wipe needs --device and --sign (or --local on the device)")
     import threading

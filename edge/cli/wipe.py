@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from edge.cli.options import add_config_option, device_config
-from edge.core.config import load_config
-from edge.core.errors import EXIT_OK, EXIT_RUNTIME, InputError
+from edge.core.config import Config, load_config
+from edge.core.errors import EXIT_OK, EXIT_RUNTIME, InputError, RuntimeFailure
 from edge.core.logsetup import say
 
 
@@ -35,12 +35,24 @@ def _print_json(obj: Any) -> None:
 # ------------------------------------------------------------------------------------- wipe
 
 
+def _refuse_while_running(cfg: Config) -> None:
+    """A running service keeps its list in memory and would go on writing to what is removed: it
+    must be stopped first (`watchlist wipe --local` wipes the list of a running service)."""
+    from edge.device.control import Command, ControlRequest, ask, socket_path
+
+    if ask(socket_path(cfg), ControlRequest(Command.STATUS, "wipe --all")) is not None:
+        raise RuntimeFailure(
+            "the lfr-edge service is running; stop it first (systemctl stop lfr-edge), then wipe --all"
+        )
+
+
 def _wipe(args: argparse.Namespace) -> int:
     from edge.device.audit.wipe import mqtt_publisher, wipe_all
 
     if not args.all:
         raise InputError("wipe: --all is required")
     cfg = load_config(device_config(args))
+    _refuse_while_running(cfg)
     publisher = None if args.no_publish else mqtt_publisher(cfg, args.timeout)
     res = wipe_all(cfg, publisher)
     if args.json:

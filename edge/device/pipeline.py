@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ from edge.core.watchlist.policy import MatchingPolicy
 from edge.device.camera.base import FrameSource
 from edge.device.camera.factory import make_source
 from edge.device.camera.grabber import LatestFrameGrabber
+from edge.device.status import CameraStatus
 from edge.device.watchlist.store import WatchlistHolder
 
 log = logging.getLogger("lfr_edge.pipeline")
@@ -101,7 +102,6 @@ class Pipeline:
         self._last_alert: dict[str, float] = {}
         self._times = np.zeros(_FPS_WINDOW, np.float64)
         self._n_times = 0
-        self._started = time.monotonic()
 
     # -- one frame -----------------------------------------------------------------------------
     def process(self, frame: Frame, wait_ms: float = 0.0) -> None:
@@ -252,33 +252,25 @@ class Pipeline:
         oldest = self._times[(self._n_times - n) % _FPS_WINDOW]
         return float((n - 1) / max(newest - oldest, 1e-9))
 
-    def status(self) -> dict[str, Any]:
-        """Counts only, for the status heartbeat (never anything about a person)."""
+    def status(self) -> CameraStatus:
+        """This camera's counts, for the status heartbeat (never anything about a person).
+
+        Only the camera's own figures: the list in force, uptime and models belong to the appliance."""
         c = self.counters
-        out: dict[str, Any] = {
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "fps": round(self.fps(), 2),
-            "frames": c.frames,
-            "frames_dropped": c.frames_dropped,
-            "source_reconnects": c.source_reconnects,
-            "faces_seen": c.faces_seen,
-            "embeddings": c.embeddings,
-            "rejections": dict(c.rejections),
-            "alerts": c.matches,
-            "alerts_suppressed_cooldown": self.suppressed,
-            "non_match_discarded": c.non_match_discarded,
-            "live_tracks": len(self.tracker.tracks),
-            "models": {"detector": self.vision.model_ids.detector, "embedder": self.vision.model_ids.embedder},
-        }
-        wl = self.watchlists.current()
-        if wl is None:
-            out["watchlist"] = "none installed"
-        else:
-            out["watchlist_version"] = wl.version
-            out["watchlist_expires_at"] = wl.expires_at
-            out["watchlist_subjects"] = len(wl.subjects)
-            out["watchlist"] = "watchlist expired" if wl.expired(time.time()) else "active"
-        return out
+        return CameraStatus(
+            camera=self.camera,
+            fps=round(self.fps(), 2),
+            frames=c.frames,
+            frames_dropped=c.frames_dropped,
+            source_reconnects=c.source_reconnects,
+            faces_seen=c.faces_seen,
+            embeddings=c.embeddings,
+            rejections=dict(c.rejections),
+            matches=c.matches,
+            alerts_suppressed_cooldown=self.suppressed,
+            non_match_discarded=c.non_match_discarded,
+            live_tracks=len(self.tracker.tracks),
+        )
 
 
 def build_stages(cfg: Config) -> Stages:

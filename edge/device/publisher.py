@@ -17,30 +17,37 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import platform
 import queue
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge.core.alert_ack import ACK_TOPIC_SUFFIX, AckRejected, open_ack
-from edge.core.alert_message import build_alert, build_status, iso_utc
+from edge.core.alert_message import build_alert, build_status
 from edge.core.config import Config
 from edge.core.keys import DeviceKeys, load_device_keys, load_ed25519_public, load_x25519_public, storage_key
 from edge.core.mqtt import LinkSettings, Message, MqttLink, PublishHandle
 from edge.core.types import MatchEvent
 from edge.device.spool import DropCallback, Spool
+from edge.device.status import (
+    DeliveryStatus,
+    LinkStatus,
+    ModelsStatus,
+    ServiceState,
+    Status,
+    cpu_temperature_c,  # re-exported: the temperature reader was here first
+    runtime_status,
+)
 
 log = logging.getLogger("lfr_edge.alerts")
 
-StatusProvider = Callable[[], dict[str, Any]]
+StatusProvider = Callable[[], Status]
 SPOOL_FILE = "spool.db"
 STORAGE_KEY = "storage.key"
 _EXPIRE_EVERY_S = 60.0
@@ -91,23 +98,6 @@ class _Reconnected:
 _Event = _Puback | _Acked | _Reconnected | None
 
 
-def cpu_temperature_c(root: Path = Path("/sys/class/thermal")) -> float | None:
-    """The CPU zone's temperature (Pi: cpu-thermal, Jetson: CPU-therm), else the first readable zone."""
-    zones = sorted(root.glob("thermal_zone*"))
-    readings: list[tuple[bool, float]] = []
-    for z in zones:
-        try:
-            milli = int((z / "temp").read_text().strip())
-            kind = (z / "type").read_text().strip().lower()
-        except (OSError, ValueError):
-            continue
-        readings.append(("cpu" in kind or "soc" in kind, milli / 1000.0))
-    if not readings:
-        return None
-    preferred = [t for is_cpu, t in readings if is_cpu]
-    return round((preferred or [readings[0][1]])[0], 1)
-
-
 class AlertPublisher:
     def __init__(
         self,
@@ -151,7 +141,6 @@ class AlertPublisher:
         self._status_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
-        self._runtime_info: dict[str, str] | None = None
         link.on_connect(self._status_now.set)
         link.on_connect(lambda: self._events.put(_Reconnected()))
 
@@ -430,56 +419,43 @@ class AlertPublisher:
 
     # ----------------------------------------------------------------------- status
 
-    def _runtime(self) -> dict[str, str]:
-        if self._runtime_info is None:
-            from edge import __version__
-            from edge.core.errors import InputError
-            from edge.core.inference import runtime_name
-
-            try:
-                tflite = runtime_name()
-            except InputError:
-                tflite = "unavailable"
-            self._runtime_info = {"tflite": tflite, "python": platform.python_version(), "lfr_edge": __version__}
-        return self._runtime_info
-
-    def status(self) -> dict[str, Any]:
+    def delivery_status(self) -> DeliveryStatus:
         counters = self.spool.counters()
-        out: dict[str, Any] = {
-            "state": "online",
-            "device_id": self.cfg.device.id,
-            "time": iso_utc(time.time()),
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "alerts": {
-                "raised": self.raised,
-                "pending": self.spool.pending(),
-                "dropped": {
-                    k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.") and v
-                },
-                # End-to-end acknowledgement (issue 11): delivered counts back-office acknowledgements only.
-                **self.ack_status().as_dict(),
-            },
-            "mqtt": {
-                "broker": self.link.stats.broker,
-                "protocol": self.link.stats.protocol,
-                "reconnects": max(0, self.link.stats.connects - 1),
-            },
-            "models": {"detector": self.cfg.models.detector, "embedder": self.cfg.models.embedder},
-            "cpu_temp_c": cpu_temperature_c(),
-            "runtime": self._runtime(),
-        }
-        if self.status_provider is None:
-            return out
-        try:
-            merged = dict(self.status_provider())
-        except Exception:
-            log.exception("alerts: status provider failed")
-            return out
-        # The pipeline's figures first; on a clash the publisher's own (it knows delivery) win.
-        for k, v in out.items():
-            prev = merged.get(k)
-            merged[k] = {**prev, **v} if isinstance(prev, dict) and isinstance(v, dict) else v
-        return merged
+        return DeliveryStatus(
+            raised=self.raised,
+            pending=self.spool.pending(),
+            dropped={k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.") and v},
+            # End-to-end acknowledgement (issue 11): delivered counts back-office acknowledgements only.
+            ack=self.ack_status(),
+        )
+
+    def link_status(self) -> LinkStatus:
+        st = self.link.stats
+        return LinkStatus(broker=st.broker, protocol=st.protocol, reconnects=max(0, st.connects - 1))
+
+    def status(self) -> Status:
+        """The appliance's status when it provides one (it includes this publisher's parts), else
+        this publisher's own (a publisher without a camera loop: `alerts test`, the benchmark)."""
+        if self.status_provider is not None:
+            try:
+                return self.status_provider()
+            except Exception:
+                log.exception("alerts: status provider failed; publishing the publisher's own status")
+        return self.own_status()
+
+    def own_status(self) -> Status:
+        """Device facts and this publisher's parts only: no camera, list or policy in this process."""
+        return Status(
+            state=ServiceState.ONLINE,
+            device_id=self.cfg.device.id,
+            time=time.time(),
+            uptime_s=time.monotonic() - self._started,
+            models=ModelsStatus(self.cfg.models.detector, self.cfg.models.embedder),
+            runtime=runtime_status(),
+            cpu_temp_c=cpu_temperature_c(),
+            alerts=self.delivery_status(),
+            mqtt=self.link_status(),
+        )
 
     def _heartbeat(self) -> None:
         interval = self.cfg.mqtt.status_interval_s
@@ -489,7 +465,7 @@ class AlertPublisher:
             if self._stop.is_set():
                 break
             if self.link.connected:
-                payload = build_status(self.status(), self.cfg.device.id, self.signer)
+                payload = build_status(self.status().to_json(), self.cfg.device.id, self.signer)
                 self.link.publish(self.status_topic, payload, qos=1, retain=True)
 
 

@@ -46,6 +46,7 @@ from edge.core.vision.scoring import CohortNorm
 from edge.core.watchlist.bundle import BundleError, iso_utc, open_stored_bundle, verify_bundle
 from edge.core.watchlist.match import Matcher
 from edge.core.watchlist.model import Watchlist
+from edge.device.status import WatchlistStatus
 
 log = logging.getLogger("lfr_edge.watchlist")
 
@@ -129,20 +130,8 @@ class WatchlistHolder:
 
 
 def describe(wl: Watchlist | None, now: float | None = None) -> dict[str, Any]:
-    """What `watchlist status` and the MQTT status show: never templates or subject ids."""
-    if wl is None:
-        return {"state": "none"}
-    t = time.time() if now is None else now
-    return {
-        "state": "expired" if wl.expired(t) else "active",
-        "version": wl.version,
-        "subjects": len(wl.subjects),
-        "templates": wl.n_templates,
-        "created_at": iso_utc(wl.created_at),
-        "expires_at": iso_utc(wl.expires_at),
-        "signer": wl.signer_key_id,
-        "embedder_sha256": wl.embedder_sha256,
-    }
+    """What `watchlist status` and the audit log show: never templates or subject ids."""
+    return WatchlistStatus.of(wl, now).to_json()
 
 
 class WatchlistStore:
@@ -325,8 +314,8 @@ class WatchlistStore:
             self._emit("expired", {"version": wl.version, "expires_at": iso_utc(wl.expires_at)})
         return True
 
-    def status(self) -> dict[str, Any]:
-        return describe(self.holder.current(), self.clock())
+    def status(self) -> WatchlistStatus:
+        return WatchlistStatus.of(self.holder.current(), self.clock())
 
 
 def embedder_sha256_for(cfg: Config) -> str:
