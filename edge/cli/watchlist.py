@@ -66,9 +66,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     b.set_defaults(handler=_build)
 
-    i = ws.add_parser("install", help="verify a bundle and install it on this device")
+    i = ws.add_parser(
+        "install",
+        help="verify a bundle and install it on this device (watchlist.at_rest: false: hand it to the "
+        "running service through watchlist.inbox_dir; it is then held in memory only)",
+    )
     i.add_argument("file", help="bundle file")
     add_config_option(i)
+    i.add_argument(
+        "--wait", type=float, default=15.0,
+        help="memory-only devices: seconds to wait for the running service to take the bundle (default 15)",
+    )  # fmt: skip
     i.add_argument("--json", action="store_true")
     i.set_defaults(handler=_install)
 
@@ -108,11 +116,66 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- device side
 
 
-def _device_store(config: str | None) -> Any:
+def _device_config(config: str | None) -> Any:
     from edge.core.config import load_config
+
+    return load_config(config)
+
+
+def _device_store(config: str | None, cfg: Any = None) -> Any:
     from edge.device.watchlist.store import store_from_config
 
-    return store_from_config(load_config(config))
+    return store_from_config(cfg if cfg is not None else _device_config(config))
+
+
+MEMORY_ONLY_NOTE = (
+    "held in memory only (watchlist.at_rest: false): after a restart the device has no list "
+    "until the broker re-delivers the retained bundle"
+)
+
+
+def _hand_to_service(args: argparse.Namespace, cfg: Any, store: Any, path: Path, data: bytes) -> int:
+    """Memory-only device: this command's memory is not the service's. Verify here (a refusal is
+    exit 2 at once), then give the bundle to the running service through its inbox and wait until
+    it is taken. A bundle nobody takes is removed again: on the card it could be opened with the
+    device key that lies beside it."""
+    from edge.device.watchlist.store import describe
+
+    inbox = cfg.watchlist.inbox_dir
+    if inbox is None:
+        raise InputError(
+            "watchlist.inbox_dir is not set: with watchlist.at_rest: false only the running service holds "
+            "the list; set inbox_dir, or publish the bundle retained (watchlist publish)"
+        )
+    wl = store.verify(data, source=f"cli:{path.name}")
+    inbox.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = f"cli-{os.getpid()}-{path.name}"
+    part, final = inbox / f".{name}.part", inbox / name
+    with open(part, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as out:
+        out.write(data)
+    os.replace(part, final)  # the inbox only sees whole files
+    rejected = inbox / "rejected" / f"{name}.reason.txt"
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while final.exists() and not rejected.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if rejected.exists():
+        raise InputError(f"the running service refused it: {rejected.read_text().strip()}")
+    if final.exists():
+        with contextlib.suppress(FileNotFoundError):
+            final.unlink()
+        raise RuntimeFailure(
+            f"no running service took the bundle from {inbox} within {args.wait:g} s; removed it again "
+            "(start the service, or publish the bundle retained)"
+        )
+    info = {**describe(wl), "at_rest": False, "handed_to": "running service"}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(
+            f"installed watchlist version {wl.version} in the running service: {info['subjects']} subjects, "
+            f"{info['templates']} templates, expires {info['expires_at']}, signer {info['signer']}; {MEMORY_ONLY_NOTE}"
+        )
+    return EXIT_OK
 
 
 def _read_bundle(path: Path) -> bytes:
@@ -152,12 +215,15 @@ def _install(args: argparse.Namespace) -> int:
     from edge.device.watchlist.store import describe
 
     path = Path(args.file)
-    store = _device_store(args.config)
+    cfg = _device_config(args.config)
+    store = _device_store(args.config, cfg)
     try:
         data = _read_install_bundle(path, store.max_bytes)
     except BundleError as e:
         store.report_refusal(e, f"cli:{path.name}")
         raise
+    if not store.at_rest:
+        return _hand_to_service(args, cfg, store, path, data)
     try:
         store.load()
     except InputError as e:  # a damaged stored list must not block installing a good one
@@ -178,6 +244,19 @@ def _status(args: argparse.Namespace) -> int:
     store = _device_store(args.config)
     # A stored list that no longer verifies (its signer is not trusted any more) exits 3 after the report.
     code = EXIT_OK
+    if not store.at_rest:
+        # Nothing on the card to show: the list is in the running service's memory (its MQTT status).
+        info: dict[str, Any] = {"state": "none", "at_rest": False, "highest_version_installed": store.high_water()}
+        if args.json:
+            print(json.dumps(info))
+        else:
+            print(
+                "no watchlist on this card: watchlist.at_rest is false, so the running service holds it in memory "
+                "only (see its status on <prefix>/status)"
+            )
+            if info["highest_version_installed"] is not None:
+                print(f"  highest version installed here: {info['highest_version_installed']}")
+        return code
     try:
         store.load()
         info = store.status()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.core.config import Config
+from edge.core.config import Config, sealing_problem
 from edge.core.errors import InputError
 from edge.core.types import Counters, MatchEvent
 from edge.device.camera.base import FrameSource
@@ -71,6 +71,8 @@ def serve(
     from edge.device.watchlist.store import WatchlistHolder, store_from_config
     from edge.device.watchlist.sync import sync_from_config
 
+    if unsealed := sealing_problem(cfg.alerts.seal_to, cfg.alerts.allow_unsealed):
+        raise InputError(unsealed)  # what `run` and check-config refuse, for callers of serve() too
     stop = stop or threading.Event()
     notifier = notifier or Notifier()
     # A bad URI fails here, before models load.
@@ -107,6 +109,8 @@ def serve(
         store.load()
     except InputError as e:  # a stored list that cannot be opened: run, count faces, alert nobody
         log.error("installed watchlist not usable: %s", e)
+    if not cfg.watchlist.at_rest:
+        log.info("watchlist held in memory only (watchlist.at_rest: false): none until the broker delivers the retained bundle")
     sync = sync_from_config(cfg, store, publisher.link)
 
     pipeline = Pipeline(cfg, stages, holder, _Fanout(publisher, *extra_sinks, audit=audit))
