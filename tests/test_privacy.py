@@ -156,6 +156,7 @@ def write_config(tmp_path: Path, broker_uri: str) -> Path:
         "matching": {"threshold": 4.5, "min_margin": 0.5},  # as tests/test_pipeline.py
         "logging": {"level": "DEBUG", "format": "json"},
         "audit": {"checkpoint_every": 10},
+        "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "test rig: no back-office sealing key"},
     }  # fmt: skip
     p = tmp_path / "lfr-edge.yaml"
     p.write_text(yaml.safe_dump(doc))

@@ -284,8 +284,11 @@ class WatchlistStore:
         (altered file, storage key gone, signer no longer trusted, embedder changed).
         """
         if not self.at_rest:
-            with self._exclusive():
-                purged = self._purge_at_rest()
+            purged = False
+            # Only touch the card when there is something to shred (no lock file on a clean device).
+            if self.path.exists() or storage_key_path(self.key_dir, STORAGE_KEY_NAME).exists():
+                with self._exclusive():
+                    purged = self._purge_at_rest()
             if purged:
                 self._emit("at_rest_removed", {"source": "load"})
             return self.holder.current()
