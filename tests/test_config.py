@@ -17,6 +17,7 @@ from edge.core.keys import BACKOFFICE_X25519_PUB, generate_backoffice_keys, gene
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "lfr-edge.example.yaml"
+UNSEALED = {"allow_unsealed": True, "allow_unsealed_reason": "test: no back-office sealing key"}
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -70,7 +71,8 @@ def test_every_example_key_is_present_and_commented() -> None:
 def test_three_mistakes_three_lines_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     generate_device_keys(tmp_path / "keys")
-    bad.write_text("device:\n  id: van-01\n  keys_dir: keys\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
+    bad.write_text("device:\n  id: van-01\n  keys_dir: keys\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n"
+                   "alerts:\n  allow_unsealed: true\n  allow_unsealed_reason: bench rig\n")
     r = cli("check-config", "--config", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -135,7 +137,7 @@ def test_accepting_a_threshold_below_the_floor_needs_a_reason() -> None:
 def test_config_path_from_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     generate_device_keys(tmp_path / "keys")
-    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env", "keys_dir": "keys"}}))
+    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env", "keys_dir": "keys"}, "alerts": UNSEALED}))
     env = dict(os.environ, LFR_EDGE_CONFIG=str(cfg))
     r = cli("check-config", env=env)
     assert r.returncode == 0 and str(cfg) in r.stdout
