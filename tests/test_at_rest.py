@@ -346,7 +346,9 @@ def revoke(broker: MosquittoBroker, user: str) -> None:
 
 
 def refusals(broker: MosquittoBroker) -> int:
-    return len(re.findall(r"lfr-edge-dev-a\S* disconnected, not authori[sz]ed|not authori[sz]ed.*lfr-edge-dev-a", broker.log_text()))
+    """Connections the broker refused for bad credentials (it logs them as `<unknown>`: only the
+    revoked device presents bad credentials in these tests)."""
+    return broker.log_text().count("disconnected, not authorised")
 
 
 def needles(wl: Watchlist) -> dict[str, bytes]:
