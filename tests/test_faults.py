@@ -85,6 +85,12 @@ HOSTILE_CONFIGS: dict[str, tuple[bytes, str]] = {
     "wide": (b"device: {id: van-01}\nx: [" + b"1," * 400_000 + b"1]\n", "more than 5000 values"),
     "python-tag": (b"device: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
 }
+# Files that are otherwise complete say how they seal (`run` refuses no seal_to in the same pass),
+# so that the hostile part is the only thing wrong.
+UNSEALED_LINE = b"alerts: {allow_unsealed: true, allow_unsealed_reason: fault test}\n"
+HOSTILE_CONFIGS = {
+    k: (data + UNSEALED_LINE if b"keys_dir: keys}" in data else data, expect) for k, (data, expect) in HOSTILE_CONFIGS.items()
+}
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
@@ -119,7 +125,7 @@ def test_oversized_config_is_refused_before_reading(tmp_path: Path) -> None:
 
 def test_a_nul_byte_in_any_path_is_refused_in_check_config_and_run(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text('device: {id: van-01, data_dir: "data\\0", keys_dir: "keys\\0"}\n')
+    path.write_text('device: {id: van-01, data_dir: "data\\0", keys_dir: "keys\\0"}\n' + UNSEALED_LINE.decode())
     for cmd in ("check-config", "run"):
         r = run_measured(tmp_path, cmd, "--config", str(path))
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
