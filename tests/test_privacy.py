@@ -42,7 +42,7 @@ B64_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 NUM_RUN_RE = re.compile(r"(?:-?\d+(?:\.\d+)?(?:[eE]-?\d+)?[,\s\]\[]+){16,}")  # 16+ numbers in a row
 AUDIT_KINDS_EXPECTED = {
     al.SERVICE_START, al.CONFIG, al.MODELS, al.THRESHOLDS, "watchlist_loaded", al.CHECKPOINT,
-    al.DEPLOYMENT_STOP, al.DEPLOYMENT_RECORD, al.SERVICE_STOP,
+    al.DEPLOYMENT_STOP, al.DEPLOYMENT_RECORD, al.SERVICE_STOP, "data_protection",
 }  # fmt: skip
 
 
