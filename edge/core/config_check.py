@@ -144,6 +144,12 @@ def device_warnings(cfg: Config) -> list[str]:
             "copied card reveals every subject and template until the list is wiped or expires (false keeps it in "
             "memory only, fetched from the broker at start)"
         )
+    if not cfg.watchlist.trusted_signers:
+        # The back-office key signs bundles and the acknowledgements that let an alert leave the spool.
+        out.append(
+            "watchlist.trusted_signers: empty: no watchlist can be installed and no back-office "
+            "acknowledgement verified, so alerts stay in the spool (re-sent) and are never confirmed delivered"
+        )
     if not topics.prefix_fits_acl(cfg.mqtt.topic_prefix):
         out.append(
             f"mqtt.topic_prefix: {cfg.mqtt.topic_prefix!r} does not end in /{{device_id}}; the example ACL "
