@@ -141,7 +141,8 @@ def test_run_and_check_config_refuse_unsealed_alerts_in_one_line_unless_chosen_w
     for cmd in (("check-config",), ("run", "--source", "dir:/nonexistent")):
         r = _cli(*cmd, "--config", str(path))
         assert r.returncode == 2, (cmd, r.stderr)
-        assert r.stderr.strip() == f"error: {UNSEALED_REFUSED}", (cmd, r.stderr)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == [f"error: {UNSEALED_REFUSED}"], (cmd, r.stderr)
     # An override needs its reason, and contradicts a sealing key.
     with pytest.raises(ConfigError) as no_reason:
         parse_config({"alerts": {"allow_unsealed": True}}, tmp_path)
