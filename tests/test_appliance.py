@@ -77,7 +77,8 @@ def van(tmp_path: Path, tls_broker: Any, faces_dir: Path) -> Iterator[dict[str, 
     cfg = yaml.safe_load(dev.config.read_text())
     cfg["camera"] = {"source": f"file:{clip / 'clip.mp4'}", "loop": True}
     cfg["matching"] = MATCHING
-    cfg["watchlist"] = {"trusted_signers": [str(bo_keys / "backoffice_ed25519.pub.pem")]}
+    # At rest, so that the commands' fallback with no service running (the store itself) is there to test.
+    cfg["watchlist"] = {"trusted_signers": [str(bo_keys / "backoffice_ed25519.pub.pem")], "at_rest": True}
     cfg["logging"] = {"level": "INFO"}
     dev.config.write_text(yaml.safe_dump(cfg))
     custody = tmp_path / "custody" / ENROLLED

@@ -436,6 +436,7 @@ def write_config(tmp_path: Path, **matching: Any) -> Path:
                    "keys_dir": str(tmp_path / "keys")},
         "audit": {"checkpoint_every": EVERY},
         "matching": matching,
+        "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "test rig: no back-office sealing key"},
     }  # fmt: skip
     p = tmp_path / "lfr-edge.yaml"
     p.write_text(yaml.safe_dump(doc))

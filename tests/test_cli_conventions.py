@@ -44,10 +44,12 @@ def device_config(tmp: Path, broker: str = "mqtt://127.0.0.1:9") -> Path:
     data = {
         "device": {"id": "van-9", "data_dir": str(tmp / "data"), "keys_dir": str(tmp / "device-keys")},
         "mqtt": {"brokers": [broker]},
+        "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "test rig: no back-office sealing key"},
     }
     signer = tmp / "backoffice-keys" / "backoffice_ed25519.pub.pem"
     if signer.exists():
-        data["watchlist"] = {"trusted_signers": [str(signer)]}
+        # `watchlist install` with no service running: the list is kept on the card (at-rest opt-in).
+        data["watchlist"] = {"trusted_signers": [str(signer)], "at_rest": True}
     path.write_text(yaml.safe_dump(data))
     return path
 

@@ -13,10 +13,11 @@ from pydantic import BaseModel
 
 from edge.core.config import Config, load_config, parse_config
 from edge.core.errors import ConfigError
-from edge.core.keys import generate_device_keys
+from edge.core.keys import BACKOFFICE_X25519_PUB, generate_backoffice_keys, generate_device_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "lfr-edge.example.yaml"
+UNSEALED = {"allow_unsealed": True, "allow_unsealed_reason": "test: no back-office sealing key"}
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,12 +31,15 @@ def test_example_config_is_ok(tmp_path: Path) -> None:
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["device"].update(data_dir=str(tmp_path / "data"), keys_dir=str(tmp_path / "keys"))
     generate_device_keys(tmp_path / "keys")
+    # The example names the back office's sealing key where an installed van has it; here it is made.
+    generate_backoffice_keys(tmp_path / "bo")
+    doc["alerts"]["seal_to"] = str(tmp_path / "bo" / BACKOFFICE_X25519_PUB)
     cfg = tmp_path / "lfr-edge.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     r = cli("check-config", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK")
-    assert r.stderr.startswith("warning: alerts.seal_to: null")  # the example leaves sealing to the operator
+    assert "seal_to" not in r.stderr and "at_rest" not in r.stderr  # the example's choices are the safe ones
 
 
 def test_every_example_key_is_present_and_commented() -> None:
@@ -67,7 +71,8 @@ def test_every_example_key_is_present_and_commented() -> None:
 def test_three_mistakes_three_lines_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     generate_device_keys(tmp_path / "keys")
-    bad.write_text("device:\n  id: van-01\n  keys_dir: keys\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n")
+    bad.write_text("device:\n  id: van-01\n  keys_dir: keys\n  colour: blue\ncamera:\n  fps: fast\nmqtt:\n  keepalive_s: 2\n"
+                   "alerts:\n  allow_unsealed: true\n  allow_unsealed_reason: bench rig\n")
     r = cli("check-config", "--config", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -132,7 +137,7 @@ def test_accepting_a_threshold_below_the_floor_needs_a_reason() -> None:
 def test_config_path_from_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     generate_device_keys(tmp_path / "keys")
-    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env", "keys_dir": "keys"}}))
+    cfg.write_text(yaml.safe_dump({"device": {"id": "from-env", "keys_dir": "keys"}, "alerts": UNSEALED}))
     env = dict(os.environ, LFR_EDGE_CONFIG=str(cfg))
     r = cli("check-config", env=env)
     assert r.returncode == 0 and str(cfg) in r.stdout

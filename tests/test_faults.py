@@ -86,6 +86,12 @@ HOSTILE_CONFIGS: dict[str, tuple[bytes, str]] = {
     "wide": (b"device: {id: van-01}\nx: [" + b"1," * 400_000 + b"1]\n", "more than 5000 values"),
     "python-tag": (b"device: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
 }
+# Files that are otherwise complete say how they seal (`run` refuses no seal_to in the same pass),
+# so that the hostile part is the only thing wrong.
+UNSEALED_LINE = b"alerts: {allow_unsealed: true, allow_unsealed_reason: fault test}\n"
+HOSTILE_CONFIGS = {
+    k: (data + UNSEALED_LINE if b"keys_dir: keys}" in data else data, expect) for k, (data, expect) in HOSTILE_CONFIGS.items()
+}
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
@@ -122,7 +128,7 @@ def test_oversized_config_is_refused_before_reading(tmp_path: Path) -> None:
 
 def test_a_nul_byte_in_any_path_is_refused_in_check_config_and_run(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text('device: {id: van-01, data_dir: "data\\0", keys_dir: "keys\\0"}\n')
+    path.write_text('device: {id: van-01, data_dir: "data\\0", keys_dir: "keys\\0"}\n' + UNSEALED_LINE.decode())
     for cmd in ("check-config", "run"):
         r = run_measured(tmp_path, cmd, "--config", str(path))
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
@@ -249,7 +255,7 @@ def test_check_config_warns_about_insecure_choices_and_still_passes(tmp_path: Pa
             {
                 "device": {"id": "van-01", "keys_dir": "keys"},
                 "mqtt": {"brokers": ["mqtt://broker.lan:1883"], "tls": {"insecure_no_verify": True}},
-                "alerts": {"seal_to": None},
+                "alerts": {"seal_to": None, "allow_unsealed": True, "allow_unsealed_reason": "lab rig"},
             }
         )
     )
@@ -260,7 +266,7 @@ def test_check_config_warns_about_insecure_choices_and_still_passes(tmp_path: Pa
     assert len(warnings) == 4, r.stderr
     assert warnings[0].startswith("warning: mqtt.tls.insecure_no_verify: true")
     assert warnings[1].startswith("warning: mqtt.brokers: mqtt://broker.lan:1883 is plain mqtt:// with no password")
-    assert warnings[2].startswith("warning: alerts.seal_to: null")
+    assert warnings[2].startswith("warning: alerts.allow_unsealed: true") and "'lab rig'" in warnings[2]
     assert warnings[3].startswith("warning: watchlist.trusted_signers: empty")  # alerts never acknowledged
 
 
@@ -327,7 +333,7 @@ def test_watchlist_install_refuses_8_gib_and_dev_zero_unread_in_bounded_memory(t
     _one_line_refusal(r, "/dev/zero: not a regular file")
     assert_unread(r, tiny)
     status = run_measured(tmp_path, "watchlist", "status", "--config", str(cfg))
-    assert status.returncode == 0 and "no watchlist installed" in status.stdout
+    assert status.returncode == 0 and "no watchlist" in status.stdout
 
 
 INBOX_POLL = """

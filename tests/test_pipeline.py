@@ -288,7 +288,9 @@ def test_run_alerts_from_the_installed_watchlist_and_stops_on_sigterm_within_a_s
         "device": {"id": "van-test", "data_dir": str(tmp_path / "data"), "keys_dir": str(tmp_path / "keys")},
         "camera": {"source": f"dir:{out / 'frames'}", "loop": True},
         "matching": TEST_MATCHING,
-        "watchlist": {"trusted_signers": [str(tmp_path / "office" / BACKOFFICE_ED25519_PUB)]},
+        # Installed before `run` starts, so kept on the card (the opt-in at-rest store).
+        "watchlist": {"trusted_signers": [str(tmp_path / "office" / BACKOFFICE_ED25519_PUB)], "at_rest": True},
+        "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "test rig: no back-office sealing key"},
         "logging": {"format": "json"},
     }))  # fmt: skip
     _install_bundle(conf, office, watchlist)

@@ -42,7 +42,7 @@ B64_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 NUM_RUN_RE = re.compile(r"(?:-?\d+(?:\.\d+)?(?:[eE]-?\d+)?[,\s\]\[]+){16,}")  # 16+ numbers in a row
 AUDIT_KINDS_EXPECTED = {
     al.SERVICE_START, al.CONFIG, al.MODELS, al.THRESHOLDS, "watchlist_loaded", al.CHECKPOINT,
-    al.DEPLOYMENT_STOP, al.DEPLOYMENT_RECORD, al.SERVICE_STOP,
+    al.DEPLOYMENT_STOP, al.DEPLOYMENT_RECORD, al.SERVICE_STOP, "data_protection",
 }  # fmt: skip
 
 
@@ -156,6 +156,7 @@ def write_config(tmp_path: Path, broker_uri: str) -> Path:
         "matching": {"threshold": 4.5, "min_margin": 0.5},  # as tests/test_pipeline.py
         "logging": {"level": "DEBUG", "format": "json"},
         "audit": {"checkpoint_every": 10},
+        "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "test rig: no back-office sealing key"},
     }  # fmt: skip
     p = tmp_path / "lfr-edge.yaml"
     p.write_text(yaml.safe_dump(doc))

@@ -50,6 +50,7 @@ def test_status_heartbeat_fields_and_below_floor_override(
             "camera": {"source": "picamera2"},
             "mqtt": {"brokers": [broker.uri], "status_interval_s": 0.5},
             "matching": {"threshold": 0.93, "allow_below_floor": True, "below_floor_reason": "missing child, DCI approval 42"},
+            "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "test rig: no back-office sealing key"},
         },
         tmp_path,
     )  # fmt: skip

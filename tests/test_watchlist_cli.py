@@ -23,7 +23,12 @@ def device(tmp_path: Path) -> tuple[Kit, Path, str]:
             "data_dir": str(tmp_path / "data"),
             "keys_dir": str(tmp_path / "device-keys"),
         },
-        "watchlist": {"trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")]},
+        # No service runs here: `watchlist install` keeps the list on the card (the at-rest opt-in);
+        # the memory-only default is tests/test_at_rest.py's.
+        "watchlist": {
+            "trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")],
+            "at_rest": True,
+        },
     }
     path = tmp_path / "lfr-edge.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -143,7 +143,7 @@ def test_process_killed_between_write_and_rename(kit: Kit, tmp_path: Path) -> No
         from edge.device.watchlist.store import WatchlistStore
         store = WatchlistStore({str(store.path)!r}, load_device_keys({str(kit.root / "device-keys")!r}),
                                [load_ed25519_public({str(kit.root / "backoffice-keys" / "backoffice_ed25519.pub.pem")!r})],
-                               {EMBEDDER!r})
+                               {EMBEDDER!r}, at_rest=True)
         store.load()
         def die(src, dst):
             if str(dst) == str(store.path):

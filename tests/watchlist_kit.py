@@ -41,7 +41,9 @@ class Kit:
         return self.root / "data"
 
     def store(self, **kw: Any) -> WatchlistStore:
+        """The store as the storage tests use it: kept on the card (at_rest) unless at_rest=False."""
         kw.setdefault("on_event", lambda kind, fields: self.events.append((kind, fields)))
+        kw.setdefault("at_rest", True)
         return WatchlistStore(
             self.data_dir / "watchlist.enc", self.device, [self.backoffice.ed25519_public], EMBEDDER, **kw
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.cli.options import add_config_option, resolve_config
-from edge.core.config import ConfigRole
+from edge.core.config import Config, ConfigRole
 from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError, RuntimeFailure, VerificationFailed
 from edge.core.logsetup import say
 
@@ -69,9 +69,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     b.set_defaults(handler=_build)
 
-    i = ws.add_parser("install", help="verify a bundle and install it on this device")
+    i = ws.add_parser(
+        "install",
+        help="verify a bundle and install it on this device (watchlist.at_rest: false: hand it to the "
+        "running service through watchlist.inbox_dir; it is then held in memory only)",
+    )
     i.add_argument("file", help="bundle file")
     add_config_option(i)
+    i.add_argument(
+        "--wait", type=float, default=15.0,
+        help="memory-only devices: seconds to wait for the running service to take the bundle (default 15)",
+    )  # fmt: skip
     i.add_argument("--json", action="store_true")
     i.set_defaults(handler=_install)
 
@@ -111,11 +119,66 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- device side
 
 
-def _device_store(config: str | None) -> WatchlistStore:
+def _device_config(config: str | None) -> Config:
     from edge.core.config import load_config
+
+    return load_config(config)
+
+
+def _device_store(config: str | None, cfg: Config | None = None) -> WatchlistStore:
     from edge.device.watchlist.store import store_from_config
 
-    return store_from_config(load_config(config))
+    return store_from_config(cfg if cfg is not None else _device_config(config))
+
+
+MEMORY_ONLY_NOTE = (
+    "held in memory only (watchlist.at_rest: false): after a restart the device has no list "
+    "until the broker re-delivers the retained bundle"
+)
+
+
+def _hand_to_service(args: argparse.Namespace, cfg: Config, store: WatchlistStore, path: Path, data: bytes) -> int:
+    """Memory-only device whose service does not answer on its control socket (this user may not
+    open it): this command's memory is not the service's. Verify here (a refusal is exit 2 at once),
+    then give the bundle to the running service through its inbox and wait until it is taken. A bundle nobody takes is removed again: on the card it could be opened with the
+    device key that lies beside it."""
+    from edge.device.watchlist.store import describe
+
+    inbox = cfg.watchlist.inbox_dir
+    if inbox is None:
+        raise InputError(
+            "watchlist.inbox_dir is not set: with watchlist.at_rest: false only the running service holds "
+            "the list; set inbox_dir, or publish the bundle retained (watchlist publish)"
+        )
+    wl = store.verify(data, source=f"cli:{path.name}")
+    inbox.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = f"cli-{os.getpid()}-{path.name}"
+    part, final = inbox / f".{name}.part", inbox / name
+    with open(part, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as out:
+        out.write(data)
+    os.replace(part, final)  # the inbox only sees whole files
+    rejected = inbox / "rejected" / f"{name}.reason.txt"
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while final.exists() and not rejected.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if rejected.exists():
+        raise InputError(f"the running service refused it: {rejected.read_text().strip()}")
+    if final.exists():
+        with contextlib.suppress(FileNotFoundError):
+            final.unlink()
+        raise RuntimeFailure(
+            f"no running service took the bundle from {inbox} within {args.wait:g} s; removed it again "
+            "(start the service, or publish the bundle retained)"
+        )
+    info = {**describe(wl), "at_rest": False, "handed_to": "running service"}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(
+            f"installed watchlist version {wl.version} in the running service: {info['subjects']} subjects, "
+            f"{info['templates']} templates, expires {info['expires_at']}, signer {info['signer']}; {MEMORY_ONLY_NOTE}"
+        )
+    return EXIT_OK
 
 
 def _read_bundle(path: Path) -> bytes:
@@ -152,26 +215,30 @@ def _read_install_bundle(path: Path, limit: int) -> bytes:
 
 def _install(args: argparse.Namespace) -> int:
     """To the running service when one answers (it matches against the new list from its next
-    frame); straight into the store when none runs (the service loads it when it starts)."""
+    frame); when none runs, straight into the store (at rest) or through the inbox (memory-only)."""
     from edge.cli.service import ask_service
-    from edge.core.config import load_config
     from edge.core.watchlist.bundle import BundleError
     from edge.device.control import Command, ControlRequest
     from edge.device.watchlist.store import describe
 
     path = Path(args.file)
-    cfg = load_config(args.config)
+    cfg = _device_config(args.config)
     source = f"cli:{path.name}"
     try:
         data = _read_install_bundle(path, int(cfg.watchlist.max_bundle_mb * (1 << 20)))
     except BundleError as e:
         _device_store(args.config).report_refusal(e, source)
         raise
-    answer = ask_service(cfg, ControlRequest(Command.INSTALL, source, data), "installing into the store directly")
+    fallback = "installing into the store directly" if cfg.watchlist.at_rest else "handing it over through the inbox"
+    answer = ask_service(cfg, ControlRequest(Command.INSTALL, source, data), fallback)
     if answer is not None:
         info = answer.watchlist or {}
+        if not cfg.watchlist.at_rest:
+            info = {**info, "at_rest": False, "handed_to": "running service"}
     else:
-        store = _device_store(args.config)
+        store = _device_store(args.config, cfg)
+        if not store.at_rest:
+            return _hand_to_service(args, cfg, store, path, data)
         try:
             store.load()
         except InputError as e:  # a damaged stored list must not block installing a good one
@@ -183,6 +250,7 @@ def _install(args: argparse.Namespace) -> int:
         print(
             f"installed watchlist version {info.get('version')}: {info.get('subjects')} subjects, "
             f"{info.get('templates')} templates, expires {info.get('expires_at')}, signer {info.get('signer')}"
+            + ("" if cfg.watchlist.at_rest else f"; {MEMORY_ONLY_NOTE}")
         )
     return EXIT_OK
 
@@ -200,6 +268,8 @@ def _status(args: argparse.Namespace) -> int:
         info: dict[str, Any] = detail if isinstance(detail, dict) else {"state": "none"}
     else:
         store = _device_store(args.config)
+        if not store.at_rest:
+            return _memory_only_status(args, store)
         try:
             store.load()
             info = store.status().to_json()
@@ -224,6 +294,21 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  expires:   {info['expires_at']}")
         print(f"  signer:    {info['signer']}")
     return code
+
+
+def _memory_only_status(args: argparse.Namespace, store: WatchlistStore) -> int:
+    """No service answers and the card holds no list by design: only the anti-rollback mark."""
+    info: dict[str, Any] = {"state": "none", "at_rest": False, "highest_version_installed": store.high_water()}
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    print(
+        "no watchlist on this card: watchlist.at_rest is false, so only a running service holds it, in memory "
+        "(see its status on <prefix>/status)"
+    )
+    if info["highest_version_installed"] is not None:
+        print(f"  highest version installed here: {info['highest_version_installed']}")
+    return EXIT_OK
 
 
 def _wipe_local(args: argparse.Namespace) -> int:

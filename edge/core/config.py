@@ -175,6 +175,11 @@ class WatchlistConfig(Section):
     trusted_signers: list[Path] = Field(default_factory=list)  # back-office Ed25519 public keys (PEM)
     max_bundle_mb: Annotated[float, Field(gt=0, le=4096)] = 256.0
     mqtt_sync: bool = True  # retained <prefix>/<device_id>/watchlist
+    # False (default): the list lives in memory only and is fetched from the retained, device-encrypted
+    # bundle at every start, so a copied card holds nothing that decrypts to it. True: also kept on
+    # the card (encrypted, with its key beside it) so a van can boot with its list offline; a stolen
+    # card then reveals the list until it is wiped. Audited at start, warned by check-config.
+    at_rest: bool = False
 
 
 class TLSConfig(Section):
@@ -253,6 +258,11 @@ class AlertsConfig(Section):
     include_crop: bool = True
     crop_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 85
     seal_to: Path | None = None  # back-office X25519 public key (PEM): seals subject and face
+    # Without seal_to, subject ids and face crops travel and rest in clear (alerts, spool, audit log
+    # and its published copy): `run` refuses that unless it is chosen on purpose, with a reason
+    # that is audited at every start.
+    allow_unsealed: bool = False
+    allow_unsealed_reason: str = ""
     spool: SpoolConfig = SpoolConfig()
     # End-to-end delivery (docs/ALERTS.md): an alert stays spooled until the back office acknowledges
     # it, re-sent after ack_retry_s, doubling up to ack_retry_max_s (jittered); unacknowledged after
@@ -260,6 +270,14 @@ class AlertsConfig(Section):
     ack_retry_s: Annotated[float, Field(ge=0.1, le=3600)] = 30.0
     ack_retry_max_s: Annotated[float, Field(ge=0.1, le=24 * 3600)] = 900.0
     ack_overdue_s: Annotated[float, Field(ge=1, le=30 * 24 * 3600)] = 600.0
+
+    @model_validator(mode="after")
+    def _unsealed_reason(self) -> AlertsConfig:
+        if self.allow_unsealed and not self.allow_unsealed_reason.strip():
+            raise ValueError("allow_unsealed: true needs an allow_unsealed_reason (it is audited)")
+        if self.allow_unsealed and self.seal_to is not None:
+            raise ValueError("allow_unsealed: true contradicts seal_to; remove one")
+        return self
 
 
 class AuditConfig(Section):
@@ -460,6 +478,21 @@ def _file_problems(data: Any, base: Path) -> list[str]:
         if isinstance(value, str) and _kind_of(_under(base, Path(value))) is PathKind.DIR:
             problems.append(f"{key}: {short_repr(value)} is a directory, expected a file path")
     return problems
+
+
+UNSEALED_REFUSED = (
+    "alerts.seal_to: required (the back office's X25519 public key PEM); without it subject ids and "
+    "face crops are readable on the card and by the broker. To run unsealed on purpose set "
+    "alerts.allow_unsealed: true with an allow_unsealed_reason (audited)"
+)
+
+
+def sealing_problem(seal_to: object, allow_unsealed: object) -> str | None:
+    """Why `run` must not start with these alerts settings (None: it may). Not a schema error, so
+    that commands which only read the config (wipe, audit verify, status) still work on an old file."""
+    if seal_to is None and allow_unsealed is not True:
+        return UNSEALED_REFUSED
+    return None
 
 
 def _consistency_problems(cfg: Config) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core import topics
-from edge.core.config import Config, ModelsConfig, bounded, load_config_data, parse_config
+from edge.core.config import Config, ModelsConfig, bounded, load_config_data, parse_config, sealing_problem
 from edge.core.errors import ConfigError, InputError
 from edge.core.yamlsafe import short_repr
 
@@ -86,6 +86,8 @@ def readiness_problems(models_dir: Path | None, detector: str, embedder: str, ke
 
 def config_readiness(cfg: Config) -> list[str]:
     problems = readiness_problems(cfg.models.dir, cfg.models.detector, cfg.models.embedder, cfg.device.keys_dir)
+    if sealed := sealing_problem(cfg.alerts.seal_to, cfg.alerts.allow_unsealed):
+        problems.insert(0, sealed)
     if not problems:
         # The threshold against the embedder's calibration (floor, operating point), as `run` does.
         from edge.core.watchlist.policy import policy_for
@@ -114,7 +116,8 @@ def _raw_readiness(data: Any, base: Path) -> list[str]:
     detector, embedder = get("models", "detector"), get("models", "embedder")
     keys_dir = path(get("device", "keys_dir"), Config().device.keys_dir)
     assert keys_dir is not None
-    return readiness_problems(
+    sealed = sealing_problem(get("alerts", "seal_to"), get("alerts", "allow_unsealed"))
+    return ([sealed] if sealed else []) + readiness_problems(
         path(get("models", "dir"), None),
         detector if isinstance(detector, str) else defaults.detector,
         embedder if isinstance(embedder, str) else defaults.embedder,
@@ -129,8 +132,18 @@ def device_warnings(cfg: Config) -> list[str]:
     plain = [b for b in cfg.mqtt.brokers if b.startswith("mqtt://")]
     if plain and cfg.mqtt.password_file is None:
         out.append(f"mqtt.brokers: {plain[0]} is plain mqtt:// with no password: anyone on the path reads and sends")
-    if cfg.alerts.seal_to is None:
-        out.append("alerts.seal_to: null: subject ids and face crops travel readable by the broker and anyone it lets subscribe")
+    if cfg.alerts.allow_unsealed:
+        out.append(
+            "alerts.allow_unsealed: true: subject ids and face crops are readable in the spool and audit log on the "
+            "card and by the broker and anyone it lets subscribe (reason on record: "
+            f"{short_repr(cfg.alerts.allow_unsealed_reason)})"
+        )
+    if cfg.watchlist.at_rest:
+        out.append(
+            "watchlist.at_rest: true: the watchlist and the key that opens it are kept on the card; a stolen or "
+            "copied card reveals every subject and template until the list is wiped or expires (false keeps it in "
+            "memory only, fetched from the broker at start)"
+        )
     if not cfg.watchlist.trusted_signers:
         # The back-office key signs bundles and the acknowledgements that let an alert leave the spool.
         out.append(

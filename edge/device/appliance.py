@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge.core.config import Config
+from edge.core.config import Config, sealing_problem
 from edge.core.errors import EdgeError, InputError
 from edge.core.keys import DeviceKeys
 from edge.core.types import Counters, Frame, MatchEvent
@@ -176,6 +176,8 @@ class Appliance:
         from edge.core.keys import load_device_keys
         from edge.device.camera.factory import make_source
 
+        if unsealed := sealing_problem(cfg.alerts.seal_to, cfg.alerts.allow_unsealed):
+            raise InputError(unsealed)  # what `run` and check-config refuse, for callers of serve() too
         self.cfg = cfg
         self._stop = stop or threading.Event()
         self.notifier = notifier or Notifier()
@@ -347,6 +349,8 @@ class Appliance:
         except InputError as e:  # a stored list that cannot be opened: run, count faces, alert nobody
             log.error("installed watchlist not usable: %s", e)
             self._load_error = e
+        if not cfg.watchlist.at_rest:
+            log.info("watchlist held in memory only (watchlist.at_rest: false): none until the broker delivers the retained bundle")
         sync = sync_from_config(cfg, store, publisher.link)
         pipeline = _GuardedPipeline(cfg, stages, holder, Fanout(publisher, self.extra_sinks, audit))
         pipelines.append(pipeline)

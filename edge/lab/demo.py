@@ -181,7 +181,7 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
         dev_yaml.write_text(yaml.safe_dump(dev_cfg, sort_keys=False))
         run_cli("check-config", "--config", str(dev_yaml))
         run_cli("watchlist", "install", str(bundle), "--config", str(dev_yaml))
-        say("device: config checked, bundle verified (signature, recipient, expiry, model) and installed encrypted")
+        say("device: config checked, bundle verified (signature, recipient, expiry, model) and installed encrypted (at rest: the demo installs before it runs)")
 
         bo_cfg = backoffice_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords["backoffice"])
         bo_yaml = bo / "backoffice.yaml"

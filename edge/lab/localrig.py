@@ -39,7 +39,9 @@ def device_config(
         "device": {"id": device_id, "location": location, "data_dir": str(dev / "data"),
                    "keys_dir": str(dev / "keys")},
         "camera": {"source": source},
-        "watchlist": {"trusted_signers": [str(bo / "keys" / "backoffice_ed25519.pub.pem")]},
+        # The rig installs the bundle (`watchlist install`) before `run` starts, so it keeps it on the
+        # card (the at-rest opt-in); a van's default holds it in memory only, fetched at start.
+        "watchlist": {"trusted_signers": [str(bo / "keys" / "backoffice_ed25519.pub.pem")], "at_rest": True},
         "mqtt": {"brokers": [broker_uri], "username": device_id,
                  "password_file": str(secret_file(dev / "mqtt.password", password)),
                  "tls": {"ca_file": str(ca_file)}},

@@ -48,6 +48,7 @@ def _new(start: Record) -> dict[str, Any]:
         "models": {},
         "thresholds": {},
         "below_floor_override": None,
+        "data_protection": None,
         "threshold_changes": 0,
         "watchlist_version": None,
         "watchlist_size": 0,
@@ -93,6 +94,8 @@ def _apply(dep: dict[str, Any], r: Record) -> None:
         dep["thresholds"] = dict(f)
     elif k == al.BELOW_FLOOR_OVERRIDE and f.get("in_use"):
         dep["below_floor_override"] = {"below": f.get("below"), "reason": f.get("reason")}
+    elif k == "data_protection":
+        dep["data_protection"] = dict(f)
     elif k == al.THRESHOLD_CHANGE:
         dep["threshold_changes"] += 1
         if isinstance(f.get("new"), dict):
@@ -257,6 +260,11 @@ def format_text(deps: list[dict[str, Any]]) -> str:
         ]
         if d["below_floor_override"]:
             lines.append(f"  BELOW-FLOOR OVERRIDE  {d['below_floor_override'].get('reason')}")
+        protection = d.get("data_protection") or {}
+        if protection.get("alerts_sealed") is False:
+            lines.append(f"  ALERTS NOT SEALED     {protection.get('unsealed_reason')}")
+        if protection.get("watchlist_at_rest"):
+            lines.append("  WATCHLIST AT REST     kept on the device's card (watchlist.at_rest)")
         if d["spool_drops"]:
             lines.append(f"  alerts dropped        {d['spool_drops']} (spool full or expired)")
         if d["counters_at"] is None:

@@ -138,8 +138,33 @@ def audit_config_start(audit: AuditLog, cfg: Config, watchlist: Any = None) -> N
                 "threshold below the floor %.3f (%s): %s",
                 policy.floor, ", ".join(low), cfg.matching.below_floor_reason,
             )
+    audit.append(DATA_PROTECTION, data_protection(cfg))
+    if cfg.alerts.allow_unsealed:
+        logger.warning("alerts are not sealed (alerts.allow_unsealed): %s", cfg.alerts.allow_unsealed_reason)
+    if cfg.watchlist.at_rest:
+        logger.warning("watchlist.at_rest: true: the watchlist is kept on the card; a copied card reveals it")
     if watchlist is not None:
         audit.append("watchlist_loaded", watchlist_fields(watchlist))
+
+
+DATA_PROTECTION = "data_protection"
+
+
+def data_protection(cfg: Config) -> dict[str, Any]:
+    """How this run protects what it holds: are alerts and audit subjects sealed (to which key, or
+    why not), and is the watchlist kept on the card. On record at every start, so that a deployment
+    run unsealed or with its list at rest can always be found."""
+    from edge.core.keys import key_id, load_x25519_public
+
+    fields: dict[str, Any] = {"alerts_sealed": cfg.alerts.seal_to is not None, "watchlist_at_rest": cfg.watchlist.at_rest}
+    if cfg.alerts.seal_to is not None:
+        try:
+            fields["seal_to_key_id"] = key_id(load_x25519_public(cfg.alerts.seal_to))
+        except InputError:
+            fields["seal_to_key_id"] = "unreadable"
+    else:
+        fields["unsealed_reason"] = cfg.alerts.allow_unsealed_reason[: al.MAX_STRING]
+    return fields
 
 
 def audit_stop(audit: AuditLog, reason: str = "stop") -> None:
@@ -212,7 +237,7 @@ def audit_spool_drop(audit: AuditLog, count: int, reason: str, kind: str = "aler
     audit.append(al.SPOOL_DROP, {"count": int(count), "reason": reason, "kind": kind})
 
 
-_WATCHLIST_KEEP = ("version", "subjects", "templates", "signer", "expires_at", "source", "reason", "message")
+_WATCHLIST_KEEP = ("version", "subjects", "templates", "signer", "expires_at", "source", "reason", "message", "at_rest")
 
 
 def watchlist_hook(audit: AuditLog) -> Callable[[str, dict[str, Any]], None]:

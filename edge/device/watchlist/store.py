@@ -1,13 +1,22 @@
-"""The device's installed watchlist: encrypted at rest, replaced atomically, decrypted only in memory.
+"""The device's installed watchlist: held in memory, verified on every install, replaced atomically.
 
-At rest the accepted bundle (still signed and still encrypted to the device) is wrapped once more
-with AES-256-GCM under the device's own `watchlist.key`, so deleting that one key (wipe) makes every
-copy unreadable, including blocks the flash controller keeps. A replacement is written to a
-temporary file, fsynced, renamed over the old one and the directory fsynced: a crash at any point
-leaves either the old list or the new one, never half of either.
+Two ways of keeping it (`watchlist.at_rest`, docs/WATCHLIST.md "At rest"):
 
-Rollback protection survives a wipe: the highest version ever installed is kept in a small state
-file (no biometric data), so a replayed older bundle is refused even on an empty device.
+* Memory only (the default). The verified list lives in this process and nowhere else: nothing that
+  decrypts to it is written to the card. At start the device has no list until the broker
+  re-delivers the retained bundle (encrypted to the device), so a copied card holds no list and a
+  device whose broker credentials are revoked gets none. A list left on the card by an earlier
+  at-rest configuration is crypto-shredded at the next load.
+* At rest (opt-in, vans that must boot offline). The accepted bundle (still signed and still
+  encrypted to the device) is wrapped once more with AES-256-GCM under the device's own
+  `watchlist.key`, so deleting that one key (wipe) makes every copy unreadable, including blocks
+  the flash controller keeps. A replacement is written to a temporary file, fsynced, renamed over
+  the old one and the directory fsynced: a crash at any point leaves either the old list or the
+  new one, never half of either. Whoever copies the card while a list is stored can open it.
+
+Rollback protection survives a wipe and a restart in both modes: the highest version ever installed
+(and the digest of the bundle in force, so that a memory-only device may take the very same bundle
+again after a restart) is kept in a small state file that holds no subject or template.
 """
 
 from __future__ import annotations
@@ -149,8 +158,10 @@ class WatchlistStore:
         holder: WatchlistHolder | None = None,
         on_event: EventHook | None = None,
         clock: Callable[[], float] = time.time,
+        at_rest: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.at_rest = at_rest
         self.key_dir = Path(key_dir) if key_dir is not None else self.path.parent
         self.device_keys = device_keys
         self.trusted_signers = list(trusted_signers)
@@ -240,12 +251,36 @@ class WatchlistStore:
         key = storage_key(self.key_dir, STORAGE_KEY_NAME)
         return decrypt_at_rest(key, memoryview(blob)[len(STORE_MAGIC) :], STORE_MAGIC, str(self.path))
 
+    def _purge_at_rest(self) -> bool:
+        """Delete a stored list and crypto-shred its key (memory-only mode); True when one was there.
+        Call with the install lock held."""
+        removed = False
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+            removed = True
+        self._clean_temps()
+        removed = destroy_storage_key(self.key_dir, STORAGE_KEY_NAME) or removed
+        if removed and self.path.parent.is_dir():
+            fsync_dir(self.path.parent)
+        return removed
+
     def load(self) -> Watchlist | None:
-        """Decrypt the stored list into memory and put it in force; None when none is installed.
+        """At rest: decrypt the stored list into memory and put it in force; None when none is installed.
+        Memory only: nothing is read from the card (the list in force, if any, stays); a list an
+        earlier at-rest configuration left on the card is deleted and its key destroyed.
 
         Raises InputError (BundleError/CryptoError) when a stored list exists but cannot be used
         (altered file, storage key gone, signer no longer trusted, embedder changed).
         """
+        if not self.at_rest:
+            purged = False
+            # Only touch the card when there is something to shred (no lock file on a clean device).
+            if self.path.exists() or storage_key_path(self.key_dir, STORAGE_KEY_NAME).exists():
+                with self._exclusive():
+                    purged = self._purge_at_rest()
+            if purged:
+                self._emit("at_rest_removed", {"source": "load"})
+            return self.holder.current()
         with self._install_lock:  # not under a same-process installer's feet
             self._clean_temps()
         bundle = self._read_stored()
@@ -261,13 +296,21 @@ class WatchlistStore:
         and BundleError (or an OSError from storage) is raised."""
         with self._exclusive():
             current = self.holder.current()
+            digest = hashlib.sha256(bundle).hexdigest()
             known = [v for v in (self.high_water(), current.version if current else None) if v is not None]
+            floor = max(known) if known else None
+            state = self._state()
+            if floor is not None and current is None and state.get("sha256") == digest and state.get("max_version") == floor:
+                # The very bundle accepted last (a memory-only device after a restart, the broker
+                # re-delivering it): byte for byte what was verified before, so not a rollback. A
+                # wipe forgets the digest, so a wiped list is not taken back this way.
+                floor -= 1
             try:
                 wl = verify_bundle(
                     bundle,
                     self.device_keys,
                     self.trusted_signers,
-                    max(known) if known else None,
+                    floor,
                     self.embedder_sha256,
                     self.clock(),
                     self.max_bytes,
@@ -275,15 +318,35 @@ class WatchlistStore:
             except BundleError as e:
                 self.report_refusal(e, source)
                 raise
-            key = storage_key(self.key_dir, STORAGE_KEY_NAME)
-            self._write_atomic(self.path, STORE_MAGIC + encrypt_at_rest(key, bundle, STORE_MAGIC))
-            state = {"max_version": wl.version, "sha256": hashlib.sha256(bundle).hexdigest()}
-            self._write_atomic(self.state_path, json.dumps(state).encode())
+            purged = False
+            if self.at_rest:
+                key = storage_key(self.key_dir, STORAGE_KEY_NAME)
+                self._write_atomic(self.path, STORE_MAGIC + encrypt_at_rest(key, bundle, STORE_MAGIC))
+            else:
+                purged = self._purge_at_rest()
+            new_state = {"max_version": wl.version, "sha256": digest}
+            self._write_atomic(self.state_path, json.dumps(new_state).encode())
             self._clean_temps()
             self.holder.swap(wl)
             self._expired_reported = None
-            self._emit("installed", {**describe(wl, self.clock()), "source": source})
+            if purged:
+                self._emit("at_rest_removed", {"source": source})
+            self._emit("installed", {**describe(wl, self.clock()), "source": source, "at_rest": self.at_rest})
             return wl
+
+    def verify(self, bundle: bytes, source: str = "file") -> Watchlist:
+        """Every check `install` makes (rollback against the highest version installed here), but
+        nothing is stored or put in force: for handing a bundle to the running service."""
+        current = self.holder.current()
+        known = [v for v in (self.high_water(), current.version if current else None) if v is not None]
+        try:
+            return verify_bundle(
+                bundle, self.device_keys, self.trusted_signers, max(known) if known else None,
+                self.embedder_sha256, self.clock(), self.max_bytes,
+            )  # fmt: skip
+        except BundleError as e:
+            self.report_refusal(e, source)
+            raise
 
     def report_refusal(self, err: BundleError, source: str) -> None:
         """Record a refusal decided before the verifier ran (e.g. an oversize inbox file)."""
@@ -293,12 +356,11 @@ class WatchlistStore:
         """Delete the list and crypto-shred its storage key; True when something was removed."""
         with self._exclusive():
             old = self.holder.swap(None)
-            removed = False
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-                removed = True
-            self._clean_temps()
-            removed = destroy_storage_key(self.key_dir, STORAGE_KEY_NAME) or removed
+            removed = self._purge_at_rest()
+            hw = self.high_water()
+            if self._state().get("sha256") is not None:
+                # Forget which bundle was in force: the same bundle re-delivered is a rollback now.
+                self._write_atomic(self.state_path, json.dumps({"max_version": hw}).encode())
             if self.path.parent.is_dir():
                 fsync_dir(self.path.parent)
             self._emit("wiped", {"version": old.version if old else None, "source": source})
@@ -349,4 +411,5 @@ def store_from_config(
         max_bytes=int(cfg.watchlist.max_bundle_mb * (1 << 20)),
         holder=holder,
         on_event=on_event,
+        at_rest=cfg.watchlist.at_rest,
     )

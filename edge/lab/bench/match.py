@@ -104,14 +104,15 @@ def _one_size(n: int, params: MatchBenchParams, root: Path, say: Progress) -> di
     build_s = time.perf_counter() - t0
     del subjects
     limit = len(bundle) + (1 << 20)
-    WatchlistStore(d / "wl.enc", dev, [bo.ed25519_public], "0" * 64, max_bytes=limit).install(bundle)
+    # Measures the opt-in at-rest store (watchlist.at_rest): the load from the card is what is timed.
+    WatchlistStore(d / "wl.enc", dev, [bo.ed25519_public], "0" * 64, max_bytes=limit, at_rest=True).install(bundle)
     bundle_mb = len(bundle) / 2**20
     del bundle
     gc.collect()
 
     say(f"{n}: loading from the encrypted store")
     rss0 = _rss_mb()
-    store = WatchlistStore(d / "wl.enc", dev, [bo.ed25519_public], "0" * 64, max_bytes=limit)
+    store = WatchlistStore(d / "wl.enc", dev, [bo.ed25519_public], "0" * 64, max_bytes=limit, at_rest=True)
     t0 = time.perf_counter()
     wl = store.load()
     matcher = store.holder.matcher(0.5)
