@@ -146,6 +146,10 @@ class AlertPublisher:
         self._events.put(None)
         return row
 
+    def request_status(self) -> None:
+        """Publish the status now rather than at the next interval (e.g. a watchlist outcome)."""
+        self._status_now.set()
+
     # ----------------------------------------------------------------------- lifecycle
 
     def start(self) -> AlertPublisher:

@@ -63,9 +63,12 @@ def serve(
 ) -> ServiceResult:
     """Run the whole appliance until `stop` is set, the replay ends, or `max_frames` frames."""
     from edge.core.keys import load_device_keys
+    from edge.core.watchlist.policy import policy_for
     from edge.device.audit.runtime import ServiceAudit
+    from edge.device.availability import Availability
+    from edge.device.bundle_outcome import BundleOutcomes
     from edge.device.camera.factory import make_source
-    from edge.device.pipeline import Pipeline, build_stages, run_loop
+    from edge.device.cameras import CameraSet
     from edge.device.publisher import AlertPublisher
     from edge.device.sdnotify import Notifier
     from edge.device.watchlist.store import WatchlistHolder, store_from_config
@@ -73,8 +76,14 @@ def serve(
 
     stop = stop or threading.Event()
     notifier = notifier or Notifier()
+    specs = cfg.camera_specs()
+    if source is not None and len(specs) > 1:
+        raise InputError(f"--source replaces the one camera's source; this config has {len(specs)} cameras (cameras:)")
     # A bad URI fails here, before models load.
-    src = source if isinstance(source, FrameSource) else make_source(source or cfg.camera.source, cfg.camera)
+    sources: dict[str, str | FrameSource] = {
+        spec.name: make_source(source or spec.camera.source, spec.camera) if not isinstance(source, FrameSource) else source
+        for spec in specs
+    }
     keys_dir = cfg.device.keys_dir
     if not (keys_dir.is_dir() and any(keys_dir.iterdir())):
         raise InputError(f"device.keys_dir: no device keys in {keys_dir}; create them with lfr-edge keys init --dir {keys_dir}")
@@ -82,54 +91,56 @@ def serve(
     ensure_data_dir(cfg.device.data_dir)
 
     holder = WatchlistHolder()
-    stages = build_stages(cfg)
-    pipeline_box: list[Pipeline] = []
+    policy = policy_for(cfg)  # a threshold below the floor fails here, before any model loads
+    cameras_box: list[CameraSet] = []
 
     def counters() -> Counters:
-        return pipeline_box[0].counters if pipeline_box else Counters()
+        return cameras_box[0].counters() if cameras_box else Counters()
 
     audit = ServiceAudit(cfg, keys=keys, counters=counters, watchlist=holder.current)
 
-    policy = stages.policy
-
     def status() -> dict[str, Any]:
-        base = pipeline_box[0].status() if pipeline_box else {"watchlist": "starting"}
+        base = cameras_box[0].status() if cameras_box else {"watchlist": "starting"}
         # "watchlist" stays the pipeline's one-word state ("active", "watchlist expired", ...).
         wl = holder.current()
         # The expected false-alert rate is stated for the list in force (or the reference list).
         size = len(wl.subjects) if wl is not None else policy.scoring.reference_list_size
-        return {**base, "watchlist_detail": store.status(), "matching": policy.describe(size)}
+        return {**base, "watchlist_detail": store.status(), "matching": policy.describe(size),
+                "watchlist_last_bundle": outcomes.last()}
 
     publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook(), keys=keys)
     audit.attach_spool(publisher.enqueue)
-    store = store_from_config(cfg, keys, holder=holder, on_event=audit.watchlist_hook())
+    outcomes = BundleOutcomes(audit.watchlist_hook(), publisher.request_status)
+    store = store_from_config(cfg, keys, holder=holder, on_event=outcomes.hook)
     try:
         store.load()
     except InputError as e:  # a stored list that cannot be opened: run, count faces, alert nobody
         log.error("installed watchlist not usable: %s", e)
     sync = sync_from_config(cfg, store, publisher.link)
 
-    pipeline = Pipeline(cfg, stages, holder, _Fanout(publisher, *extra_sinks, audit=audit))
-    pipeline_box.append(pipeline)
+    cameras = CameraSet(cfg, holder, _Fanout(publisher, *extra_sinks, audit=audit), sources=sources)
+    cameras_box.append(cameras)
     audit.start(holder.current())
     publisher.start()
+    availability = Availability(cfg).start()
     sync.start()
-    notifier.ready(f"processing {src.name}")
-    ids = stages.vision.model_ids
-    log.info("camera loop started",
-             extra={"device": cfg.device.id, "source": src.name, "detector": ids.detector, "embedder": ids.embedder})
+    notifier.ready(f"processing {cameras.source_names}")
+    ids = cameras.first.vision.model_ids
+    log.info("camera loops started",
+             extra={"device": cfg.device.id, "source": cameras.source_names, "detector": ids.detector, "embedder": ids.embedder})
     result_counters: Counters | None = None
     deployment: dict[str, Any] | None = None
     try:
-        result_counters = run_loop(pipeline, src, notifier.frame_processed, stop, max_frames)
+        result_counters = cameras.run(stop, notifier.frame_processed, max_frames)
     finally:
         notifier.stopping()
         sync.stop()
-        deployment = audit.stop(result_counters or pipeline.counters, holder.current())
+        deployment = audit.stop(result_counters or cameras.counters(), holder.current())
         # Only worth waiting for while the broker is there; otherwise the spool keeps them for next start.
         if not (publisher.link.connected and publisher.flush(FLUSH_AT_STOP_S)) and publisher.spool.pending():
             log.warning("stopping with alerts still spooled; they are sent at next start",
                         extra={"pending": publisher.spool.pending()})
         publisher.stop()
+        availability.stop()
         notifier.close()
-    return ServiceResult(result_counters, pipeline.status(), deployment)
+    return ServiceResult(result_counters, cameras.status(), deployment)
