@@ -62,12 +62,15 @@ def default_acl(backoffice: str = BACKOFFICE_USER) -> str:
     lines += [f"topic read lfr/+/{t}" for t in DEVICE_WRITES]
     lines += ["topic readwrite lfr/+/watchlist"]
     lines += [f"topic write lfr/+/{t}" for t in DEVICE_READS if t != "watchlist"]
+    lines += ["", f"user {HA_USER}", f"topic read {HA_DISCOVERY_PREFIX}/#", "topic read lfr/+/status",
+              "topic read lfr/+/availability"]
     return "\n".join(lines) + "\n"
 
 
 # Topics under lfr/<device id>/ by direction (docs/ALERTS.md, config/mosquitto.acl).
 DEVICE_WRITES = ("alerts", "status", "audit", "cmd/ack", "availability")
 HA_DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default discovery prefix
+HA_USER = "homeassistant"  # the broker user Home Assistant connects as (example ACL)
 DEVICE_READS = ("watchlist", "cmd", "ack")
 
 
