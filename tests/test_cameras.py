@@ -109,7 +109,7 @@ def test_two_replay_cameras_in_one_run_alert_under_their_own_names_and_count_apa
     try:
 
         def both_counted() -> bool:
-            for _, s in got.statuses:
+            for _, s in reversed(got.statuses):
                 cams = {c["name"]: c for c in s.get("cameras", [])}
                 if s.get("state") == "online" and all(cams.get(n, {}).get("frames", 0) > 0 for n in ("kerb", "rear")):
                     seen.append(s)
