@@ -149,3 +149,16 @@ def test_a_second_source_on_the_command_line_is_refused_for_several_cameras(tmp_
                         "cameras": [{"name": "a", "source": "dir:/a"}, {"name": "b", "source": "dir:/b"}]}, tmp_path)
     with pytest.raises(InputError, match="this config has 2 cameras"):
         serve(cfg, "dir:/c", stop=stop)
+
+
+def test_bench_pipeline_runs_two_sources_together_and_reports_each(tmp_path: Path) -> None:
+    import json
+
+    a, b = noise_video(tmp_path / "a.mp4", frames=6), noise_video(tmp_path / "b.mp4", frames=4)
+    for mode in ("per-camera", "shared"):
+        p = lfr_edge("bench", "pipeline", "--source", str(a), "--source", str(b), "--interpreters", mode, "--json")
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        multi = json.loads(out)["multi"]
+        assert [(c["camera"], c["frames"]) for c in multi["cameras"]] == [("cam0", 6), ("cam1", 4)]
+        assert all(c["fps"] > 0 for c in multi["cameras"]) and "load_avg_1m" in multi

@@ -383,11 +383,14 @@ class _Locked:
 
 
 class _Counted:
+    """When a camera's last frame was done: a camera whose replay ends first is not charged for the
+    time the other one still runs."""
+
     def __init__(self) -> None:
-        self.n = 0
+        self.t_last = 0.0
 
     def on_frame(self, report: FrameReport) -> None:
-        self.n += 1
+        self.t_last = time.perf_counter()
 
 
 def run_cameras(
@@ -425,7 +428,8 @@ def run_cameras(
     wall = time.perf_counter() - t0
     per = []
     for st, u in zip(cams.statuses(), uris, strict=True):
-        per.append({"camera": st.name, "source": u, "frames": st.frames, "fps": round(st.frames / wall, 2),
+        own = max(counted[st.name].t_last - t0, 1e-9)
+        per.append({"camera": st.name, "source": u, "frames": st.frames, "fps": round(st.frames / own, 2),
                     "faces_seen": st.faces_seen, "embeddings": st.embeddings, "frames_dropped": st.frames_dropped})
     return {
         "interpreters": "shared behind a lock" if shared else "one set per camera",
