@@ -4,8 +4,9 @@ What the cameras share: the watchlist holder (one list in force, swapped for all
 matching policy, the alert sink (behind one lock, so the publisher and the audit log see one match
 at a time) and the model files. What each camera has: its own interpreters. A TFLite interpreter
 is not safe to invoke from two threads at once, so one shared set would need a lock around every
-detect and embed, serialising the loops' model time; measured on 2 x86 cores it was never faster
-than a set per camera (docs/BENCHMARKS.md, "Two cameras"), which costs ≈ 30 MB more RSS.
+detect and embed, serialising the loops' model time. On a heavily loaded 2-core x86 the two were
+within the noise of each other (docs/BENCHMARKS.md, "Two cameras"); a set per camera costs about 30 MB
+more RSS and cannot be wrong about thread safety.
 
 The watchdog is pinged only while *every* running camera makes progress: one stalled camera
 stops the pings and systemd restarts the service, as with one camera. A camera whose replay has
