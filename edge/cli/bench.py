@@ -72,7 +72,12 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 def _pipeline(sub: Sub) -> None:
     p = sub.add_parser("pipeline", help="camera loop: per-stage ms, end-to-end fps, optional face_recognition peer")
-    p.add_argument("--source", required=True, help="video file or folder of frames (PATH, file:PATH or dir:PATH)")
+    p.add_argument("--source", required=True, action="append",
+                   help="video file or folder of frames (PATH, file:PATH or dir:PATH); give it again for more "
+                        "cameras, run together in one process with fps reported per camera")  # fmt: skip
+    p.add_argument("--interpreters", choices=["per-camera", "shared"], default="per-camera",
+                   help="several sources: one interpreter set per camera (what the device does) or one shared "
+                        "behind a lock")  # fmt: skip
     add_config_option(p, ConfigRole.DEVICE, "device-style config for models, detection, quality, tracking, matching",
                       optional=True)  # fmt: skip
     p.add_argument("--frames", type=int, default=None, help="stop after N frames")
@@ -90,7 +95,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from edge.lab.bench.pipeline_run import PipelineBenchParams, format_text, run
 
     params = PipelineBenchParams(
-        source=args.source, config=resolve_config(args, optional=True), frames=args.frames, enrol=args.enrol, threshold=args.threshold,
+        source=args.source[0], more_sources=tuple(args.source[1:]), shared_interpreters=args.interpreters == "shared",
+        config=resolve_config(args, optional=True), frames=args.frames, enrol=args.enrol, threshold=args.threshold,
         detector=args.detector, embedder=args.embedder, peer=args.peer,
     )  # fmt: skip
     with _status_line(not args.json) as progress:

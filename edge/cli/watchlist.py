@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.cli.options import add_config_option, resolve_config
 from edge.core.config import Config, ConfigRole
-from edge.core.errors import EXIT_OK, EXIT_VERIFY, InputError, RuntimeFailure, VerificationFailed
+from edge.core.errors import EXIT_OK, EXIT_RUNTIME, EXIT_VERIFY, InputError, RuntimeFailure, VerificationFailed
 from edge.core.logsetup import say
 
 if TYPE_CHECKING:
@@ -102,10 +102,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     pub = ws.add_parser("publish", help="back office: publish a bundle as the device's retained watchlist")
     pub.add_argument("file", help="bundle file")
-    pub.add_argument("--device", required=True, help="device id")
+    pub.add_argument("--device", required=True, action="append", help="device id; repeat for each device")
     _broker_args(pub)
+    pub.add_argument("--force", action="store_true",
+                     help="publish even when the topic already holds this version or a newer one")
+    pub.add_argument("--wait", type=float, nargs="?", const=PUBLISH_WAIT_S, default=None, metavar="SECONDS",
+                     help=f"wait (default {PUBLISH_WAIT_S:.0f} s) for each device to report the version it "
+                          "installed or its refusal; exit 3 if any refused, 1 if any did not answer")
     pub.add_argument("--json", action="store_true", help="one JSON document with the outcome")
     pub.set_defaults(handler=_publish)
+
+
+PUBLISH_WAIT_S = 60.0
+RETAINED_WAIT_S = 3.0  # a retained message arrives right after the subscription; none means none
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
@@ -369,17 +378,125 @@ def _prefix(args: argparse.Namespace) -> str:
     return str(args.prefix).format(device_id=args.device)
 
 
+class _Retained:
+    """The newest message on each subscribed topic (retained ones arrive first), shared with paho's thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.messages: dict[str, bytes] = {}
+        self.changed = threading.Condition()
+
+    def on_message(self, msg: Any) -> None:
+        with self.changed:
+            self.messages[msg.topic] = bytes(msg.payload)
+            self.changed.notify_all()
+
+    def wait_for(self, topics: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not all(t in self.messages for t in topics) and time.monotonic() < deadline:
+                self.changed.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _status_fields(payload: bytes | None) -> dict[str, Any]:
+    """The device's retained status as JSON (the ACL lets only the device write its status topic)."""
+    if not payload:
+        return {}
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _outcome(status: dict[str, Any], version: int, baseline: Any) -> dict[str, Any] | None:
+    """installed / refused from a device's status, or None while it has not decided."""
+    last = status.get("watchlist_last_bundle")
+    if status.get("watchlist_version") == version or (
+        isinstance(last, dict) and last.get("result") == "installed" and last.get("version") == version
+    ):
+        return {"result": "installed", "version": version}
+    if isinstance(last, dict) and last.get("result") == "refused" and last != baseline:
+        return {"result": "refused", "reason": last.get("reason"), "message": last.get("message"),
+                "installed_version": status.get("watchlist_version")}
+    return None
+
+
 def _publish(args: argparse.Namespace) -> int:
+    from edge.core.watchlist.bundle import BundleError, peek_version
+
     path = Path(args.file)
     data = _read_bundle(path)
+    try:
+        version = peek_version(data)
+    except BundleError as e:
+        raise InputError(f"{path}: {e}") from None
+    if args.wait is not None and args.wait <= 0:
+        raise InputError(f"--wait: {args.wait} must be > 0 seconds")
+    devices = list(dict.fromkeys(args.device))
+    prefixes = {d: str(args.prefix).format(device_id=d) for d in devices}
+    seen = _Retained()
     with _link(args, "publish") as link:
-        topic = f"{_prefix(args)}/watchlist"
-        if not link.publish(topic, data, qos=1, retain=True).wait(30.0):
-            raise RuntimeFailure(f"the broker did not acknowledge the bundle on {topic}")
-        if args.json:
-            print(json.dumps({"published": True, "topic": topic, "bytes": len(data), "retained": True}))
-        else:
-            print(f"published {len(data)} bytes, retained, on {topic}")
+        topics = [f"{prefixes[d]}/watchlist" for d in devices] + [f"{prefixes[d]}/status" for d in devices]
+        for t in topics:
+            link.subscribe(t, seen.on_message)
+        seen.wait_for(topics, RETAINED_WAIT_S)
+        # Refuse before publishing anything: a stale bundle left retained is what a fresh van installs.
+        held = {}
+        for d in devices:
+            retained = seen.messages.get(f"{prefixes[d]}/watchlist")
+            try:
+                held[d] = peek_version(retained) if retained else None
+            except BundleError:
+                held[d] = None  # a corrupt retained bundle: nothing a device would install
+        stale = {d: v for d, v in held.items() if v is not None and v >= version}
+        if stale and not args.force:
+            d, v = next(iter(stale.items()))
+            raise InputError(f"{path}: version {version} is not newer than version {v} retained for {d}"
+                             f"{f' (and {len(stale) - 1} more devices)' if len(stale) > 1 else ''}; "
+                             "use --force to publish it anyway")
+        baseline = {d: _status_fields(seen.messages.get(f"{prefixes[d]}/status")).get("watchlist_last_bundle")
+                    for d in devices}
+        for d in devices:
+            topic = f"{prefixes[d]}/watchlist"
+            if not link.publish(topic, data, qos=1, retain=True).wait(30.0):
+                raise RuntimeFailure(f"the broker did not acknowledge the bundle on {topic}")
+            say(f"published version {version} ({len(data)} bytes), retained, on {topic}")
+        results: dict[str, dict[str, Any]] = {}
+        if args.wait is not None:
+            deadline = time.monotonic() + args.wait
+            with seen.changed:
+                while len(results) < len(devices) and time.monotonic() < deadline:
+                    for d in devices:
+                        if d not in results:
+                            status = _status_fields(seen.messages.get(f"{prefixes[d]}/status"))
+                            got = _outcome(status, version, baseline[d])
+                            if got is not None:
+                                results[d] = got
+                    if len(results) < len(devices):
+                        seen.changed.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            for d in devices:
+                results.setdefault(d, {"result": "timeout", "waited_s": args.wait})
+    doc: dict[str, Any] = {
+        "version": version,
+        "bytes": len(data),
+        "retained": True,
+        "forced_over": {d: v for d, v in stale.items()} if stale else {},
+        "devices": [{"device": d, "topic": f"{prefixes[d]}/watchlist", **results.get(d, {"result": "published"})}
+                    for d in devices],
+    }
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        for row in doc["devices"]:
+            extra = {"installed": f" version {version}", "refused": f" ({row.get('reason')}: {row.get('message')})",
+                     "timeout": f" (no answer within {args.wait:g} s)" if args.wait else ""}.get(row["result"], "")
+            print(f"{row['device']}: {row['result']}{extra}")
+    if any(r["result"] == "refused" for r in results.values()):
+        return EXIT_VERIFY
+    if any(r["result"] == "timeout" for r in results.values()):
+        return EXIT_RUNTIME
     return EXIT_OK
 
 

@@ -88,6 +88,27 @@ class CameraConfig(Section):
         return v
 
 
+CAMERA_NAME = r"^[A-Za-z0-9_.-]{1,32}$"
+
+
+class CameraEntry(CameraConfig):
+    """One of several cameras (`cameras:`): its own source, size and name, and optionally its own
+    detection settings. Keys left out of `detection` keep the top-level `detection` values (a
+    1080p camera usually changes only its tiles)."""
+
+    name: Annotated[str, Field(pattern=CAMERA_NAME)]
+    detection: dict[str, Any] | None = None  # checked against DetectionConfig by Config, with its path
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSpec:
+    """A camera as the device runs it: name, capture settings and the detection settings in force."""
+
+    name: str
+    camera: CameraConfig
+    detection: DetectionConfig
+
+
 class ModelsConfig(Section):
     dir: Path | None = None  # None: the models shipped with the package (see edge.core.inference)
     detector: str = "blazeface_full_range_int8"
@@ -226,6 +247,13 @@ def _check_brokers(uris: list[str]) -> list[str]:
 BrokerList = Annotated[list[str], AfterValidator(_check_brokers)]
 
 
+class HomeAssistantConfig(Section):
+    # Home Assistant MQTT discovery of the device's health sensors (fps, alerts pending, watchlist
+    # version, CPU temperature): retained configs under <discovery_prefix>/sensor/<device_id>/…
+    enabled: bool = False
+    discovery_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")] = "homeassistant"
+
+
 class MQTTConfig(Section):
     # mqtt://host:port or mqtts://host:port; several for failover, tried in order.
     brokers: BrokerList = Field(default_factory=lambda: ["mqtts://localhost:8883"], min_length=1)
@@ -239,6 +267,7 @@ class MQTTConfig(Section):
     reconnect_min_s: PosFloat = 1.0
     reconnect_max_s: PosFloat = 60.0
     status_interval_s: PosFloat = 30.0
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @field_validator("topic_prefix")
     @classmethod
@@ -295,6 +324,9 @@ class LoggingConfig(Section):
 class Config(Section):
     device: DeviceConfig = DeviceConfig()
     camera: CameraConfig = CameraConfig()
+    # Several cameras in one process (they share the models' files and the watchlist); when set,
+    # `camera:` and device.camera_name must not be (each entry names its camera).
+    cameras: Annotated[list[CameraEntry], Field(min_length=1, max_length=8)] | None = None
     models: ModelsConfig = ModelsConfig()
     detection: DetectionConfig = DetectionConfig()
     quality: QualityConfig = QualityConfig()
@@ -306,6 +338,55 @@ class Config(Section):
     audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    @model_validator(mode="after")
+    def _cameras(self) -> Config:
+        if self.cameras is None:
+            return self
+        problems = []
+        if "camera" in self.model_fields_set:
+            problems.append("camera: give either camera: (one camera) or cameras: (a list), not both")
+        if "camera_name" in self.device.model_fields_set:
+            problems.append("device.camera_name: with cameras: each entry has its own name; remove this key")
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.cameras):
+            if entry.name in seen:
+                problems.append(f"cameras[{i}].name: {entry.name!r} is already the name of cameras[{seen[entry.name]}]")
+            seen.setdefault(entry.name, i)
+            if entry.detection is not None:
+                try:
+                    _merged_detection(self.detection, entry.detection)
+                except ValidationError as e:
+                    problems += [_explain({**dict(err), "loc": ("cameras", i, "detection", *err["loc"])}) for err in e.errors()]
+        if problems:
+            # One ValueError carrying every line; parse_config splits it back into lines.
+            raise ValueError(_MULTI + _MULTI.join(problems))
+        return self
+
+    def camera_specs(self) -> tuple[CameraSpec, ...]:
+        """Every camera this device runs, in config order (the single `camera:` form gives one)."""
+        if self.cameras is None:
+            return (CameraSpec(self.device.camera_name, self.camera, self.detection),)
+        fields = set(CameraConfig.model_fields)
+        return tuple(
+            CameraSpec(
+                e.name,
+                CameraConfig.model_validate({k: v for k, v in e.model_dump().items() if k in fields}),
+                _merged_detection(self.detection, e.detection) if e.detection is not None else self.detection,
+            )
+            for e in self.cameras
+        )
+
+    def for_camera(self, spec: CameraSpec) -> Config:
+        """This config as one camera's loop sees it: its camera, its detection and its name."""
+        return self.model_copy(
+            update={
+                "camera": spec.camera,
+                "detection": spec.detection,
+                "cameras": None,
+                "device": self.device.model_copy(update={"camera_name": spec.name}),
+            }
+        )
+
     @property
     def topic_prefix(self) -> str:
         return topics.device_prefix(self.mqtt.topic_prefix, self.device.id)
@@ -313,6 +394,21 @@ class Config(Section):
     @property
     def watchlist_store(self) -> Path:
         return self.watchlist.store or self.device.data_dir / "watchlist.enc"
+
+
+_MULTI = "\n\x00"  # separates several problems raised by one validator
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _merged_detection(base: DetectionConfig, over: dict[str, Any]) -> DetectionConfig:
+    """A camera's detection: the top-level settings with the keys the camera gives replaced."""
+    return DetectionConfig.model_validate(_deep_merge(base.model_dump(), over))
 
 
 # Fields holding secrets: must be files readable by the owner only.
@@ -555,7 +651,9 @@ def parse_config(data: Any, base: Path, source: str = "<config>", require_id: bo
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        problems += [_explain(dict(err)) for err in e.errors()]
+        for err in e.errors():
+            line = _explain(dict(err))
+            problems += [p for p in line.split(_MULTI) if p] if _MULTI in line else [line]
     problems += _file_problems(data, base)
     if cfg is not None:
         problems += _consistency_problems(cfg)

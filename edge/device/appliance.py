@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from edge.core.config import Config, sealing_problem
 from edge.core.errors import EdgeError, InputError
 from edge.core.keys import DeviceKeys
-from edge.core.types import Counters, Frame, MatchEvent
+from edge.core.types import Counters, MatchEvent
 from edge.device.camera.base import FrameSource
 from edge.device.control import Command, ControlRequest, ControlResponse, ControlServer
-from edge.device.pipeline import EventSink, Pipeline
+from edge.device.pipeline import EventSink
 from edge.device.sdnotify import Notifier
 from edge.device.status import (
     ModelsStatus,
@@ -51,6 +51,8 @@ from edge.device.status import (
 
 if TYPE_CHECKING:
     from edge.core.watchlist.policy import MatchingPolicy
+    from edge.device.bundle_outcome import BundleOutcomes
+    from edge.device.cameras import CameraSet
     from edge.device.publisher import AlertPublisher
     from edge.device.watchlist.store import WatchlistStore
 
@@ -137,24 +139,6 @@ class Fanout:
             s.on_match(event)
 
 
-class _GuardedPipeline(Pipeline):
-    """A pipeline whose frames can be waited for: a wipe returns only after the frame that was
-    being processed when the list was swapped out has finished, so no alert from the wiped list
-    can follow the command's return."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.frame_lock = threading.Lock()
-
-    def process(self, frame: Frame, wait_ms: float = 0.0) -> None:
-        with self.frame_lock:
-            super().process(frame, wait_ms)
-
-    def frame_boundary(self) -> None:
-        with self.frame_lock:
-            pass
-
-
 def ensure_data_dir(cfg: Config) -> None:
     cfg.device.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -183,8 +167,14 @@ class Appliance:
         self.notifier = notifier or Notifier()
         self.extra_sinks = extra_sinks
         self.max_frames = max_frames
+        specs = cfg.camera_specs()
+        if source is not None and len(specs) > 1:
+            raise InputError(f"--source replaces the one camera's source; this config has {len(specs)} cameras (cameras:)")
         # A bad URI fails here, before models load.
-        self.source = source if isinstance(source, FrameSource) else make_source(source or cfg.camera.source, cfg.camera)
+        self.sources: dict[str, str | FrameSource] = {
+            spec.name: source if isinstance(source, FrameSource) else make_source(source or spec.camera.source, spec.camera)
+            for spec in specs
+        }
         keys_dir = cfg.device.keys_dir
         if not (keys_dir.is_dir() and any(keys_dir.iterdir())):
             raise InputError(f"device.keys_dir: no device keys in {keys_dir}; create them with lfr-edge keys init --dir {keys_dir}")
@@ -243,7 +233,7 @@ class Appliance:
             models=ModelsStatus(self.cfg.models.detector, self.cfg.models.embedder),
             runtime=runtime_status(),
             cpu_temp_c=cpu_temperature_c(),
-            cameras=tuple(pl.status() for pl in p.pipelines) if p is not None else (),
+            cameras=p.cameras.statuses() if p is not None else (),
             watchlist=wl,
             # The expected false-alert rate is stated for the list in force (or the reference list).
             matching=matching_status(p.policy, p.policy.scoring.reference_list_size if wl.subjects is None else wl.subjects)
@@ -251,6 +241,7 @@ class Appliance:
             else None,
             alerts=p.publisher.delivery_status() if p is not None else None,
             mqtt=p.publisher.link_status() if p is not None else None,
+            last_bundle=p.outcomes.last() if p is not None else None,
         )
 
     def _watchlist_status(self, p: _Parts) -> WatchlistStatus:
@@ -273,7 +264,7 @@ class Appliance:
         p = self._require_parts()
         before = p.store.holder.current()
         removed = p.store.wipe(source=source)
-        for pl in p.pipelines:
+        for pl in p.cameras.pipelines:
             pl.frame_boundary()  # the frame that was running with the old list has finished
         return WipeOutcome(removed, before.version if before is not None else None, self._watchlist_status(p))
 
@@ -314,19 +305,22 @@ class Appliance:
             self._ready.set()  # nobody waits for a start that is over
 
     def _run(self, control: ControlServer) -> ServiceResult:
+        from edge.core.watchlist.policy import policy_for
         from edge.device.audit.runtime import ServiceAudit
-        from edge.device.pipeline import build_stages, run_loop
+        from edge.device.availability import Availability
+        from edge.device.bundle_outcome import BundleOutcomes
+        from edge.device.cameras import CameraSet
         from edge.device.publisher import AlertPublisher
         from edge.device.watchlist.store import WatchlistHolder, store_from_config
         from edge.device.watchlist.sync import sync_from_config
 
-        cfg, src = self.cfg, self.source
+        cfg = self.cfg
         holder = WatchlistHolder()
-        stages = build_stages(cfg)
-        pipelines: list[_GuardedPipeline] = []
+        policy = policy_for(cfg)  # a threshold below the floor fails here, before any model loads
+        cameras_box: list[CameraSet] = []
 
         def counters() -> Counters:
-            return pipelines[0].counters if pipelines else Counters()
+            return cameras_box[0].counters() if cameras_box else Counters()
 
         audit = ServiceAudit(cfg, keys=self.keys, counters=counters, watchlist=holder.current)
         def overdue(alert_id: str, age_s: float) -> None:
@@ -343,7 +337,9 @@ class Appliance:
             audit_hook(kind, fields)  # the accountability first
             self._store_event(kind, fields)
 
-        store = store_from_config(cfg, self.keys, holder=holder, on_event=on_store_event)
+        # The last install or refusal goes into the status, republished at once (watchlist publish --wait).
+        outcomes = BundleOutcomes(on_store_event, publisher.request_status)
+        store = store_from_config(cfg, self.keys, holder=holder, on_event=outcomes.hook)
         try:
             store.load()
         except InputError as e:  # a stored list that cannot be opened: run, count faces, alert nobody
@@ -352,30 +348,32 @@ class Appliance:
         if not cfg.watchlist.at_rest:
             log.info("watchlist held in memory only (watchlist.at_rest: false): none until the broker delivers the retained bundle")
         sync = sync_from_config(cfg, store, publisher.link)
-        pipeline = _GuardedPipeline(cfg, stages, holder, Fanout(publisher, self.extra_sinks, audit))
-        pipelines.append(pipeline)
-        self._parts = _Parts(store, publisher, stages.policy, tuple(pipelines))
+        cameras = CameraSet(cfg, holder, Fanout(publisher, self.extra_sinks, audit), sources=self.sources)
+        cameras_box.append(cameras)
+        self._parts = _Parts(store, publisher, policy, cameras, outcomes)
         audit.start(holder.current())
         # Online before the link starts: the heartbeat sent on connect must not say "starting".
         self._state = ServiceState.ONLINE
         publisher.start()
+        availability = Availability(cfg).start()
         sync.start()
         self._ready.set()
-        self.notifier.ready(f"processing {src.name}")
-        ids = stages.vision.model_ids
-        log.info("camera loop started",
-                 extra={"device": cfg.device.id, "source": src.name, "detector": ids.detector, "embedder": ids.embedder})
-        self._emit(ApplianceEvent(EventKind.STARTED, source=src.name))
+        names = cameras.source_names
+        self.notifier.ready(f"processing {names}")
+        ids = cameras.first.vision.model_ids
+        log.info("camera loops started",
+                 extra={"device": cfg.device.id, "source": names, "detector": ids.detector, "embedder": ids.embedder})
+        self._emit(ApplianceEvent(EventKind.STARTED, source=names))
         result_counters: Counters | None = None
         deployment: dict[str, Any] | None = None
         try:
-            result_counters = run_loop(pipeline, src, self.notifier.frame_processed, self._stop, self.max_frames)
+            result_counters = cameras.run(self._stop, self.notifier.frame_processed, self.max_frames)
         finally:
             self._state = ServiceState.STOPPING
             self.notifier.stopping()
             control.close()  # from here on a command acts on the store directly
             sync.stop()
-            deployment = audit.stop(result_counters or pipeline.counters, holder.current())
+            deployment = audit.stop(result_counters or cameras.counters(), holder.current())
             # Only worth waiting for while the broker is there; otherwise the spool keeps them for next start.
             if not (publisher.link.connected and publisher.flush(FLUSH_AT_STOP_S)) and publisher.spool.pending():
                 log.warning("stopping with alerts still spooled; they are sent at next start",
@@ -383,8 +381,9 @@ class Appliance:
             self._state = ServiceState.STOPPED
             final = self.status()
             publisher.stop()
+            availability.stop()
             self.notifier.close()
-            self._emit(ApplianceEvent(EventKind.STOPPED, source=src.name))
+            self._emit(ApplianceEvent(EventKind.STOPPED, source=names))
         return ServiceResult(result_counters, final, deployment)
 
 
@@ -395,4 +394,5 @@ class _Parts:
     store: WatchlistStore
     publisher: AlertPublisher
     policy: MatchingPolicy
-    pipelines: tuple[_GuardedPipeline, ...]
+    cameras: CameraSet
+    outcomes: BundleOutcomes

@@ -102,10 +102,22 @@ class Pipeline:
         self._last_alert: dict[str, float] = {}
         self._times = np.zeros(_FPS_WINDOW, np.float64)
         self._n_times = 0
+        # Held for a whole frame, so that a wipe can wait for the frame that was running with the
+        # old list (frame_boundary) and no alert from a wiped list follows the wipe's return.
+        self._frame_lock = threading.Lock()
 
     # -- one frame -----------------------------------------------------------------------------
     def process(self, frame: Frame, wait_ms: float = 0.0) -> None:
         """One frame through every stage; `wait_ms` (time spent waiting for it) is only reported."""
+        with self._frame_lock:
+            self._process(frame, wait_ms)
+
+    def frame_boundary(self) -> None:
+        """Return once the frame being processed (if any) has finished."""
+        with self._frame_lock:
+            pass
+
+    def _process(self, frame: Frame, wait_ms: float) -> None:
         ms = np.zeros(len(STAGES), np.float64)
         ms[0] = wait_ms
         img = frame.image

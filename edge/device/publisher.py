@@ -206,6 +206,10 @@ class AlertPublisher:
         self._events.put(None)
         return row
 
+    def request_status(self) -> None:
+        """Publish the status now rather than at the next interval (e.g. a watchlist outcome)."""
+        self._status_now.set()
+
     def _spooled(self) -> None:
         # After the row is committed: a drainer step that began before it cannot declare idle.
         with self._idle_lock:

@@ -1,6 +1,6 @@
 """The appliance's status as typed parts, each with one owner, and the one JSON document made from it.
 
-    CameraStatus    the pipeline of one camera (counts only)        Pipeline.status()
+    CameraStatus    the pipeline of one camera (counts only)        Pipeline.status(), CameraSet.statuses()
     WatchlistStatus the list in force (never templates or who)      WatchlistStore.status()
     MatchingStatus  the matching policy and what it costs           matching_status(policy, size)
     DeliveryStatus  alerts raised / delivered / spooled / dropped   AlertPublisher.delivery_status()
@@ -31,6 +31,7 @@ from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import MatchingPolicy
 
 if TYPE_CHECKING:
+    from edge.device.bundle_outcome import BundleOutcome
     from edge.device.publisher import AckStatus  # the publisher owns the acknowledgement figures
 
 
@@ -54,6 +55,14 @@ class WatchlistState(Enum):
         return {"none": "none installed", "expired": "watchlist expired"}.get(self.value, self.value)
 
 
+class CameraState(Enum):
+    STARTING = "starting"  # no frame processed yet
+    RUNNING = "running"
+    STALLED = "stalled"  # no frame processed for camera.stall_timeout_s
+    ENDED = "ended"  # replay finished, or the device is stopping
+    FAILED = "failed"  # the source gave up (the error is in the log)
+
+
 @dataclass(frozen=True, slots=True)
 class CameraStatus:
     """One camera's pipeline: counts only, never anything about a person."""
@@ -70,6 +79,7 @@ class CameraStatus:
     alerts_suppressed_cooldown: int
     non_match_discarded: int
     live_tracks: int
+    state: CameraState = CameraState.RUNNING  # the camera loop's (edge.device.cameras); a bare pipeline runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +222,7 @@ class Status:
     matching: MatchingStatus | None = None
     alerts: DeliveryStatus | None = None
     mqtt: LinkStatus | None = None
+    last_bundle: BundleOutcome | None = None  # the last bundle installed or refused (watchlist publish --wait)
 
     def totals(self) -> dict[str, Any]:
         """The cameras' counts summed (one camera: its own), as the top-level heartbeat fields."""
@@ -223,7 +234,8 @@ class Status:
                 rejections[k] = rejections.get(k, 0) + v
         summed = ("frames", "frames_dropped", "source_reconnects", "faces_seen", "embeddings",
                   "alerts_suppressed_cooldown", "non_match_discarded", "live_tracks")  # fmt: skip
-        out: dict[str, Any] = {"fps": round(sum(c.fps for c in self.cameras), 2)}
+        # The slowest camera's rate: the figure a dashboard should alarm on (each camera's is in "cameras").
+        out: dict[str, Any] = {"fps": min(c.fps for c in self.cameras)}
         out.update({k: sum(getattr(c, k) for c in self.cameras) for k in summed})
         out["rejections"] = rejections
         return out
@@ -255,6 +267,8 @@ class Status:
             out["watchlist_detail"] = wl.to_json()
         if self.matching is not None:
             out["matching"] = self.matching.to_json()
+        if self.last_bundle is not None:
+            out["watchlist_last_bundle"] = self.last_bundle.to_json()
         return out
 
 

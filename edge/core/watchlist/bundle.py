@@ -576,3 +576,22 @@ def open_stored_bundle(
 
     result: Watchlist = _guarded(run)
     return result
+
+
+def peek_version(data: bytes) -> int:
+    """The version a bundle's header claims, read without the signer's key or any device key.
+
+    Unauthenticated: for the back office to compare what it is about to publish with what a topic
+    already holds (`watchlist publish`); a device never decides anything on it."""
+    n = len(data)
+    _need(n >= MIN_BUNDLE and data[: len(MAGIC)] == MAGIC, Reason.CORRUPT, "not a watchlist bundle")
+    (header_len,) = struct.unpack(">I", data[_PREFIX : _PREFIX + 4])
+    _need(_PREFIX + 4 + header_len <= n, Reason.TRUNCATED, "header runs past the end of the bundle")
+    try:
+        raw = json.loads(bytes(data[_PREFIX + 4 : _PREFIX + 4 + header_len]))
+    except (ValueError, RecursionError):
+        raise BundleError(Reason.CORRUPT, "header is not JSON") from None
+    _need(isinstance(raw, dict), Reason.CORRUPT, "header is not a JSON object")
+    version = _field(raw, "version", int)
+    _need(version >= 1, Reason.CORRUPT, f"bundle version {version} is not positive")
+    return int(version)

@@ -10,10 +10,12 @@ how often the two agree on who is who. The peer is a bench-only optional depende
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import resource
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.core.config import Config, load_config
+from edge.core.config import CameraEntry, Config, load_config, parse_config
 from edge.core.errors import InputError
 from edge.core.imageio import read_rgb
 from edge.core.inference import InvokeTimer
@@ -361,9 +363,88 @@ def agreement(
 
 
 # ----------------------------------------------------------------------------------------------
+class _Locked:
+    """A detector or embedder behind a lock: one interpreter shared by several camera threads
+    (the alternative the device does not take; measured with --interpreters shared)."""
+
+    def __init__(self, inner: Any, lock: threading.Lock) -> None:
+        self._inner, self._lock = inner, lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def detect(self, image: Any) -> Any:
+        with self._lock:
+            return self._inner.detect(image)
+
+    def embed(self, chips: Any) -> Any:
+        with self._lock:
+            return self._inner.embed(chips)
+
+
+class _Counted:
+    """When a camera's last frame was done: a camera whose replay ends first is not charged for the
+    time the other one still runs."""
+
+    def __init__(self) -> None:
+        self.t_last = 0.0
+
+    def on_frame(self, report: FrameReport) -> None:
+        self.t_last = time.perf_counter()
+
+
+def run_cameras(
+    cfg: Config, uris: list[str], max_frames: int | None, shared: bool, progress: Progress | None
+) -> dict[str, Any]:
+    """Several cameras in one process, as the device runs them (edge.device.cameras): each its own
+    thread and loop; fps per camera over the run's wall time."""
+    from edge.device.cameras import CameraSet
+
+    names = [f"cam{i}" for i in range(len(uris))]
+    entries = [CameraEntry(**{**cfg.camera.model_dump(), "name": n, "source": u}) for n, u in zip(names, uris, strict=True)]
+    ccfg = cfg.model_copy(update={"cameras": entries})
+    one: list[Stages] = []
+    lock = threading.Lock()
+
+    def stages(c: Config) -> Stages:
+        if not shared:
+            return build_stages(c)
+        if not one:
+            st = build_stages(c)
+            v = st.vision
+            # The proxies stand in for the real stages (duck-typed; the lab only).
+            locked: dict[str, Any] = {"detector": _Locked(v.detector, lock), "embedder": _Locked(v.embedder, lock),
+                                      "detector_light": _Locked(v.detector_light, lock) if v.detector_light else None}
+            vs = dataclasses.replace(v, **locked)
+            one.append(Stages(vs, st.policy))
+        return one[0]
+
+    counted = {n: _Counted() for n in names}
+    cams = CameraSet(ccfg, WatchlistHolder(synthetic_watchlist()), ListSink(), observer=lambda n: counted[n],
+                     stages=stages)
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    cams.run(stop, max_frames=max_frames)
+    wall = time.perf_counter() - t0
+    per = []
+    for st, u in zip(cams.statuses(), uris, strict=True):
+        own = max(counted[st.camera].t_last - t0, 1e-9)
+        per.append({"camera": st.camera, "source": u, "frames": st.frames, "fps": round(st.frames / own, 2),
+                    "faces_seen": st.faces_seen, "embeddings": st.embeddings, "frames_dropped": st.frames_dropped})
+    return {
+        "interpreters": "shared behind a lock" if shared else "one set per camera",
+        "wall_s": round(wall, 3),
+        "cameras": per,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineBenchParams:
     source: str  # video file or folder of frames (PATH, file:PATH or dir:PATH)
+    more_sources: tuple[str, ...] = ()  # further cameras, run together with `source` in one process
+    shared_interpreters: bool = False  # several cameras: one interpreter set behind a lock
     config: Path | None = None  # models, detection, quality, tracking, matching sections
     frames: int | None = None  # stop after N frames
     enrol: Path | None = None  # <subject>/<image> folder for the watchlist (needed for agreement)
@@ -379,7 +460,6 @@ class PipelineBenchParams:
 
 def run(args: PipelineBenchParams, progress: Progress | None = None) -> dict[str, Any]:
     """The bench's JSON document (docs/BENCHMARKS.md)."""
-    from edge.core.config import parse_config
     from edge.core.inference import runtime_name
 
     cfg = load_config(args.config) if args.config else parse_config({}, Path.cwd())
@@ -394,6 +474,17 @@ def run(args: PipelineBenchParams, progress: Progress | None = None) -> dict[str
     updates["camera"] = cfg.camera.model_copy(update={"realtime": False, "loop": False})
     cfg = cfg.model_copy(update=updates)
     uri = _uri(args.source)
+    if args.more_sources:
+        if args.peer or args.enrol:
+            raise InputError("--source given more than once: --peer and --enrol take one source")
+        return {
+            "models": {"detector": cfg.models.detector, "embedder": cfg.models.embedder, "runtime": runtime_name(),
+                       "num_threads": cfg.models.num_threads},
+            "detection": {"tiles": [cfg.detection.tiles.cols, cfg.detection.tiles.rows, cfg.detection.tiles.overlap],
+                          "whole_frame": cfg.detection.whole_frame, "tiles_every_n": cfg.detection.tiles_every_n},
+            "multi": run_cameras(cfg, [uri, *(_uri(s) for s in args.more_sources)], args.frames,
+                                 args.shared_interpreters, progress),
+        }  # fmt: skip
     stages = build_stages(cfg)
     images = _enrol_images(args.enrol) if args.enrol else None
     wl = enrol_ours(cfg, images) if images else synthetic_watchlist()
@@ -423,6 +514,16 @@ def run(args: PipelineBenchParams, progress: Progress | None = None) -> dict[str
 
 def format_text(r: dict[str, Any]) -> str:
     lines: list[str] = []
+    if "multi" in r:
+        mu, m = r["multi"], r["models"]
+        lines.append(f"models {m['detector']} + {m['embedder']}  ({m['runtime']}, {m['num_threads']} threads each); "
+                     f"interpreters: {mu['interpreters']}; tiles {r['detection']['tiles']} "
+                     f"tiles_every_n={r['detection']['tiles_every_n']}")  # fmt: skip
+        for c in mu["cameras"]:
+            lines.append(f"{c['camera']:6s} {c['fps']:6.1f} fps  {c['frames']} frames, {c['faces_seen']} faces, "
+                         f"{c['frames_dropped']} dropped  ({c['source']})")  # fmt: skip
+        lines.append(f"wall {mu['wall_s']:.1f} s, load average {mu['load_avg_1m']}, peak RSS {mu['peak_rss_mb']:.0f} MB")
+        return "\n".join(lines)
     o = r["ours"]
     w, h = o["frame_size"] or (0, 0)
     lines.append(f"source {r['source']}  {w}x{h}  {o['frames']} frames")
