@@ -213,7 +213,9 @@ def test_commands_fall_back_to_the_store_when_no_service_runs(tmp_path: Path) ->
     generate_device_keys(keys)
     data = tmp_path / "data"
     cfg = tmp_path / "device.yaml"
-    cfg.write_text(yaml.safe_dump({"device": {"id": "van-1", "data_dir": str(data), "keys_dir": str(keys)}}))
+    # At rest: the store the commands fall back to is on the card.
+    doc = {"device": {"id": "van-1", "data_dir": str(data), "keys_dir": str(keys)}, "watchlist": {"at_rest": True}}
+    cfg.write_text(yaml.safe_dump(doc))
     r = lfr("status", "--config", str(cfg), "--json")
     assert r.returncode == 0 and FALLBACK in r.stderr, r.stderr
     doc = json.loads(r.stdout)
@@ -284,6 +286,7 @@ def test_the_appliance_object_reports_typed_status_and_events(tmp_path: Path, pl
             "camera": {"source": "picamera2"},
             "mqtt": {"brokers": [plain_broker.uri]},
             "watchlist": {"trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")]},
+            "alerts": {"seal_to": str(tmp_path / "backoffice-keys" / "backoffice_x25519.pub.pem")},
         },
         tmp_path,
     )
@@ -338,7 +341,12 @@ def test_a_stored_list_that_no_longer_verifies_is_reported_unusable_by_the_runni
         "device": {"id": "van-4", "data_dir": str(tmp_path / "data"), "keys_dir": str(tmp_path / "device-keys")},
         "camera": {"source": "picamera2"},
         "mqtt": {"brokers": [plain_broker.uri]},
-        "watchlist": {"trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")]},
+        # At rest: the list that stops verifying is the one stored on the card.
+        "watchlist": {
+            "trusted_signers": [str(tmp_path / "backoffice-keys" / "backoffice_ed25519.pub.pem")],
+            "at_rest": True,
+        },
+        "alerts": {"seal_to": str(tmp_path / "backoffice-keys" / "backoffice_x25519.pub.pem")},
     }
     path = tmp_path / "device.yaml"
     path.write_text(yaml.safe_dump(doc))

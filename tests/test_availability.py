@@ -46,7 +46,8 @@ def test_availability_is_retained_online_and_offline_by_will_and_by_clean_stop(
     set_config(
         dev,
         camera={"source": f"file:{video}", "realtime": True, "loop": True, "width": 320, "height": 240},
-        watchlist={"trusted_signers": [str(bo / "backoffice_ed25519.pub.pem")]},
+        # At rest, so that the list can be installed before the service starts.
+        watchlist={"trusted_signers": [str(bo / "backoffice_ed25519.pub.pem")], "at_rest": True},
         mqtt={"home_assistant": {"enabled": True}},
     )
     (tmp_path / "wl.lfrw").write_bytes(bundle_for(dev, bo, 3, (SECRET_SUBJECT,)))

@@ -95,7 +95,8 @@ def test_two_replay_cameras_in_one_run_alert_under_their_own_names_and_count_apa
     empty = noise_video(tmp_path / "empty.mp4")
     set_config(
         dev,
-        watchlist={"trusted_signers": [str(bo / "backoffice_ed25519.pub.pem")]},
+        # At rest, so that the list can be installed before the service starts.
+        watchlist={"trusted_signers": [str(bo / "backoffice_ed25519.pub.pem")], "at_rest": True},
         cameras=[
             {"name": "kerb", "source": f"file:{street}", "realtime": True, "loop": True},
             {"name": "rear", "source": f"file:{empty}", "width": 320, "height": 240, "realtime": True, "loop": True},
@@ -146,7 +147,9 @@ def test_a_second_source_on_the_command_line_is_refused_for_several_cameras(tmp_
 
     generate_device_keys(tmp_path / "keys")
     cfg = parse_config({"device": {"id": "v", "data_dir": str(tmp_path / "d"), "keys_dir": str(tmp_path / "keys")},
-                        "cameras": [{"name": "a", "source": "dir:/a"}, {"name": "b", "source": "dir:/b"}]}, tmp_path)
+                        "cameras": [{"name": "a", "source": "dir:/a"}, {"name": "b", "source": "dir:/b"}],
+                        "alerts": {"allow_unsealed": True, "allow_unsealed_reason": "no alert is raised here"}},
+                       tmp_path)
     with pytest.raises(InputError, match="this config has 2 cameras"):
         serve(cfg, "dir:/c", stop=stop)
 
