@@ -21,6 +21,7 @@ from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.types import Counters, MatchEvent
 from edge.device.camera.base import FrameSource
+from edge.device.clock import clock_sync_cached
 
 log = logging.getLogger("lfr_edge.service")
 
@@ -98,7 +99,9 @@ def serve(
         wl = holder.current()
         # The expected false-alert rate is stated for the list in force (or the reference list).
         size = len(wl.subjects) if wl is not None else policy.scoring.reference_list_size
-        return {**base, "watchlist_detail": store.status(), "matching": policy.describe(size)}
+        # "clock": ClockSync value; alert times and bundle expiry are only as good as the clock.
+        return {**base, "watchlist_detail": store.status(), "matching": policy.describe(size),
+                "clock": clock_sync_cached().value}
 
     publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook(), keys=keys)
     audit.attach_spool(publisher.enqueue)
