@@ -174,12 +174,15 @@ fi
 # counts faces and spools alerts, and its status says clock "unsynchronised" until NTP answers.
 TIME_WAIT_S="${LFR_EDGE_TIME_WAIT_S:-300}"
 TIME_WAIT_UNIT=""
-if command -v systemctl >/dev/null; then
-  if systemctl cat chrony.service >/dev/null 2>&1 && systemctl cat chrony-wait.service >/dev/null 2>&1; then
-    TIME_WAIT_UNIT=chrony-wait.service
-  elif systemctl cat systemd-time-wait-sync.service >/dev/null 2>&1; then
-    TIME_WAIT_UNIT=systemd-time-wait-sync.service
-  fi
+unit_exists() {  # by file, not `systemctl cat`: also right in a chroot or an image build
+  local d
+  for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do [ -e "$d/$1" ] && return 0; done
+  return 1
+}
+if unit_exists chrony.service && unit_exists chrony-wait.service; then
+  TIME_WAIT_UNIT=chrony-wait.service
+elif unit_exists systemd-time-wait-sync.service; then
+  TIME_WAIT_UNIT=systemd-time-wait-sync.service
 fi
 if [ -n "$TIME_WAIT_UNIT" ]; then
   install -d -m 0755 "/etc/systemd/system/$TIME_WAIT_UNIT.d"
