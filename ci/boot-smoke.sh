@@ -10,7 +10,9 @@
 #   5. alert         the back-office listener receives, verifies and unseals a real alert
 #   6. egress        from inside the service's cgroup: broker and DNS reachable, another host refused
 #                    (while the same connect from outside that cgroup succeeds)
-#   7. status        the retained status carries the clock field
+#   7. status        the status carries the clock field
+#   8. late config   with the service stopped and no config, a file written to the boot partition
+#                    makes lfr-edge.path start it (provisioned again)
 # Usage: sudo ci/boot-smoke.sh          (exit 0 pass, 1 fail, 77 cannot run here: reason printed)
 # Cache: $LFR_BOOT_CACHE (default /var/cache/lfr-edge-boot) keeps the base root (mmdebstrap, ~1 min),
 # the installed root and pip's cache between runs; each run re-runs setup.sh (idempotent) on it.
@@ -307,4 +309,18 @@ ip netns exec "$NS_BRK" "$VENV/bin/lfr-edge" alerts listen --config "$WORK/backo
 grep '"event": "status"' "$WORK/alerts.jsonl" | grep -q '"clock": "\(synchronised\|unsynchronised\|unknown\)"' \
   || { head -c 600 "$WORK/alerts.jsonl"; fail "status has no clock field"; }
 pass "status: $(grep -o '"clock": "[a-z]*"' "$WORK/alerts.jsonl" | tail -1) (a container cannot discipline the clock)"
+# 8. a config that appears after boot: lfr-edge.path starts the service (config written to the card)
+cp "$ROOT/etc/lfr-edge/lfr-edge.yaml" "$WORK/late.yaml"
+inside systemctl stop lfr-edge.path lfr-edge.service
+rm -f "$ROOT/etc/lfr-edge/lfr-edge.yaml"
+inside systemctl start lfr-edge.path
+sleep 2
+[ "$(inside systemctl show -p ActiveState --value lfr-edge.service)" = inactive ] || fail "service running without a config"
+cp "$WORK/late.yaml" "$WORK/bootfs/lfr-edge.yaml"
+until [ "$(inside systemctl show -p SubState --value lfr-edge.service)" = running ]; do
+  [ $SECONDS -lt $deadline ] || fail "lfr-edge.path did not start the service for a late config"
+  sleep 1
+done
+[ -f "$ROOT/etc/lfr-edge/lfr-edge.yaml" ] && [ ! -e "$WORK/bootfs/lfr-edge.yaml" ] || fail "late config not provisioned"
+pass "late config: written to the boot partition after boot, lfr-edge.path started the service, provisioned again"
 say "PASS (artefacts in $WORK)"
