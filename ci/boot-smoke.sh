@@ -37,6 +37,17 @@ pass() { echo "boot-smoke: PASS $*"; }
 
 # --- Can it run here? -------------------------------------------------------------------------------
 [ "$(id -u)" -eq 0 ] || skip "systemd-nspawn needs root"
+# The Debian packages it needs, installed when missing (it runs as root anyway; CI starts clean).
+need=()
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  say "apt: installing ${need[*]}"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } \
+    > /dev/null 2>&1 || say "apt-get could not install ${need[*]}"
+fi
 for c in systemd-nspawn mmdebstrap mosquitto dnsmasq nsenter ip openssl; do
   command -v "$c" >/dev/null || [ -x "/usr/sbin/$c" ] \
     || skip "$c not installed (Debian packages systemd-container mmdebstrap mosquitto dnsmasq-base iproute2 openssl)"
