@@ -13,6 +13,8 @@
 #   7. status        the status carries the clock field
 #   8. late config   with the service stopped and no config, a file written to the boot partition
 #                    makes lfr-edge.path start it (provisioned again)
+#   9. broker moved  DNS answers a new address; after a restart the allow-list names it, not the old one,
+#                    and the service connects again
 # Usage: sudo ci/boot-smoke.sh          (exit 0 pass, 1 fail, 77 cannot run here: reason printed)
 # Cache: $LFR_BOOT_CACHE (default /var/cache/lfr-edge-boot) keeps the base root (mmdebstrap, ~1 min),
 # the installed root and pip's cache between runs; each run re-runs setup.sh (idempotent) on it.
@@ -25,7 +27,7 @@ WORK="$CACHE/run"
 ROOT="$CACHE/root"
 NS_DEV=lfrboot-dev
 NS_BRK=lfrboot-brk
-DEV_IP=10.78.0.2 DNS_IP=10.78.0.1 BROKER_IP=10.78.0.3 OTHER_IP=10.78.0.4
+DEV_IP=10.78.0.2 DNS_IP=10.78.0.1 BROKER_IP=10.78.0.3 OTHER_IP=10.78.0.4 MOVED_IP=10.78.0.5
 BROKER_NAME=broker.lfr.test
 DEVICE_ID=demo-van
 WAIT_S="${LFR_BOOT_WAIT_S:-600}"
@@ -143,6 +145,11 @@ listener 8883 $BROKER_IP
 cafile $D/broker/pki/lfr_edge_test_ca.crt
 certfile $PKI/broker.crt
 keyfile $PKI/broker.key
+# Where the broker "moves" to in step 9 (same name, new address).
+listener 8883 $MOVED_IP
+cafile $D/broker/pki/lfr_edge_test_ca.crt
+certfile $PKI/broker.crt
+keyfile $PKI/broker.key
 EOF
 cat > "$WORK/backoffice.yaml" <<EOF
 brokers: [mqtts://$BROKER_IP:8883]
@@ -203,15 +210,18 @@ ip netns add "$NS_DEV"; ip netns add "$NS_BRK"
 ip link add lfrb-dev type veth peer name lfrb-brk
 ip link set lfrb-dev netns "$NS_DEV"; ip link set lfrb-brk netns "$NS_BRK"
 ip -n "$NS_DEV" addr add "$DEV_IP/24" dev lfrb-dev
-for a in "$DNS_IP" "$BROKER_IP" "$OTHER_IP"; do ip -n "$NS_BRK" addr add "$a/24" dev lfrb-brk; done
+for a in "$DNS_IP" "$BROKER_IP" "$OTHER_IP" "$MOVED_IP"; do ip -n "$NS_BRK" addr add "$a/24" dev lfrb-brk; done
 for ns in "$NS_DEV" "$NS_BRK"; do ip -n "$ns" link set lo up; done
 ip -n "$NS_DEV" link set lfrb-dev up; ip -n "$NS_BRK" link set lfrb-brk up
 ip -n "$NS_DEV" route add default via "$DNS_IP"
 
 ip netns exec "$NS_BRK" mosquitto -c "$WORK/mosquitto.conf" > "$WORK/mosquitto.out" 2>&1 & PIDS+=($!)
-ip netns exec "$NS_BRK" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
-  --listen-address="$DNS_IP" --address="/$BROKER_NAME/$BROKER_IP" --pid-file="$WORK/dnsmasq.pid" \
-  --log-queries --log-facility="$WORK/dnsmasq.log" & PIDS+=($!)
+dns() {  # $1: the address the router's DNS gives for the broker's name
+  ip netns exec "$NS_BRK" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+    --listen-address="$DNS_IP" --address="/$BROKER_NAME/$1" --pid-file="$WORK/dnsmasq.pid" \
+    --log-queries --log-facility="$WORK/dnsmasq.log" & DNS_PID=$!; PIDS+=($DNS_PID)
+}
+dns "$BROKER_IP"
 ip netns exec "$NS_BRK" "$VENV/bin/python" -m http.server 8080 --bind "$OTHER_IP" > "$WORK/other.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do grep -q "Opening ipv4 listen socket on port 8883" "$WORK/mosquitto.log" 2>/dev/null && break; sleep 0.1; done
 # The watchlist, retained for the device, as the back office publishes it.
@@ -334,4 +344,29 @@ until [ "$(inside systemctl show -p SubState --value lfr-edge.service)" = runnin
 done
 [ -f "$ROOT/etc/lfr-edge/lfr-edge.yaml" ] && [ ! -e "$WORK/bootfs/lfr-edge.yaml" ] || fail "late config not provisioned"
 pass "late config: written to the boot partition after boot, lfr-edge.path started the service, provisioned again"
+# 9. the broker's address changes (DNS now answers another address): a restart re-resolves it
+kill "$DNS_PID"; wait "$DNS_PID" 2>/dev/null || true
+dns "$MOVED_IP"
+sleep 1
+inside systemctl restart lfr-edge.service
+until [ "$(inside systemctl show -p SubState --value lfr-edge.service)" = running ]; do
+  [ $SECONDS -lt $deadline ] || fail "lfr-edge.service not running after the restart"
+  sleep 1
+done
+allow=$(inside systemctl show -p IPAddressAllow --value lfr-edge.service)
+echo "$allow" | grep -q "$MOVED_IP" || fail "after the move, IPAddressAllow ($allow) lacks $MOVED_IP"
+echo "$allow" | grep -q "$BROKER_IP/" && fail "after the move, IPAddressAllow ($allow) still allows the old $BROKER_IP"
+main_pid=$(inside systemctl show -p MainPID --value lfr-edge.service)
+cg=$(inside systemctl show -p ControlGroup --value lfr-edge.service)
+in_unit=$(inside sh -c "echo \$\$ > /sys/fs/cgroup$cg/cgroup.procs && exec python3 /opt/lfr-edge-smoke/probe.py $MOVED_IP:8883 $BROKER_IP:8883")
+outside=$(inside python3 /opt/lfr-edge-smoke/probe.py "$MOVED_IP:8883")
+echo "$in_unit" | sed 's/^/  in lfr-edge.service: /'; echo "$outside" | sed 's/^/  outside the unit:    /'
+echo "$in_unit" | grep -q "^$MOVED_IP:8883 connected" || fail "the moved broker is blocked from the unit although IPAddressAllow names it"
+inv=$(inside systemctl show -p InvocationID --value lfr-edge.service)
+deadline=$((SECONDS + 90))
+until inside journalctl -b --no-pager "_SYSTEMD_INVOCATION_ID=$inv" | grep -q "mqtt: connected"; do
+  [ $SECONDS -lt $deadline ] || fail "no MQTT connection to the moved broker"
+  sleep 1
+done
+pass "broker moved: restart re-resolved $BROKER_NAME → $MOVED_IP, IPAddressAllow=$allow, MQTT connected again"
 say "PASS (artefacts in $WORK)"
