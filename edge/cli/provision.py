@@ -55,24 +55,17 @@ def _provision(args: argparse.Namespace) -> int:
         plan = plan_egress(cfg, args.resolv_conf, args.resolve_timeout)
         changed = write_egress_dropin(plan, args.egress_dropin, target)
         log.info("egress allow-list", extra={"path": str(args.egress_dropin), **egress_summary(plan, changed)})
-        if args.reload:
-            _apply(plan.allowed, changed)
+        if changed and args.reload:
+            _daemon_reload()
         if args.json:
             print(json.dumps({"dropin": str(args.egress_dropin), **egress_summary(plan, changed)}))
     return EXIT_OK
 
 
-def _apply(allowed: tuple[str, ...], changed: bool) -> None:
-    """daemon-reload so the drop-in is the unit's configuration, then set-property so systemd also
-    recompiles the unit's BPF firewall: a reload alone re-reads IPAddressAllow= but was seen (boot
-    smoke, a restart within one boot) to leave the program compiled from the old list in force."""
+def _daemon_reload() -> None:
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         raise RuntimeFailure("--reload: systemctl not found; the drop-in is written but not applied")
-    cmds = [[systemctl, "daemon-reload"]] if changed else []
-    cmds.append([systemctl, "set-property", "--runtime", "lfr-edge.service",
-                 "IPAddressAllow=", f"IPAddressAllow={' '.join(allowed)}"])
-    for cmd in cmds:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if r.returncode != 0:
-            raise RuntimeFailure(f"{' '.join(cmd[1:3])} failed ({r.stderr.strip() or r.returncode}); egress list not applied")
+    r = subprocess.run([systemctl, "daemon-reload"], capture_output=True, text=True, timeout=120, check=False)
+    if r.returncode != 0:
+        raise RuntimeFailure(f"systemctl daemon-reload failed ({r.stderr.strip() or r.returncode}); drop-in not applied")
