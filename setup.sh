@@ -2,7 +2,8 @@
 # LFR Edge installer. Idempotent: safe to re-run.
 #   ./setup.sh --dev   development checkout: .venv with test and back-office extras, Debian mosquitto; no user, no service
 #   ./setup.sh         appliance (root): user lfr-edge, /etc/lfr-edge, /var/lib/lfr-edge, /opt/lfr-edge,
-#                      device keys once, systemd unit installed and enabled (starts once a config exists)
+#                      device keys once, systemd units installed and enabled (starts once a config exists),
+#                      clock-sync wait enabled (systemd-time-wait-sync or chrony-wait)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,7 +11,7 @@ MODE=appliance
 for arg in "$@"; do
   case "$arg" in
     --dev) MODE=dev ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (use --dev or nothing)" >&2; exit 2 ;;
   esac
 done
@@ -151,19 +152,59 @@ else
   say "device keys already present; kept"
 fi
 
-install -m 0644 "$HERE/systemd/lfr-edge.service" /etc/systemd/system/lfr-edge.service
+install -m 0644 "$HERE/systemd/lfr-edge.service" "$HERE/systemd/lfr-edge-egress.service" \
+  "$HERE/systemd/lfr-edge.path" /etc/systemd/system/
+install -d -m 0755 /opt/lfr-edge/docs
+install -m 0644 "$HERE/docs/FLASH_PI.md" /opt/lfr-edge/docs/FLASH_PI.md
+# Earlier installs pinned the brokers resolved at install time in /etc; a file of the same name in
+# /etc would override the runtime drop-in that lfr-edge-egress.service now writes at every start.
+rm -f /etc/systemd/system/lfr-edge.service.d/10-egress.conf
+rmdir /etc/systemd/system/lfr-edge.service.d 2>/dev/null || true
 if [ -f /etc/lfr-edge/lfr-edge.yaml ]; then
-  install -d -m 0755 /etc/systemd/system/lfr-edge.service.d
-  /opt/lfr-edge/venv/bin/lfr-edge provision --config /etc/lfr-edge/lfr-edge.yaml \
-    --egress-dropin /etc/systemd/system/lfr-edge.service.d/10-egress.conf
-  say "egress limited to the configured brokers (10-egress.conf)"
+  # Validate now so a typo shows at install, not at the next boot (the drop-in is written at start).
+  /opt/lfr-edge/venv/bin/lfr-edge check-config --config /etc/lfr-edge/lfr-edge.yaml >/dev/null \
+    && say "configuration /etc/lfr-edge/lfr-edge.yaml is valid" \
+    || say "warning: /etc/lfr-edge/lfr-edge.yaml does not validate: lfr-edge check-config --config /etc/lfr-edge/lfr-edge.yaml"
 fi
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl daemon-reload
-  systemctl enable lfr-edge.service >/dev/null 2>&1
-  say "lfr-edge.service installed and enabled; it starts once /etc/lfr-edge/lfr-edge.yaml (or /boot/firmware/lfr-edge.yaml) exists"
+
+# Time: a Pi 4 has no RTC, and alert times, bundle expiry and command validity all use the clock.
+# time-sync.target (which the service is ordered after) waits for a synchronised clock only when a
+# waiting unit is enabled: systemd-time-wait-sync with systemd-timesyncd, chrony-wait with chrony.
+# The wait is bounded (LFR_EDGE_TIME_WAIT_S, default 300 s): a van booting out of coverage still
+# counts faces and spools alerts, and its status says clock "unsynchronised" until NTP answers.
+TIME_WAIT_S="${LFR_EDGE_TIME_WAIT_S:-300}"
+TIME_WAIT_UNIT=""
+unit_exists() {  # by file, not `systemctl cat`: also right in a chroot or an image build
+  local d
+  for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do [ -e "$d/$1" ] && return 0; done
+  return 1
+}
+if unit_exists chrony.service && unit_exists chrony-wait.service; then
+  TIME_WAIT_UNIT=chrony-wait.service
+elif unit_exists systemd-time-wait-sync.service; then
+  TIME_WAIT_UNIT=systemd-time-wait-sync.service
+fi
+if [ -n "$TIME_WAIT_UNIT" ]; then
+  install -d -m 0755 "/etc/systemd/system/$TIME_WAIT_UNIT.d"
+  printf '# Written by LFR Edge setup.sh: bound the boot-time wait for a synchronised clock.\n[Service]\nTimeoutStartSec=%s\n' \
+    "$TIME_WAIT_S" > "/etc/systemd/system/$TIME_WAIT_UNIT.d/50-lfr-edge.conf"
+  systemctl enable "$TIME_WAIT_UNIT" >/dev/null 2>&1 || say "warning: could not enable $TIME_WAIT_UNIT"
+  say "time: $TIME_WAIT_UNIT enabled (waits up to ${TIME_WAIT_S} s at boot for NTP)"
 else
-  say "systemd not running here: unit installed to /etc/systemd/system, enable it on the device"
+  say "warning: neither systemd-time-wait-sync nor chrony-wait found; the service will not wait for the clock"
+fi
+
+if command -v systemctl >/dev/null; then
+  # enable works without a running systemd (it only makes links): also right in an image build.
+  systemctl enable lfr-edge.service lfr-edge.path >/dev/null 2>&1 || die "systemctl enable lfr-edge.service lfr-edge.path failed"
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    say "lfr-edge.service and lfr-edge.path enabled; it starts once /etc/lfr-edge/lfr-edge.yaml (or /boot/firmware/lfr-edge.yaml) exists"
+  else
+    say "systemd not running here: units installed and enabled for the next boot"
+  fi
+else
+  say "systemctl not found: units installed to /etc/systemd/system; enable lfr-edge.service and lfr-edge.path on the device"
 fi
 say "public keys to register with the back office:"
 /opt/lfr-edge/venv/bin/lfr-edge keys show --dir /etc/lfr-edge/keys || true

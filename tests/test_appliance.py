@@ -300,6 +300,8 @@ def test_the_appliance_object_reports_typed_status_and_events(tmp_path: Path, pl
     t.start()
     try:
         wait_until(lambda: app.status().state is ServiceState.ONLINE and app.status().cameras[0].frames > 0, 120, "frames")
+        # The heartbeat says whether its times can be trusted (a Pi has no RTC).
+        assert app.status().to_json()["clock"] in ("synchronised", "unsynchronised", "unknown")
         installed = app.install_watchlist(bundle, "test")
         assert installed.watchlist.state is WatchlistState.ACTIVE and installed.watchlist.subjects == 3
         st = app.status()

@@ -35,6 +35,7 @@ from edge.core.errors import EdgeError, InputError
 from edge.core.keys import DeviceKeys
 from edge.core.types import Counters, MatchEvent
 from edge.device.camera.base import FrameSource
+from edge.device.clock import clock_sync_cached
 from edge.device.control import Command, ControlRequest, ControlResponse, ControlServer
 from edge.device.pipeline import EventSink
 from edge.device.sdnotify import Notifier
@@ -233,6 +234,7 @@ class Appliance:
             models=ModelsStatus(self.cfg.models.detector, self.cfg.models.embedder),
             runtime=runtime_status(),
             cpu_temp_c=cpu_temperature_c(),
+            clock=clock_sync_cached(),
             cameras=p.cameras.statuses() if p is not None else (),
             watchlist=wl,
             # The expected false-alert rate is stated for the list in force (or the reference list).

@@ -5,7 +5,7 @@
     MatchingStatus  the matching policy and what it costs           matching_status(policy, size)
     DeliveryStatus  alerts raised / delivered / spooled / dropped   AlertPublisher.delivery_status()
     LinkStatus      the MQTT link                                   AlertPublisher.link_status()
-    Status          all of the above + device facts (uptime, models, runtime, temperature)
+    Status          all of the above + device facts (uptime, models, runtime, temperature, clock)
 
 Nothing is merged by key: `Status.to_json()` lays the parts out side by side in the document the
 MQTT heartbeat, `lfr-edge status --json` and the back office read (its field names are the ones the
@@ -29,6 +29,7 @@ from edge.core.alert_message import iso_utc as iso_ms
 from edge.core.watchlist.bundle import iso_utc as iso_seconds
 from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import MatchingPolicy
+from edge.device.clock import ClockSync
 
 if TYPE_CHECKING:
     from edge.device.bundle_outcome import BundleOutcome
@@ -217,6 +218,8 @@ class Status:
     models: ModelsStatus
     runtime: RuntimeStatus
     cpu_temp_c: float | None
+    # Alert times, bundle expiry and command validity are only as good as the clock (a Pi has no RTC).
+    clock: ClockSync = ClockSync.UNKNOWN
     cameras: tuple[CameraStatus, ...] = ()
     watchlist: WatchlistStatus | None = None  # None: this process has no list (e.g. `alerts test`)
     matching: MatchingStatus | None = None
@@ -256,6 +259,7 @@ class Status:
             out["mqtt"] = _plain(_fields(self.mqtt))
         out["models"] = _fields(self.models)
         out["cpu_temp_c"] = self.cpu_temp_c
+        out["clock"] = self.clock.value
         out["runtime"] = _fields(self.runtime)
         wl = self.watchlist
         if wl is not None:
