@@ -4,7 +4,7 @@ Not a test module (pytest collects only test_*.py): a small tool run as
 `python tests/arm64_probe.py COMMAND …`, once on the host and once inside the arm64 chroot.
 
 * `prepare DIR [--frames N]`: back-office and device keys, a watchlist built from scikit-image's
-  public-domain `astronaut`, and the demo's street clip (edge.lab.demo), all in DIR. Run once,
+  public-domain `astronaut`, and the demo's street clip (edge.lab.demo) stored losslessly, all in DIR. Run once,
   on the host; both sides then work on copies of DIR, so both match against the same bundle.
 * `faces DIR --out F.json`: every frame of DIR's clip through the device's vision stack (camera
   use: tiled detection, alignment, the quality gate, the embedder): per face its box, score,
@@ -42,7 +42,9 @@ from edge.core.vision.stack import StackUse, build_vision_stack  # noqa: E402
 
 DEVICE_ID = "arm64-probe"
 SUBJECT_ID = "eileen_collins"
-CLIP = "clip.mp4"
+# Lossless (FFV1): an mp4's lossy decode itself gives different bytes on x86 and arm64 (ffmpeg's
+# IDCT paths differ), which would hide what the appliance's own stages do.
+CLIP = "clip.mkv"
 MIN_COSINE = 0.999  # the issue's bar for "the same embeddings"
 MIN_IOU = 0.98  # boxes of the same face on both architectures
 MAX_SCORE_DIFF = 0.02  # alert score (S-norm units) difference still called the same
@@ -71,7 +73,18 @@ def prepare(d: Path, frames: int) -> None:
     _cli("watchlist", "build", "--faces", str(enrol.parent), "--sign", str(bo / "keys"),
          "--to", str(dev / "keys" / "device_x25519.pub.pem"), "--expires", expires,
          "--version", "1", "--out", str(d / "watchlist.lfrw"))  # fmt: skip
-    make_video(d / CLIP, frames=frames)
+    make_video(d / "lossy.mp4", frames=frames)
+    cap = cv2.VideoCapture(str(d / "lossy.mp4"))
+    ok, bgr = cap.read()
+    writer = cv2.VideoWriter(str(d / CLIP), cv2.VideoWriter.fourcc(*"FFV1"), 15.0, (bgr.shape[1], bgr.shape[0]))
+    if not writer.isOpened():
+        raise SystemExit("arm64_probe: OpenCV cannot write FFV1 here")
+    while ok:
+        writer.write(bgr)
+        ok, bgr = cap.read()
+    writer.release()
+    cap.release()
+    (d / "lossy.mp4").unlink()
 
 
 def _frames(path: Path) -> list[np.ndarray[Any, Any]]:
