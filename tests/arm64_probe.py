@@ -133,6 +133,10 @@ def alerts(d: Path, out: Path) -> None:
     try:
         cfg = device_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords[DEVICE_ID],
                             f"file:{d / CLIP}", "arm64 probe")  # fmt: skip
+        # The per-subject cooldown runs on the monotonic clock, so whether a second track's match
+        # alerts depends on how fast frames are processed (emulated arm64 is ~50x slower). Off,
+        # every (track, subject) alerts once on both sides: a frame-indexed, comparable set.
+        cfg["matching"] = {"cooldown_s": 0}
         (d / "device.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         _cli("watchlist", "install", str(d / "watchlist.lfrw"), "--config", str(d / "device.yaml"))
         bo_cfg = backoffice_config(DEVICE_ID, dev, bo, broker.uri, broker.ca_file, passwords["backoffice"])
