@@ -98,7 +98,8 @@ def parse_template(value: str, where: str) -> ChipTemplate:
 
 
 # Below this scale (chip px per frame px) bilinear sampling skips pixels and aliases; such faces
-# are first shrunk with INTER_AREA, as dlib's extract_image_chip does with its pyramid.
+# are first shrunk (shrink_exact: halvings, then one bilinear step), as dlib's extract_image_chip
+# does with its pyramid.
 _MIN_DIRECT_SCALE = 0.6
 
 
@@ -252,12 +253,17 @@ class Aligner:
         return self._region[:n]
 
     def _warp(self, image: U8, m: F32, out: U8) -> None:
-        """Warp into `out` (its size is the output size: a chip, or a region of one)."""
-        oh, ow = int(out.shape[0]), int(out.shape[1])
+        """Warp into `out` (its size is the output size: a chip, or a region of one).
+
+        Every step gives the same bytes on x86 and arm64 (checked under qemu by ci/arm64-smoke.sh):
+        OpenCV's warpAffine and INTER_AREA/INTER_LINEAR resizes do not (their SIMD paths round
+        differently), which flipped borderline quality decisions and moved embeddings.
+        """
         scale = float(np.hypot(m[0, 0], m[1, 0]))
         if scale >= _MIN_DIRECT_SCALE:
-            cv2.warpAffine(image, m, (ow, oh), dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            exact_warp(image, m.astype(np.float64), out)
             return
+        oh, ow = int(out.shape[0]), int(out.shape[1])
         # Shrink only the region the chip covers, so a large face costs a small resize, not a frame's.
         inv = invert_affine(m[None])[0]
         corners = np.array([[0, 0], [ow, 0], [0, oh], [ow, oh]], np.float32)
@@ -270,15 +276,82 @@ class Aligner:
         if x1 - x0 < 2 or y1 - y0 < 2:
             out[...] = 0
             return
-        f = scale / _MIN_DIRECT_SCALE  # resize factor that brings the remaining scale to the limit
-        rw = max(1, round((x1 - x0) * f))
-        rh = max(1, round((y1 - y0) * f))
-        small = cv2.resize(image[y0:y1, x0:x1], (rw, rh), interpolation=cv2.INTER_AREA)
-        fx = rw / (x1 - x0)
-        fy = rh / (y1 - y0)
-        # frame = small / f + offset  →  chip = m · frame, folded into one matrix on `small`.
-        pre: npt.NDArray[np.float64] = np.array(
-            [[1.0 / fx, 0.0, x0 - 0.5 + 0.5 / fx], [0.0, 1.0 / fy, y0 - 0.5 + 0.5 / fy], [0.0, 0.0, 1.0]]
+        small, pre = shrink_exact(image[y0:y1, x0:x1], scale / _MIN_DIRECT_SCALE)
+        pre[:, 2] += (x0, y0)
+        # frame = pre · small  →  chip = m · frame, folded into one matrix on `small`.
+        m2 = m.astype(np.float64) @ np.vstack([pre, [0.0, 0.0, 1.0]])
+        exact_warp(small, m2, out)
+
+
+# Sub-pixel steps of the fixed-point bilinear remap (OpenCV's INTER_TAB_SIZE).
+_TAB = 32
+_GRIDS: dict[tuple[int, int], tuple[F32, F32]] = {}
+
+
+def exact_warp(image: U8, m: npt.NDArray[np.float64], out: U8) -> None:
+    """warpAffine(INTER_LINEAR, BORDER_CONSTANT) with the same bytes on every architecture.
+
+    The source position of each output pixel is computed here with one IEEE float32 multiply or
+    add at a time (numpy fuses nothing, so x86 and NEON round alike), rounded to 1/32 px, and
+    handed to OpenCV's remap as integer maps, whose bilinear blend is integer arithmetic.
+    warpAffine computes the same positions in an order that differs between its SIMD paths;
+    on smooth images the two agree to a few grey levels on a few pixels.
+    """
+    oh, ow = int(out.shape[0]), int(out.shape[1])
+    grid = _GRIDS.get((oh, ow))
+    if grid is None:
+        grid = _GRIDS[(oh, ow)] = (np.arange(ow, dtype=np.float32)[None, :], np.arange(oh, dtype=np.float32)[:, None])
+    gx, gy = grid
+    a, b, c = float(m[0, 0]), float(m[0, 1]), float(m[0, 2])
+    d, e, f = float(m[1, 0]), float(m[1, 1]), float(m[1, 2])
+    det = a * e - b * d
+    if det == 0.0:
+        out[...] = 0
+        return
+    # Inverse (chip → source) in closed form, scaled to 1/32 px (a power of two: exact); no
+    # LAPACK, whose rounding may differ by platform. Python floats are IEEE doubles everywhere.
+    t = float(_TAB)
+    ia, ib, id_, ie = e / det * t, -b / det * t, -d / det * t, a / det * t
+    ic, if_ = -(ia * c + ib * f), -(id_ * c + ie * f)
+    f32 = np.float32
+    sx = gx * f32(ia) + (gy * f32(ib) + f32(ic))
+    sy = gx * f32(id_) + (gy * f32(ie) + f32(if_))
+    # Far-away positions only ever read the border; clamp so they fit int16 maps.
+    lim = float(max(image.shape[0], image.shape[1]) + 2) * t
+    ix = np.rint(np.clip(sx, -lim, lim, out=sx), out=sx).astype(np.int32)
+    iy = np.rint(np.clip(sy, -lim, lim, out=sy), out=sy).astype(np.int32)
+    map1 = np.empty((oh, ow, 2), np.int16)
+    map1[:, :, 0] = ix >> 5
+    map1[:, :, 1] = iy >> 5
+    map2 = ((iy & (_TAB - 1)) << 5 | (ix & (_TAB - 1))).astype(np.uint16)
+    cv2.remap(image, map1, map2, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def shrink_exact(image: U8, factor: float) -> tuple[U8, npt.NDArray[np.float64]]:
+    """`image` shrunk by about `factor` (< 1), and the (2, 3) map from its pixels to `image`'s.
+
+    Halvings first (bit-exact bilinear at exactly 2x: the 2x2 box average INTER_AREA would
+    give), then one INTER_LINEAR_EXACT step of less than 2x: no pixel is skipped, so no
+    aliasing, and the bytes are the same on x86 and arm64 (INTER_AREA's are not).
+    """
+    small = image
+    ax = ay = 1.0
+    bx = by = 0.0
+    while factor <= 0.5 and min(small.shape[0], small.shape[1]) >= 4:
+        h2, w2 = small.shape[0] // 2, small.shape[1] // 2
+        small = np.asarray(
+            cv2.resize(small[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_LINEAR_EXACT), np.uint8
         )
-        m2 = (np.vstack([m.astype(np.float64), [0.0, 0.0, 1.0]]) @ pre)[:2].astype(np.float32)
-        cv2.warpAffine(small, m2, (ow, oh), dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        bx, by = bx + 0.5 * ax, by + 0.5 * ay  # pixel i of the half covers 2i and 2i+1 below
+        ax, ay = 2.0 * ax, 2.0 * ay
+        factor *= 2.0
+    sh, sw = small.shape[0], small.shape[1]
+    rw, rh = max(1, round(sw * factor)), max(1, round(sh * factor))
+    if (rw, rh) != (sw, sh):
+        small = np.asarray(cv2.resize(small, (rw, rh), interpolation=cv2.INTER_LINEAR_EXACT), np.uint8)
+        fx, fy = rw / sw, rh / sh
+        # OpenCV's resize: src = (dst + 0.5) / f - 0.5.
+        bx, by = bx + ax * (0.5 / fx - 0.5), by + ay * (0.5 / fy - 0.5)
+        ax, ay = ax / fx, ay / fy
+    pre = np.array([[ax, 0.0, bx], [0.0, ay, by]], np.float64)
+    return small, pre

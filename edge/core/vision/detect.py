@@ -35,8 +35,12 @@ DEFAULT_TILES: tuple[int, int, float] = (5, 3, 0.25)
 # The last (< 2x) shrink after the pyramid halvings. Bilinear, like MediaPipe's own CPU input path
 # (ImageToTensor: warpAffine, INTER_LINEAR). On 48 synthetic frames per size its small-face recall
 # was within 2 faces of 48 of INTER_AREA's in that step and of the old single-step INTER_AREA,
-# at every grid measured (docs/BENCHMARKS.md), at a fraction of the cost.
-SHRINK_INTERP = cv2.INTER_LINEAR
+# at every grid measured (docs/BENCHMARKS.md), at a fraction of the cost. The _EXACT variant
+# (fixed-point weights) gives the same bytes on x86 and arm64; plain INTER_LINEAR does not at
+# some sizes (ci/arm64-smoke.sh, docs/ARM64.md), at no accuracy cost (docs/BENCHMARKS.md).
+SHRINK_INTERP = cv2.INTER_LINEAR_EXACT
+# Views smaller than the model input are enlarged: also bit-exact across architectures.
+GROW_INTERP = cv2.INTER_LINEAR_EXACT
 PARTIAL_VIEW_WEIGHT = 4.0  # cut-view weight, in units of the coarsest view's resolution² (see _view_weights)
 
 
@@ -503,7 +507,7 @@ class FaceDetector:
         if crop.shape[1] == v.rw and crop.shape[0] == v.rh:
             dst[...] = crop
             return
-        interp = SHRINK_INTERP if v.rw < crop.shape[1] else cv2.INTER_LINEAR
+        interp = SHRINK_INTERP if v.rw < crop.shape[1] else GROW_INTERP
         if full:  # a contiguous slot: OpenCV writes straight into it
             cv2.resize(crop, (v.rw, v.rh), dst=dst, interpolation=interp)
         else:
