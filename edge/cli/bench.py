@@ -199,6 +199,8 @@ def _recognition(sub: Sub) -> None:
                    help="identity half of the cast: eval (every reported figure) or fit (tuning only)")  # fmt: skip
     p.add_argument("--diagnose", type=Path, metavar="OUT.npz",
                    help="no device run: embed every face of the video with the camera stack and save per-face records")
+    p.add_argument("--align", choices=["ours", "mesh"], default="ours",
+                   help="with --diagnose: the chips' alignment (mesh: the face-mesh aligner, a lab lever)")
     p.add_argument("--levers", type=Path, metavar="FILE.npz",
                    help="replay a --diagnose file under each loop lever (gate, embedding schedule, fusion); no video")
     p.add_argument("--json", action="store_true")
@@ -223,7 +225,7 @@ def _run_recognition(args: argparse.Namespace) -> int:
     if args.diagnose is not None:
         from edge.lab.bench.recognition_diag import diagnose
 
-        dg = diagnose(params, args.diagnose, progress)
+        dg = diagnose(params, args.diagnose, progress, args.align)
         return _emit(dg, args.json, lambda: "\n".join(f"{k}: {v}" for k, v in dg.items()))
     doc = run(params, progress)
     return _emit(doc, args.json, lambda: format_text(doc))

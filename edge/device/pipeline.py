@@ -170,17 +170,29 @@ class Pipeline:
         for j, i in enumerate(sel):
             tracks[i].add_embedding(vecs[j], quality[i].rank, fidx)
         probes = np.stack([tracks[i].fused() for i in sel])
+        each_view = self.cfg.tracking.match_each_view
         for k, i in enumerate(sel):
+            tr = tracks[i]
             m = matcher.match(probes[k], now=frame.t_wall)
+            fused_n = tr.n_kept
+            # The new view alone as well: a track's single best view can clear the threshold where
+            # the mean with its weaker views does not (fit-half levers, docs/BENCHMARKS.md). Each is
+            # one per-face comparison, the unit the threshold is calibrated in.
+            if each_view and tr.n_kept > 1:
+                single = matcher.match(vecs[k], now=frame.t_wall)
+                if single is not None and (m is None or single.score > m.score):
+                    m, fused_n = single, 1
             if m is not None:
-                self._on_match(frame, dets, i, tracks[i], m, matcher.watchlist.version)
+                self._on_match(frame, dets, i, tr, m, matcher.watchlist.version, fused_n)
         ms[5] = (pc() - t5) * 1e3
         return len(sel)
 
     def _matcher(self) -> Matcher | None:
         return self.watchlists.matcher(*self.stages.policy.matcher_args())
 
-    def _on_match(self, frame: Frame, dets: Detections, i: int, tr: Track, m: Match, version: int) -> None:
+    def _on_match(
+        self, frame: Frame, dets: Detections, i: int, tr: Track, m: Match, version: int, fused_n: int
+    ) -> None:
         sid = m.subject.subject_id
         if sid in tr.alerted:
             return  # one event per (track, subject)
@@ -201,7 +213,7 @@ class Pipeline:
             t_wall=frame.t_wall,
             camera=self.camera,
             bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-            frames_fused=tr.n_kept,
+            frames_fused=fused_n,  # views in the probe that matched (1: the new view alone)
             watchlist_version=version,
             crop_jpeg=crop,
         )

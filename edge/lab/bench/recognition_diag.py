@@ -59,8 +59,13 @@ class FaceRecords:
     vec: F32  # (N, D) the device's probe descriptor of this face alone (flip as configured)
 
 
-def record_video(video: Path, cast: Any, people: list[str], cfg: Any, say: Callable[[str], None]) -> FaceRecords:
-    """Run the camera stack over `video`, embedding every face; ground truth from `cast`."""
+def record_video(
+    video: Path, cast: Any, people: list[str], cfg: Any, say: Callable[[str], None], align: str = "ours"
+) -> FaceRecords:
+    """Run the camera stack over `video`, embedding every face; ground truth from `cast`.
+
+    `align` "mesh" cuts the embedded chips with the face-mesh aligner (the gate still judges the
+    camera aligner's regions): the lever `lfr-edge eval --align mesh` measures on stills."""
     import cv2
 
     from edge.core.vision.quality import pose_angles, sharpness
@@ -72,7 +77,15 @@ def record_video(video: Path, cast: Any, people: list[str], cfg: Any, say: Calla
     t = cfg.tracking
     tracker = Tracker(t.iou_threshold, t.max_centre_dist, t.max_missed_frames, t.best_k, t.max_tracks, dim=st.embed_dim)
     index = {p: i for i, p in enumerate(people)}
-    cols: dict[str, list[Any]] = {k: [] for k in ("frame", "track", "person", "iod", "sharp", "yaw", "roll", "det", "vec")}
+    mesh = None
+    if align == "mesh":
+        from edge.core.inference import default_models_dir
+        from edge.lab.eval import _mesh_aligner
+
+        mesh = _mesh_aligner(cfg.models.dir or default_models_dir(), cfg.models.num_threads, [])
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("frame", "track", "person", "iod", "sharp", "yaw", "roll", "det", "vec")
+    }
     cap = cv2.VideoCapture(str(video))
     f = -1
     t0 = time.monotonic()
@@ -91,7 +104,12 @@ def record_video(video: Path, cast: Any, people: list[str], cfg: Any, say: Calla
             mats = st.aligner.matrices(dets.keypoints)
             iod, yaw, roll = pose_angles(dets.keypoints)
             sharp = sharpness(st.gate_regions(img, mats))
-            vecs = st.embedder.embed(st.aligner.align_with(img, mats))
+            chips = (
+                st.aligner.align_with(img, mats)
+                if mesh is None
+                else mesh.final.align_with(img, mesh.matrices(img, dets.keypoints))
+            )
+            vecs = st.embedder.embed(chips)
             for i in range(len(dets)):
                 who = who_is_there(cast, SIZE, f, [float(v) for v in dets.boxes[i]])
                 cols["frame"].append(f)
@@ -133,7 +151,9 @@ def cast_cohort(cohort: F32, own: F32, top_k: int) -> tuple[F32, int, int]:
     return np.ascontiguousarray(cohort[keep]), int(drop.size), k
 
 
-def diagnose(args: Any, out: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def diagnose(
+    args: Any, out: Path, progress: Callable[[str], None] | None = None, align: str = "ours"
+) -> dict[str, Any]:
     """Cast, enrolment (the back office's own engine), video, per-face records → `out` (.npz)."""
     from edge.backoffice.enrolment.enrol import ModelChoice, enrol_folder, face_analyser, scan_faces
     from edge.core.config import Config
@@ -168,7 +188,7 @@ def diagnose(args: Any, out: Path, progress: Callable[[str], None] | None = None
         n_frames = write_video(video, faces, cast, SIZE, 15.0, (args.face_min, args.face_max))
         say(f"video: {n_frames} frames, {len(cast.shown)} people")
         people = sorted({a.identity for a in cast.shown})
-        rec = record_video(video, cast, people, cfg, say)
+        rec = record_video(video, cast, people, cfg, say, align)
         # Each shown person's own descriptor (the shown photo, as a still) finds their cohort row.
         own = []
         for a in sorted(cast.shown, key=lambda a: a.identity):
@@ -195,7 +215,8 @@ def diagnose(args: Any, out: Path, progress: Callable[[str], None] | None = None
     finally:
         shutil.rmtree(wd, ignore_errors=True)
     return {"out": str(out), "faces": int(rec.frame.size), "frames": n_frames, "people": len(people),
-            "subjects": len(en.subject_ids), "cohort_rows_dropped": dropped, "top_k": k, "half": args.half}  # fmt: skip
+            "subjects": len(en.subject_ids), "cohort_rows_dropped": dropped, "top_k": k, "half": args.half,
+            "align": align}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ levers
