@@ -173,15 +173,7 @@ class Pipeline:
         each_view = self.cfg.tracking.match_each_view
         for k, i in enumerate(sel):
             tr = tracks[i]
-            m = matcher.match(probes[k], now=frame.t_wall)
-            fused_n = tr.n_kept
-            # The new view alone as well: a track's single best view can clear the threshold where
-            # the mean with its weaker views does not (fit-half levers, docs/BENCHMARKS.md). Each is
-            # one per-face comparison, the unit the threshold is calibrated in.
-            if each_view and tr.n_kept > 1:
-                single = matcher.match(vecs[k], now=frame.t_wall)
-                if single is not None and (m is None or single.score > m.score):
-                    m, fused_n = single, 1
+            m, fused_n = match_view(matcher, probes[k], tr.n_kept, vecs[k] if each_view else None, frame.t_wall)
             if m is not None:
                 self._on_match(frame, dets, i, tr, m, matcher.watchlist.version, fused_n)
         ms[5] = (pc() - t5) * 1e3
@@ -291,6 +283,24 @@ class Pipeline:
             out["watchlist_subjects"] = len(wl.subjects)
             out["watchlist"] = "watchlist expired" if wl.expired(time.time()) else "active"
         return out
+
+
+def match_view(
+    matcher: Matcher, fused: F32, n_fused: int, view: F32 | None, now: float
+) -> tuple[Match | None, int]:
+    """A track's match after a new view: its fused probe, and the new view alone when given.
+
+    The view alone can clear the threshold where the mean with the track's weaker views does not
+    (fit-half levers, docs/BENCHMARKS.md "Recognition"); each is one per-face comparison, the unit
+    the threshold is calibrated in. Returns the higher-scoring match and how many views its probe
+    holds (1: the new view alone)."""
+    m = matcher.match(fused, now=now)
+    if view is None or (n_fused <= 1 and float(np.dot(fused, view)) > 0.99999):
+        return m, n_fused  # the fused probe is this very view
+    single = matcher.match(view, now=now)
+    if single is not None and (m is None or single.score > m.score):
+        return single, 1
+    return m, n_fused
 
 
 def build_stages(cfg: Config) -> Stages:

@@ -348,20 +348,31 @@ def evaluate(d: Any, lever: Lever, threshold: float | None = None) -> LeverResul
 
 
 def default_levers() -> list[Lever]:
-    base = Lever("shipped before (gate 10/0.6, every 5th, best 3, mean)")
+    """Each lever alone against the loop before issue 15, the shipped combination, and a ceiling."""
+    base = Lever("before: gate 10/0.6, every 5th frame, best 3, fused only")
     out = [base]
-    for sh in (5.0, 2.0, 0.0):
-        out.append(replace(base, name=f"min_sharpness {sh:g}", min_sharpness=sh))
-    for ds in (0.5,):
-        out.append(replace(base, name=f"min_det_score {ds:g}", min_det_score=ds))
-    out.append(replace(base, name="max_yaw 45", max_yaw=45.0))
+    for sh in (5.0, 0.0):
+        out.append(replace(base, name=f"quality.min_sharpness {sh:g}", min_sharpness=sh))
+    out.append(replace(base, name="quality.min_det_score 0.5", min_det_score=0.5))
+    out.append(replace(base, name="quality.max_yaw_deg 45", max_yaw=45.0))
     for n in (1, 2, 3):
-        out.append(replace(base, name=f"embed_every_n {n}", every_n=n))
+        out.append(replace(base, name=f"tracking.embed_every_n {n}", every_n=n))
     for k in (1, 5, 8):
-        out.append(replace(base, name=f"best_k {k}", best_k=k))
-    out.append(replace(base, name="weighted fusion", fusion="weighted"))
-    out.append(replace(base, name="fused + each new view", also_single=True))
+        out.append(replace(base, name=f"tracking.best_k {k}", best_k=k))
+    out.append(replace(base, name="quality-weighted fusion", fusion="weighted"))
+    out.append(replace(base, name="tracking.match_each_view", also_single=True))
+    out.append(
+        replace(base, name="every 2nd + sharpness 5 + each view", every_n=2, min_sharpness=5.0, also_single=True)
+    )
+    out.append(SHIPPED)
+    out.append(
+        Lever("ceiling: every face of every frame, no gate, each view", 0.0, 0.0, 90.0, 90.0, 0.0, 1, 3, "mean", True)
+    )
     return out
+
+
+# What the shipped defaults (edge/core/config.py) amount to; tests/test_bench_recognition.py keeps them in step.
+SHIPPED = Lever("shipped: every 3rd + sharpness 5 + each view", min_sharpness=5.0, every_n=3, also_single=True)
 
 
 def run_levers(path: Path, levers: Sequence[Lever] | None = None) -> dict[str, Any]:
@@ -375,10 +386,10 @@ def run_levers(path: Path, levers: Sequence[Lever] | None = None) -> dict[str, A
 
 def format_levers(doc: dict[str, Any]) -> str:
     lines = [f"{doc['file']} ({doc['half']} half, {doc['faces']} faces), strict {doc['strict']:.3f}",
-             f"{'lever':52s} {'alerted':>14s} {'wrong':>5s} {'strangers':>10s}  top stranger scores  embeds"]  # fmt: skip
+             f"{'lever':56s} {'alerted':>14s} {'wrong':>5s} {'strangers':>10s}  top stranger scores  embeds"]  # fmt: skip
     for r in doc["levers"]:
         lines.append(
-            f"{r['lever']:52s} {r['enrolled_alerted']:4d}/{r['enrolled_people']:4d} {100 * r['alerted_share']:5.1f}% "
+            f"{r['lever']:56s} {r['enrolled_alerted']:4d}/{r['enrolled_people']:4d} {100 * r['alerted_share']:5.1f}% "
             f"{r['wrong_subject']:5d} {r['strangers_alerted']:4d}/{r['strangers']:5d}  "
             f"{' '.join(f'{x:.2f}' for x in r['stranger_top3']):20s} {r['embeddings']}"
         )
