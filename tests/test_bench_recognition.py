@@ -69,14 +69,16 @@ def test_diagnose_on_the_fit_half_then_levers(
     lv = json.loads(capsys.readouterr().out)
     rows = {r["lever"]: r for r in lv["levers"]}
     assert lv["half"] == "fit" and len(rows) >= 10
-    shipped, before = rows[SHIPPED.name], lv["levers"][0]
-    # More views reach the matcher than before, and the ceiling embeds every face.
-    assert shipped["embeddings"] > before["embeddings"]
+    shipped = lv["levers"][0]
+    assert shipped["lever"] == SHIPPED.name
+    # More looks per track embed more; the ceiling embeds every face of the video.
+    assert rows["tracking.embed_every_n 1"]["embeddings"] > shipped["embeddings"]
     assert lv["levers"][-1]["embeddings"] == dg["faces"]
     assert all(0 <= r["enrolled_alerted"] <= r["enrolled_people"] for r in rows.values())
-    # The lever named "shipped" is what the config ships.
+    assert set(shipped["tpir_at_track_fpir"]) == {"0.005", "0.01", "0.02"}
+    # The row named "shipped" is what the config ships.
     q, t = Config().quality, Config().tracking
-    assert (q.min_sharpness, t.embed_every_n, t.best_k, t.match_each_view) == (
-        SHIPPED.min_sharpness, SHIPPED.every_n, SHIPPED.best_k, SHIPPED.also_single
+    assert (q.min_sharpness, q.min_det_score, q.max_yaw_deg, q.max_roll_deg, q.min_interocular_px) == (
+        SHIPPED.min_sharpness, SHIPPED.min_det_score, SHIPPED.max_yaw, SHIPPED.max_roll, SHIPPED.min_iod
     )
-    assert (q.min_det_score, q.max_yaw_deg) == (SHIPPED.min_det_score, SHIPPED.max_yaw)
+    assert (t.embed_every_n, t.best_k, t.match_each_view) == (SHIPPED.every_n, SHIPPED.best_k, SHIPPED.also_single)
