@@ -397,3 +397,23 @@ def test_tiles_every_other_frame_still_alerts_once_per_enrolled_person(
     _, sink = _run(cfg, stages, watchlist, f"dir:{out / 'frames'}")
     assert calls == {"full": 45, "light": 45}
     assert sorted(e.match.subject.subject_id for e in sink.events) == sorted(truth["enrolled"])
+
+
+def test_a_tracks_best_view_alone_can_raise_the_alert_its_fused_views_miss() -> None:
+    """match_each_view: the new view is matched alone as well as fused with the track's weaker views;
+    the alert says which probe matched (frames_fused 1 = the view alone)."""
+    from edge.core.watchlist.match import Matcher
+    from edge.device.pipeline import match_view
+
+    e = np.eye(128, dtype=np.float32)
+    now = time.time()
+    wl = Watchlist(1, now, now + 3600, (Subject("ann"),), e[:1].copy(), np.zeros(1, np.int32))
+    matcher = Matcher(wl, threshold=0.9)  # raw cosines: no cohort, so the numbers are plain
+    good = (0.95 * e[0] + np.sqrt(1 - 0.95**2) * e[1]).astype(np.float32)  # cosine 0.95 with ann
+    weak = e[2]  # a blurred earlier view: nothing like anyone
+    fused = (good + weak) / np.linalg.norm(good + weak)  # cosine 0.67: below the threshold
+    m, n = match_view(matcher, fused, 2, good, now)
+    assert m is not None and m.subject.subject_id == "ann" and n == 1 and abs(m.score - 0.95) < 1e-5
+    assert match_view(matcher, fused, 2, None, now) == (None, 2)  # match_each_view off: missed
+    # A stranger's views stay below the threshold either way.
+    assert match_view(matcher, e[3], 2, e[4], now) == (None, 2)

@@ -83,3 +83,17 @@ def test_embedding_policy_better_view_or_every_nth_frame() -> None:
     assert not t.wants_embedding(10.5, 1, every_n=5)  # not clearly better, too soon
     assert t.wants_embedding(12.0, 1, every_n=5)  # clearly better view
     assert t.wants_embedding(5.0, 5, every_n=5)  # periodic refresh
+
+
+def test_weighted_fusion_leans_on_the_better_views() -> None:
+    tr = Tracker(best_k=3)
+    t = tr.update(np.array([_box(300, 300, 100)], np.float32))[0][0]
+    t.weighted = True
+    a, b = np.eye(128, dtype=np.float32)[0], np.eye(128, dtype=np.float32)[1]
+    t.add_embedding(a, 3.0, 0)
+    t.add_embedding(b, 1.0, 1)
+    fused = t.fused()
+    expect = (3.0 * a + 1.0 * b) / np.linalg.norm(3.0 * a + 1.0 * b)
+    np.testing.assert_allclose(fused, expect, atol=1e-6)
+    t.weighted = False
+    np.testing.assert_allclose(t.fused(), (a + b) / np.sqrt(2.0), atol=1e-6)

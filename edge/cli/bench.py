@@ -201,6 +201,14 @@ def _recognition(sub: Sub) -> None:
     p.add_argument("--work", type=Path, help="keep the run's files here")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--half", choices=["eval", "fit"], default="eval",
+                   help="identity half of the cast: eval (every reported figure) or fit (tuning only)")  # fmt: skip
+    p.add_argument("--diagnose", type=Path, metavar="OUT.npz",
+                   help="no device run: embed every face of the video with the camera stack and save per-face records")
+    p.add_argument("--align", choices=["ours", "mesh"], default="ours",
+                   help="with --diagnose: the chips' alignment (mesh: the face-mesh aligner, a lab lever)")
+    p.add_argument("--levers", type=Path, metavar="FILE.npz",
+                   help="replay a --diagnose file under each loop lever (gate, embedding schedule, fusion); no video")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_run_recognition)
 
@@ -208,12 +216,23 @@ def _recognition(sub: Sub) -> None:
 def _run_recognition(args: argparse.Namespace) -> int:
     from edge.lab.bench.recognition import RecognitionBenchParams, format_text, run
 
+    if args.levers is not None:
+        from edge.lab.bench.recognition_diag import format_levers, run_levers
+
+        lv = run_levers(args.levers)
+        return _emit(lv, args.json, lambda: format_levers(lv))
+
     params = RecognitionBenchParams(
         faces=args.faces, config=args.config, enrol_max=args.enrol_max, limit=args.limit,
         frames_per_person=args.frames_per_person, gap=args.gap, face_min=args.face_min, face_max=args.face_max,
-        seed=args.seed, work=args.work, keep=args.keep,
+        seed=args.seed, work=args.work, keep=args.keep, half=args.half,
     )  # fmt: skip
     progress = None if args.quiet else (lambda msg: say(f"[bench recognition] {msg}", logging.INFO))
+    if args.diagnose is not None:
+        from edge.lab.bench.recognition_diag import diagnose
+
+        dg = diagnose(params, args.diagnose, progress, args.align)
+        return _emit(dg, args.json, lambda: "\n".join(f"{k}: {v}" for k, v in dg.items()))
     doc = run(params, progress)
     return _emit(doc, args.json, lambda: format_text(doc))
 

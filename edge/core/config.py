@@ -145,7 +145,8 @@ class DetectionConfig(Section):
 class QualityConfig(Section):
     min_interocular_px: NonNegFloat = 12.0
     # Variance of the Laplacian on the 150x150 chip: LFW's soft JPEGs have p5 17 and median 42; heavily
-    # blurred copies median 1.7, p99 3.2 (docs/BENCHMARKS.md). 10 refuses real blur, not soft images.
+    # blurred copies median 1.7, p99 3.2 (docs/BENCHMARKS.md). 10 refuses real blur, not soft images;
+    # 5 or 0 changed who the video finds by under 1 pt (fit-half levers, docs/BENCHMARKS.md "Recognition").
     min_sharpness: NonNegFloat = 10.0
     max_yaw_deg: Annotated[float, Field(gt=0, le=90)] = 35.0
     max_roll_deg: Annotated[float, Field(gt=0, le=90)] = 30.0
@@ -156,8 +157,14 @@ class TrackingConfig(Section):
     iou_threshold: Fraction = 0.3
     max_centre_dist: PosFloat = 1.0  # in face widths
     max_missed_frames: Annotated[int, Field(ge=0, le=300)] = 10
+    # Embedding more often (1-3) or matching each view alone finds more people at a threshold but lets
+    # more strangers through at the same rate as lowering the threshold: on the fit half's per-track
+    # curve neither helps (docs/BENCHMARKS.md "Recognition", loop levers), so the defaults stay.
     embed_every_n: Annotated[int, Field(ge=1, le=300)] = 5
     best_k: Annotated[int, Field(ge=1, le=32)] = 3
+    # Also match each newly embedded view alone (the better of it and the fused views raises the
+    # alert): more looks per person passing, so more false alerts per person at the same threshold.
+    match_each_view: bool = False
     max_tracks: Annotated[int, Field(ge=1, le=1000)] = 64
 
 

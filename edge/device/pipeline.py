@@ -182,17 +182,21 @@ class Pipeline:
         for j, i in enumerate(sel):
             tracks[i].add_embedding(vecs[j], quality[i].rank, fidx)
         probes = np.stack([tracks[i].fused() for i in sel])
+        each_view = self.cfg.tracking.match_each_view
         for k, i in enumerate(sel):
-            m = matcher.match(probes[k], now=frame.t_wall)
+            tr = tracks[i]
+            m, fused_n = match_view(matcher, probes[k], tr.n_kept, vecs[k] if each_view else None, frame.t_wall)
             if m is not None:
-                self._on_match(frame, dets, i, tracks[i], m, matcher.watchlist.version)
+                self._on_match(frame, dets, i, tr, m, matcher.watchlist.version, fused_n)
         ms[5] = (pc() - t5) * 1e3
         return len(sel)
 
     def _matcher(self) -> Matcher | None:
         return self.watchlists.matcher(*self.stages.policy.matcher_args())
 
-    def _on_match(self, frame: Frame, dets: Detections, i: int, tr: Track, m: Match, version: int) -> None:
+    def _on_match(
+        self, frame: Frame, dets: Detections, i: int, tr: Track, m: Match, version: int, fused_n: int
+    ) -> None:
         sid = m.subject.subject_id
         if sid in tr.alerted:
             return  # one event per (track, subject)
@@ -213,7 +217,7 @@ class Pipeline:
             t_wall=frame.t_wall,
             camera=self.camera,
             bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-            frames_fused=tr.n_kept,
+            frames_fused=fused_n,  # views in the probe that matched (1: the new view alone)
             watchlist_version=version,
             crop_jpeg=crop,
         )
@@ -283,6 +287,24 @@ class Pipeline:
             non_match_discarded=c.non_match_discarded,
             live_tracks=len(self.tracker.tracks),
         )
+
+
+def match_view(
+    matcher: Matcher, fused: F32, n_fused: int, view: F32 | None, now: float
+) -> tuple[Match | None, int]:
+    """A track's match after a new view: its fused probe, and the new view alone when given.
+
+    The view alone can clear the threshold where the mean with the track's weaker views does not
+    (fit-half levers, docs/BENCHMARKS.md "Recognition"); each is one per-face comparison, the unit
+    the threshold is calibrated in. Returns the higher-scoring match and how many views its probe
+    holds (1: the new view alone)."""
+    m = matcher.match(fused, now=now)
+    if view is None or (n_fused <= 1 and float(np.dot(fused, view)) > 0.99999):
+        return m, n_fused  # the fused probe is this very view
+    single = matcher.match(view, now=now)
+    if single is not None and (m is None or single.score > m.score):
+        return single, 1
+    return m, n_fused
 
 
 def build_stages(cfg: Config) -> Stages:

@@ -37,6 +37,7 @@ class Track:
     last_embed: int = -(10**9)
     embeddings: int = 0  # embeddings computed for this track (not only the ones kept)
     alerted: set[str] = field(default_factory=set)  # subjects already matched (or suppressed)
+    weighted: bool = False  # fuse the kept views weighted by their quality rank (else a plain mean)
     _emb: F32 = field(init=False)
     _ranks: F32 = field(init=False)
     _n: int = 0
@@ -71,10 +72,15 @@ class Track:
         return self._n
 
     def fused(self) -> F32:
-        """Mean of the kept L2-normalised embeddings, renormalised."""
+        """Mean of the kept L2-normalised embeddings (rank-weighted when `weighted`), renormalised."""
         rows = self._emb[: self._n]
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        mean = (rows / np.maximum(norms, 1e-12)).mean(axis=0)
+        unit = rows / np.maximum(norms, 1e-12)
+        if self.weighted:
+            w = np.maximum(self._ranks[: self._n], 0.0)
+            mean = (unit * (w / max(float(w.sum()), 1e-12))[:, None]).sum(axis=0)
+        else:
+            mean = unit.mean(axis=0)
         out: F32 = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         return out
 

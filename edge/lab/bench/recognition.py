@@ -63,10 +63,11 @@ class Cast:
 
 
 def choose_cast(faces: Path, seed: int, enrol_max: int, limit: int | None, frames_per_person: int,
-                gap: int) -> Cast:  # fmt: skip
+                gap: int, half: str = "eval") -> Cast:  # fmt: skip
+    """`half`: "eval" for every reported figure; "fit" only to tune the loop (the diagnostic)."""
     from edge.lab.eval import load_dataset
 
-    ds = load_dataset(faces, half="eval")
+    ds = load_dataset(faces, half=half)
     rng = np.random.default_rng(seed)
     by_id: dict[str, list[str]] = {}
     for path, ident in zip(ds.paths, ds.identity.tolist(), strict=True):
@@ -247,8 +248,11 @@ class RecognitionBenchParams:
     seed: int = 0
     work: Path | None = None  # keep the run's files here
     keep: bool = False  # keep the temporary folder
+    half: str = "eval"  # identity half of the cast; "fit" only for tuning (docs/EVAL.md)
 
     def __post_init__(self) -> None:
+        if self.half not in ("eval", "fit"):
+            raise InputError(f"--half {self.half!r}: eval or fit")
         if self.enrol_max < 1 or self.frames_per_person < 2 or self.gap < 0:
             raise InputError("--enrol-max ≥ 1, --frames-per-person ≥ 2 and --gap ≥ 0 are required")
 
@@ -261,7 +265,7 @@ def run(args: RecognitionBenchParams, progress: Callable[[str], None] | None = N
         raise InputError("bench recognition needs Debian's mosquitto (apt-get install mosquitto)")
     faces = args.faces
     size = (1280, 720)
-    cast = choose_cast(faces, args.seed, args.enrol_max, args.limit, args.frames_per_person, args.gap)
+    cast = choose_cast(faces, args.seed, args.enrol_max, args.limit, args.frames_per_person, args.gap, args.half)
     wd = args.work if args.work else Path(tempfile.mkdtemp(prefix="lfr-bench-recognition-"))
     wd.mkdir(parents=True, exist_ok=True)
 
@@ -347,7 +351,7 @@ def run(args: RecognitionBenchParams, progress: Callable[[str], None] | None = N
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model()},
         "faces": str(faces),
-        "half": "eval",
+        "half": args.half,
         "watchlist": {"subjects": len(cast.enrolled), "enrolment_photos": sum(map(len, cast.enrolled.values())),
                       "build_report": _build_summary(build.stdout), "device_status": status},
         "video": {"frames": n_frames, "size": list(size), "people": len(cast.shown),
