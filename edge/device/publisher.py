@@ -23,10 +23,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge.core.alert_message import build_alert, build_status, iso_utc
+from edge.core.alert_message import build_alert, build_status
 from edge.core.config import Config
 from edge.core.keys import DeviceKeys, load_device_keys, load_x25519_public, storage_key
 from edge.core.mqtt import LinkSettings, MqttLink, PublishHandle
+from edge.core.timefmt import format_utc
 from edge.core.types import MatchEvent
 from edge.device.spool import DropCallback, Spool
 
@@ -262,7 +263,7 @@ class AlertPublisher:
         out: dict[str, Any] = {
             "state": "online",
             "device_id": self.cfg.device.id,
-            "time": iso_utc(time.time()),
+            "time": format_utc(time.time()),
             "uptime_s": round(time.monotonic() - self._started, 1),
             "alerts": {
                 "raised": self.raised,

@@ -42,8 +42,9 @@ from edge.core.keys import (
     storage_key,
     storage_key_path,
 )
+from edge.core.timefmt import format_utc
 from edge.core.vision.scoring import CohortNorm
-from edge.core.watchlist.bundle import BundleError, iso_utc, open_stored_bundle, verify_bundle
+from edge.core.watchlist.bundle import BundleError, open_stored_bundle, verify_bundle
 from edge.core.watchlist.match import Matcher
 from edge.core.watchlist.model import Watchlist
 
@@ -138,8 +139,8 @@ def describe(wl: Watchlist | None, now: float | None = None) -> dict[str, Any]:
         "version": wl.version,
         "subjects": len(wl.subjects),
         "templates": wl.n_templates,
-        "created_at": iso_utc(wl.created_at),
-        "expires_at": iso_utc(wl.expires_at),
+        "created_at": format_utc(wl.created_at),
+        "expires_at": format_utc(wl.expires_at),
         "signer": wl.signer_key_id,
         "embedder_sha256": wl.embedder_sha256,
     }
@@ -322,7 +323,7 @@ class WatchlistStore:
             return False
         if self._expired_reported != wl.version:
             self._expired_reported = wl.version
-            self._emit("expired", {"version": wl.version, "expires_at": iso_utc(wl.expires_at)})
+            self._emit("expired", {"version": wl.version, "expires_at": format_utc(wl.expires_at)})
         return True
 
     def status(self) -> dict[str, Any]:
