@@ -83,9 +83,10 @@ def _loop_start(client: paho.Client) -> None:
 
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
 CONNECT_TIMEOUT_S = 10.0
-# CONNACK codes (v5 reason codes and v3.1.1 return codes) that mean "your credentials are wrong".
-_AUTH_CODES_V5 = {134, 135}  # Bad user name or password, Not authorized
-_AUTH_CODES_V3 = {4, 5}
+# CONNACK codes that mean "your credentials are wrong". paho 2.x reports a v3.1.1 return code as the
+# equivalent v5 reason code (4 → 134, 5 → 135), so one set serves both protocols; the raw v3.1.1
+# codes stay in case a paho release stops translating.
+_AUTH_CODES = {134, 135, 4, 5}  # Bad user name or password, Not authorized
 _UNSUPPORTED_PROTOCOL = {132, 1}  # v5 "Unsupported Protocol Version", v3 "unacceptable protocol version"
 
 
@@ -493,9 +494,13 @@ class MqttLink:
             outcome = self._attempt(index)
         except InputError as e:  # our CA or client certificate cannot be loaded
             outcome = ConnectOutcome(ConnectResult.TLS_CONFIG, str(self.brokers[index]), str(e))
+        if not outcome.ok:  # a success is recorded by _on_connect, before anyone sees `connected`
+            self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: ConnectOutcome) -> None:
         self.stats.last_outcome = outcome
         self.stats.results.append(outcome.result)
-        return outcome
 
     def _attempt(self, index: int) -> ConnectOutcome:
         uri, v5 = self.brokers[index], self._use_v5[index]
@@ -564,8 +569,7 @@ class MqttLink:
         if code in _UNSUPPORTED_PROTOCOL and auto:
             self._use_v5[index] = False
             return fail(ConnectResult.PROTOCOL_FALLBACK, f"{uri} does not speak MQTT v5; retrying with MQTT 3.1.1", code)
-        auth_codes = _AUTH_CODES_V5 if v5 else _AUTH_CODES_V3
-        if code in auth_codes:
+        if code in _AUTH_CODES:
             return fail(
                 ConnectResult.AUTH_REFUSED,
                 f"{uri} refused the login for user {self.settings.username!r}: {outcome.reason} "
@@ -600,7 +604,6 @@ class MqttLink:
             self.stats.state = LinkState.CONNECTING
             outcome = self._try_connect(index)
             if outcome.ok:
-                self.stats.state = LinkState.CONNECTED
                 failures = 0
                 self._logged.clear()
                 self._wait_disconnect()
@@ -640,6 +643,8 @@ class MqttLink:
         if code == 0:
             self.stats.connects += 1
             self.stats.broker, self.stats.protocol = self._current, "v5" if self._client_v5 else "v3.1.1"
+            self._record(ConnectOutcome(ConnectResult.CONNECTED, self._current, reason_code=0))
+            self.stats.state = LinkState.CONNECTED
             self._connected.set()
             for topic_filter, (qos, _) in list(self._subs.items()):
                 client.subscribe(topic_filter, qos=qos)
@@ -666,6 +671,8 @@ class MqttLink:
         self._connected.clear()
         self._outcome.event.set()
         if was:
+            if not self._stop.is_set():
+                self.stats.state = LinkState.CONNECTING  # the supervisor reconnects at once
             self.stats.disconnects += 1
             if not self._stop.is_set():
                 log.warning("%s: connection lost (%s); reconnecting", self.name, rc)
