@@ -58,18 +58,20 @@ def _unix_socketpair() -> tuple[socket.socket, socket.socket]:
 # systems). The device must never listen, not even briefly on loopback, and paho has no option to
 # use socket.socketpair(). So, scoped to our own `loop_start` call (the only place paho makes the pair
 # for a threaded client) and under a lock, its private factory is swapped for a Unix socketpair and
-# then restored: other paho users in the process are not changed. tests/test_alerts_outage.py checks
+# then restored: other paho users in the process keep paho as shipped (one starting its loop in that
+# same instant would get a Unix pair too, which is harmless). tests/test_alerts_outage.py checks
 # that no socket ever listens, so a paho release that renames the factory fails a test, not silently.
 _PAIR_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _unix_wakeup_pair() -> Iterator[None]:
-    original = getattr(paho, "_socketpair_compat", None)
-    if original is None or not hasattr(socket, "AF_UNIX"):
-        yield
-        return
+    # Read the original under the lock: two links starting at once must not restore each other's swap.
     with _PAIR_LOCK:
+        original = getattr(paho, "_socketpair_compat", None)
+        if original is None or not hasattr(socket, "AF_UNIX"):
+            yield
+            return
         setattr(paho, "_socketpair_compat", _unix_socketpair)  # noqa: B010
         try:
             yield
@@ -80,6 +82,7 @@ def _unix_wakeup_pair() -> Iterator[None]:
 def _loop_start(client: paho.Client) -> None:
     with _unix_wakeup_pair():
         client.loop_start()
+
 
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
 CONNECT_TIMEOUT_S = 10.0
