@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import yaml
 
-from edge.backoffice.listener import AlertListener, load_backoffice_config
+from edge.backoffice.listener import AlertListener, Handled, load_backoffice_config
 from edge.core.alert_message import VerifiedAlert
 from edge.core.keys import generate_backoffice_keys, generate_device_keys
 from edge.core.types import Match, MatchEvent, Subject
@@ -57,8 +57,10 @@ def make_device(
     seal_to: Path | None = None,
     username: str | None = None,
     ca_file: Path | None = None,
+    ack: dict[str, float] | None = None,
     **mqtt: Any,
 ) -> Device:
+    ack = dict(ack or {})  # alerts.ack_retry_s etc.
     d = root / device_id
     keys = d / "keys"
     if not keys.exists():
@@ -75,8 +77,12 @@ def make_device(
             "status_interval_s": 2.0,
             **mqtt,
         },
-        "alerts": {"seal_to": str(seal_to)} if seal_to else {},
+        "alerts": {"seal_to": str(seal_to), **ack} if seal_to else ack,
     }
+    signer = seal_to.parent / "backoffice_ed25519.pub.pem" if seal_to else None
+    if signer is not None and signer.exists():
+        # The back office that unseals the alerts also acknowledges them (and signs the lists).
+        cfg["watchlist"] = {"trusted_signers": [str(signer)]}
     path = d / "device.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return Device(device_id, d, path)
@@ -153,10 +159,11 @@ class Received:
         self.statuses: list[tuple[str, dict[str, Any]]] = []
         self.cond = threading.Condition()
 
-    def alert(self, a: VerifiedAlert) -> None:
+    def alert(self, a: VerifiedAlert) -> Handled:
         with self.cond:
             self.alerts.append(a)
             self.cond.notify_all()
+        return Handled.STORED  # this list is the test's store: acknowledge, as a storing back office does
 
     def reject(self, topic: str, reason: str) -> None:
         with self.cond:

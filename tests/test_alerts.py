@@ -21,7 +21,7 @@ from edge.core.keys import generate_device_keys, load_backoffice_keys, load_devi
 from edge.core.mqtt import LinkSettings, MqttLink
 from edge.core.signing import canonical_json
 from edge.device.publisher import AlertPublisher
-from edge.device.spool import Spool
+from edge.device.spool import AckOutcome, Spool
 from tests.alertkit import (
     event,
     face_jpeg,
@@ -119,6 +119,47 @@ def test_spool_encrypts_rows_keeps_order_and_counts_what_the_cap_drops(tmp_path:
     again.close()
     other = Spool(tmp_path / "spool.db", bytes(32), max_rows=10)
     assert other.fetch_after(0, 10) == [] and other.counters()["dropped.alert.unreadable"] == 1
+
+
+def test_spool_keeps_alerts_until_acknowledged_and_a_late_ack_undoes_a_drop(tmp_path: Path) -> None:
+    key = bytes(range(32))
+    sp = Spool(tmp_path / "spool.db", key, max_rows=10)
+    for i in range(12):  # the cap drops alert-0 and alert-1; the back office may have them already
+        sp.enqueue("lfr/dev-a/alerts", b"x", "alert", ref=f"alert-{i}")
+    assert sp.counters() == {"dropped.alert.cap": 2}
+    waiting = sp.awaiting_ack()
+    assert (waiting.count, waiting.overdue) == (10, 0) and waiting.oldest_created is not None
+    # Only the acknowledgement deletes; a second one for the same id changes nothing.
+    assert sp.acknowledge(["alert-5", "alert-5", "unknown"]) == AckOutcome(acknowledged=1, late=0)
+    assert sp.acknowledge(["alert-0"]) == AckOutcome(acknowledged=0, late=1)
+    assert sp.counters() == {"dropped.alert.cap": 1, "acknowledged.alert": 2, "acknowledged_after_drop.alert": 1}
+    assert sp.pending() == 9 and sp.awaiting_ack().count == 9
+    # Overdue: flagged once, and the flag survives a restart.
+    assert sorted(r for r, _ in sp.mark_overdue(time.time() + 1)) == sorted(
+        f"alert-{i}" for i in range(2, 12) if i != 5
+    )
+    assert sp.mark_overdue(time.time() + 1) == []
+    sp.close()
+    again = Spool(tmp_path / "spool.db", key, max_rows=10)
+    assert again.mark_overdue(time.time() + 1) == [] and again.awaiting_ack().overdue == 9
+
+
+def test_a_spool_from_before_acknowledgements_is_upgraded_in_place(tmp_path: Path) -> None:
+    key = bytes(range(32))
+    sp = Spool(tmp_path / "spool.db", key)
+    dev = load_device_keys(make_device_keys(tmp_path))
+    alert = build_alert(event(1), "dev-a", dev.ed25519, "d", "e")
+    sp.enqueue("lfr/dev-a/alerts", alert.payload, "alert")
+    sp.close()
+    con = sqlite3.connect(tmp_path / "spool.db")  # the old layout: no ref, no overdue column
+    con.executescript(
+        "CREATE TABLE old AS SELECT id, created, kind, blob FROM spool; DROP TABLE spool;"
+        "ALTER TABLE old RENAME TO spool;"
+    )
+    con.close()
+    upgraded = Spool(tmp_path / "spool.db", key)
+    assert upgraded.pending() == 1 and upgraded.fetch_after(0, 10)[0].ref == alert.alert_id
+    assert upgraded.acknowledge([alert.alert_id]).acknowledged == 1 and upgraded.pending() == 0
 
 
 # --------------------------------------------------------------------------- against Mosquitto
@@ -303,6 +344,10 @@ def test_backoffice_config_rejects_unknown_keys_naming_them(tmp_path: Path) -> N
         load_backoffice_config(p)
     p.write_text("brokers: ['http://h']\n")
     with pytest.raises(ConfigError, match="not a broker URI"):
+        load_backoffice_config(p)
+    # The acknowledgement key is checked with the rest, before anything connects.
+    p.write_text("brokers: ['mqtts://h:8883']\nack_key: missing/backoffice_ed25519.pem\n")
+    with pytest.raises(ConfigError, match=r"ack_key: 'missing/backoffice_ed25519\.pem' does not exist"):
         load_backoffice_config(p)
 
 

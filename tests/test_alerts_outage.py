@@ -118,7 +118,7 @@ def test_device_sigkilled_with_alerts_in_the_spool_delivers_them_all_after_resta
         again = lfr_edge("alerts", "test", "--config", str(w["a"].config), "--count", "0", "--wait", "30")
         out, err = again.communicate(timeout=60)
         assert again.returncode == 0, err
-        assert "20 message(s) acknowledged" in out
+        assert "20 alert(s) acknowledged by the back office" in out
         assert got.wait(lambda: len(got.alerts) >= 20, 20)
     finally:
         listener.stop()

@@ -1,5 +1,6 @@
 """Fault injection: hostile and mistaken inputs are refused in one short line with exit 2, in bounded
-memory, by real processes (and a real Mosquitto where a broker is involved). Issue 11, items 4-6, 8."""
+memory, by real processes (and a real Mosquitto where a broker is involved); no alert is lost end to
+end whatever is killed or restarted. Issue 11, items 1-8."""
 
 from __future__ import annotations
 
@@ -254,10 +255,11 @@ def test_check_config_warns_about_insecure_choices_and_still_passes(tmp_path: Pa
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK") and "with warnings" in r.stdout
     warnings = r.stderr.strip().splitlines()
-    assert len(warnings) == 3, r.stderr
+    assert len(warnings) == 4, r.stderr
     assert warnings[0].startswith("warning: mqtt.tls.insecure_no_verify: true")
     assert warnings[1].startswith("warning: mqtt.brokers: mqtt://broker.lan:1883 is plain mqtt:// with no password")
     assert warnings[2].startswith("warning: alerts.seal_to: null")
+    assert warnings[3].startswith("warning: watchlist.trusted_signers: empty")  # alerts never acknowledged
 
 
 def _backoffice_file(tmp_path: Path, **extra: object) -> Path:
@@ -382,7 +384,7 @@ def test_example_acl_is_the_one_the_test_broker_enforces() -> None:
     assert _rules((ROOT / "config" / "mosquitto.acl").read_text()) == _rules(default_acl())
 
 
-def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sending_a_wipe(
+def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_sending_a_wipe_or_forging_an_ack(
     broker_factory: BrokerFactory,  # noqa: F811
 ) -> None:
     broker = broker_factory(tls=False, users=DEVICE_USERS, acl=(ROOT / "config" / "mosquitto.acl").read_text())
@@ -399,7 +401,8 @@ def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sendin
         # The device reads its bundle and commands, and writes its alerts.
         dev.subscribe("lfr/dev-a/watchlist", on_message)
         dev.subscribe("lfr/dev-a/cmd", on_message)
-        assert broker.wait_subscribed(dev.settings.client_id, "lfr/dev-a/cmd")
+        dev.subscribe("lfr/dev-a/ack", on_message)
+        assert broker.wait_subscribed(dev.settings.client_id, "lfr/dev-a/ack")
         assert seen.wait(10) and got == [("lfr/dev-a/watchlist", b"bundle-v1")]
         bo.subscribe("lfr/dev-a/alerts", on_message)
         bo.subscribe("lfr/dev-a/cmd", on_message)
@@ -411,19 +414,24 @@ def test_example_acl_keeps_device_credentials_from_clearing_the_bundle_or_sendin
         clear = dev.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
         wipe = dev.publish("lfr/dev-a/cmd", b"wipe", qos=1)
         other = dev.publish("lfr/dev-b/alerts", b"forged", qos=1)
-        for h in (clear, wipe, other):
+        # Nor can they forge the back office's acknowledgement (which would empty the spool unsent).
+        ack = dev.publish("lfr/dev-a/ack", b"forged-ack", qos=1)
+        for h in (clear, wipe, other, ack):
             assert h.wait(10) and not h.ok and h.reason_code == 135, (h.topic, h.reason_code)  # Not authorized
         time.sleep(0.5)
         assert ("lfr/dev-a/cmd", b"wipe") not in got and ("lfr/dev-a/alerts", b"alert") in got
+        assert ("lfr/dev-a/ack", b"forged-ack") not in got
         late = _link(broker, BACKOFFICE_USER)
         retained: list[bytes] = []
         late.subscribe("lfr/dev-a/watchlist", lambda m: retained.append(m.payload))
         assert _until(lambda: retained == [b"bundle-v1"]), retained  # the bundle is still there
         late.stop(offline_status=False)
 
-        # The back office can do both.
+        # The back office can do all three.
         assert bo.publish("lfr/dev-a/cmd", b"wipe", qos=1).wait(10)
         assert _until(lambda: ("lfr/dev-a/cmd", b"wipe") in got)
+        assert bo.publish("lfr/dev-a/ack", b"ack", qos=1).wait(10)
+        assert _until(lambda: ("lfr/dev-a/ack", b"ack") in got)
         cleared = bo.publish("lfr/dev-a/watchlist", b"", qos=1, retain=True)
         assert cleared.wait(10) and cleared.ok
         late = _link(broker, BACKOFFICE_USER)
@@ -694,3 +702,335 @@ def test_example_broker_config_starts_mosquitto_and_enforces_its_acl(tmp_path: P
         dev.stop(offline_status=False)
     finally:
         broker.cleanup()
+
+
+# --------------------------------------------------------------------------- no alert lost end to end (issue 11, items 1, 3)
+#
+# An alert leaves the device's spool only on the back office's signed acknowledgement, sent after the
+# alert is stored durably; these scenarios each lost alerts when the spool was emptied on PUBACK.
+
+ACK_FAST = {"ack_retry_s": 0.5, "ack_retry_max_s": 2.0}
+
+
+def _ack_world(
+    tmp: Path, factory: BrokerFactory, persistence: bool = True, **ack: float
+) -> tuple[MosquittoBroker, Any, Path]:
+    """A TLS broker with the example ACL, one device trusting the back office's key, its back office."""
+    require_mosquitto()
+    acl = (ROOT / "config" / "mosquitto.acl").read_text()
+    broker = MosquittoBroker(tmp / "broker", tls=True, users=DEVICE_USERS, acl=acl, persistence=persistence)
+    factory.brokers.append(broker)  # killed at teardown
+    broker.start()
+    bo = make_backoffice_keys(tmp)
+    dev = make_device(tmp, broker, "dev-a", DEVICE_USERS["dev-a"], seal_to=bo / "backoffice_x25519.pub.pem",
+                      ack={**ACK_FAST, **ack})  # fmt: skip
+    return broker, dev, make_backoffice(tmp, broker, {"dev-a": dev.public_key}, DEVICE_USERS["backoffice"])
+
+
+def _listen(bo_cfg: Path, out: Path, *extra: str) -> Any:
+    return lfr_edge("alerts", "listen", "--config", str(bo_cfg), "--out", str(out), "--json", *extra)
+
+
+def _stored(out: Path) -> dict[str, dict[str, Any]]:
+    """What the back office holds: alert id → its durable record."""
+    if not out.is_dir():
+        return {}
+    docs = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    return {d["alert_id"]: d for d in docs}
+
+
+def _shown(stdout: str) -> list[dict[str, Any]]:
+    return [d for d in (json.loads(line) for line in stdout.splitlines() if line.strip()) if d["event"] == "alert"]
+
+
+def _stop(proc: Any) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    return str(out), str(err)
+
+
+def _spooled_alerts(dev: Any) -> int:
+    import sqlite3
+
+    db = dev.dir / "data" / "spool.db"
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=5)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM spool WHERE kind = 'alert'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def test_broker_restarted_without_persistence_while_the_back_office_is_away_loses_no_alert(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher, Delivery
+
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory, persistence=False)
+    out = tmp_path / "stored"
+    first = _listen(bo_cfg, out)  # registers the back office's persistent session, then goes away
+    assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+    _stop(first)
+    pub = AlertPublisher.from_config(load_config(dev.config)).start()
+    try:
+        raised = {pub.on_match(event(i)) for i in range(4)}
+        assert pub.flush(20, Delivery.BROKER)  # the broker has all four (queued for the back office)
+        status = pub.status()["alerts"]
+        assert status["awaiting_ack"] == 4 and status["delivered"] == 0 and status["pending"] == 4
+        broker.stop()  # no persistence: the four queued alerts are gone from the broker
+        broker.start()
+        back = _listen(bo_cfg, out, "--count", "4", "--timeout", "90")
+        assert back.wait(120) == 0, _stop(back)
+        assert pub.flush(30, Delivery.BACKOFFICE), pub.status()["alerts"]
+        status = pub.status()["alerts"]
+    finally:
+        pub.stop()
+    assert set(_stored(out)) == raised
+    assert status["delivered"] == 4 and status["awaiting_ack"] == 0 and status["pending"] == 0
+    assert status["dropped"] == {}
+
+
+def test_listener_that_cannot_store_acknowledges_nothing_and_loses_nothing_once_it_can(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher, Delivery
+
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory)
+    out = tmp_path / "stored"
+    listener = _listen(bo_cfg, out, "--count", "11", "--timeout", "120")
+    assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+    # The storage goes away under the running listener (a disk unmounted, a path replaced):
+    # writes now fail for any user, root included.
+    out.rmdir()
+    out.write_text("not a directory\n")
+    pub = AlertPublisher.from_config(load_config(dev.config)).start()
+    try:
+        raised = [pub.on_match(event(i)) for i in range(3)]
+        assert pub.flush(20, Delivery.BROKER)
+        assert _until(lambda: pub.sent_to_broker >= 6, 30)  # each sent and re-sent: nothing acknowledged
+        assert pub.status()["alerts"]["awaiting_ack"] == 3 and pub.delivered == 0
+        out.unlink()
+        out.mkdir(mode=0o700)  # writable again
+        raised += [pub.on_match(event(i)) for i in range(3, 11)]
+        code = listener.wait(150)
+        assert pub.flush(30, Delivery.BACKOFFICE), pub.status()["alerts"]
+        status = pub.status()["alerts"]
+    finally:
+        pub.stop()
+    stdout, stderr = _stop(listener)
+    assert code == 0, stderr[-2000:]
+    assert "not acknowledged" in stderr and "Traceback" not in stderr
+    assert set(_stored(out)) == set(raised) and len(raised) == 11
+    assert sorted(a["alert_id"] for a in _shown(stdout)) == sorted(raised)  # each shown exactly once
+    assert status["delivered"] == 11 and status["awaiting_ack"] == 0
+
+
+def test_sigkill_of_device_broker_and_listener_loses_no_alert(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    import signal
+
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory)
+    out = tmp_path / "stored"
+    listener = _listen(bo_cfg, out)
+    assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+    broker.stop()  # all ten are raised (spooled) first, so every one of them must arrive
+    device = lfr_edge("alerts", "test", "--config", str(dev.config), "--count", "10", "--wait", "120")
+    try:
+        assert _until(lambda: _spooled_alerts(dev) == 10, 60)
+        broker.start()
+        assert _until(lambda: len(_stored(out)) >= 3 or device.poll() is not None, 60)
+        for proc in (listener, device):
+            proc.send_signal(signal.SIGKILL)
+        broker.kill()
+        for proc in (listener, device):
+            proc.wait(10)
+        before = set(_stored(out))
+    finally:
+        for proc in (listener, device):
+            if proc.poll() is None:
+                proc.kill()
+    broker.start()
+    listener = _listen(bo_cfg, out)
+    again = lfr_edge("alerts", "test", "--config", str(dev.config), "--count", "0", "--wait", "90", "--json")
+    try:
+        res_out, res_err = again.communicate(timeout=150)
+    finally:
+        stdout, _ = _stop(listener)
+    assert again.returncode == 0, res_err[-2000:]
+    result = json.loads(res_out)
+    assert result["ok"] and result["pending"] == 0 and result["awaiting_ack"] == 0
+    subjects = sorted(d["subject_id"] for d in _stored(out).values())
+    assert subjects == [f"TEST-{i:06d}" for i in range(10)], (len(before), subjects)
+    # Re-sends of what the first listener had stored were acknowledged again, not shown again.
+    shown = [a["alert_id"] for a in _shown(stdout)]
+    assert len(shown) == len(set(shown)) and not set(shown) & before
+    assert set(shown) | before == set(_stored(out))
+    assert _spooled_alerts(dev) == 0
+
+
+def test_a_duplicate_delivery_is_shown_once_and_acknowledged_each_time(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.core.alert_ack import open_ack
+    from edge.core.keys import load_ed25519_public
+
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory)
+    keys = load_device_keys(dev.dir / "keys")
+    trusted = [load_ed25519_public(make_backoffice_keys(tmp_path) / "backoffice_ed25519.pub.pem")]
+    alert = build_alert(event(1), "dev-a", keys.ed25519, "det", "emb")
+    out = tmp_path / "stored"
+    link = _link(broker, "dev-a", ca_file=broker.ca_file)
+    acks: list[tuple[str, ...]] = []
+    link.subscribe("lfr/dev-a/ack", lambda m: acks.append(open_ack(m.payload, trusted, "dev-a").alert_ids))
+    assert broker.wait_subscribed(link.settings.client_id, "lfr/dev-a/ack")
+    try:
+        first = _listen(bo_cfg, out)
+        assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+        for _ in range(2):  # the device re-sends: its first acknowledgement was lost
+            assert link.publish("lfr/dev-a/alerts", alert.payload, qos=1).wait(10)
+        assert _until(lambda: len(acks) >= 2, 30), acks
+        shown_first, _ = _stop(first)
+        second = _listen(bo_cfg, out)  # a restarted back office, no state_dir: its store remembers
+        assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+        assert link.publish("lfr/dev-a/alerts", alert.payload, qos=1).wait(10)
+        assert _until(lambda: len(acks) >= 3, 30), acks
+        shown_second, _ = _stop(second)
+    finally:
+        link.stop(offline_status=False)
+    assert [a["alert_id"] for a in _shown(shown_first)] == [alert.alert_id] and _shown(shown_second) == []
+    assert acks == [(alert.alert_id,)] * 3
+    assert list(_stored(out)) == [alert.alert_id]
+
+
+def test_spool_cap_accounting_matches_what_the_back_office_received(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher, Delivery
+
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory)
+    cfg = load_config(dev.config)
+    spool = cfg.alerts.spool.model_copy(update={"max_rows": 10})
+    cfg = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"spool": spool})})
+    out = tmp_path / "stored"
+    first = _listen(bo_cfg, out)  # the back office's session exists; then it is away
+    assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+    _stop(first)
+    pub = AlertPublisher.from_config(cfg).start()
+    try:
+        raised = [pub.on_match(event(i)) for i in range(10)]
+        assert pub.flush(20, Delivery.BROKER)
+        raised += [pub.on_match(event(i)) for i in range(10, 12)]  # the cap drops the two oldest (sent) ones
+        assert pub.flush(20, Delivery.BROKER)
+        assert pub.status()["alerts"]["dropped"] == {"alert.cap": 2}
+        back = _listen(bo_cfg, out, "--count", "12", "--timeout", "90")
+        assert back.wait(120) == 0, _stop(back)
+        assert pub.flush(30, Delivery.BACKOFFICE)
+        assert _until(lambda: pub.delivered == 12, 30), pub.status()["alerts"]
+        status = pub.status()["alerts"]
+    finally:
+        pub.stop()
+    received = _stored(out)
+    assert set(received) == set(raised)
+    # Raised = delivered + dropped + awaiting, and delivered is what the back office holds.
+    assert status["raised"] == 12 and status["delivered"] == len(received) == 12
+    assert status["dropped"] == {} and status["awaiting_ack"] == 0
+
+
+def test_an_unacknowledged_alert_is_audited_once_shown_in_status_and_kept(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher
+
+    broker, dev, bo_cfg = _ack_world(tmp_path, broker_factory, ack_overdue_s=1.0)
+    overdue: list[str] = []
+    cfg = load_config(dev.config)
+    # A back office that only prints (no --out) stores nothing, so it acknowledges nothing.
+    printing = lfr_edge("alerts", "listen", "--config", str(bo_cfg))
+    assert broker.wait_subscribed("bo-listener", "lfr/+/alerts")
+    pub = AlertPublisher.from_config(cfg, on_overdue=lambda aid, age: overdue.append(aid)).start()
+    try:
+        raised = [pub.on_match(event(i)) for i in range(2)]
+        assert _until(lambda: pub.status()["alerts"]["overdue"] == 2, 30), pub.status()["alerts"]
+        assert _until(lambda: pub.sent_to_broker >= 6, 30)  # still re-sent, not given up
+        status = pub.status()["alerts"]
+        time.sleep(2 * cfg.mqtt.status_interval_s)  # let a status carrying the overdue count go out
+    finally:
+        pub.stop()
+        shown, noted = _stop(printing)
+    assert sorted(overdue) == sorted(raised)
+    assert "not acknowledged" in noted
+    assert sorted(line.rsplit("alert=", 1)[1] for line in shown.splitlines() if line.startswith("ALERT")) == sorted(raised)
+    assert "STATUS dev-a online (2 alert(s) unacknowledged past alerts.ack_overdue_s)" in shown, shown
+    assert status["awaiting_ack"] == 2 and status["oldest_unacked_age_s"] >= 1.0 and status["dropped"] == {}
+    again = AlertPublisher.from_config(cfg, on_overdue=lambda aid, age: overdue.append(aid)).start()
+    try:  # after a restart: still shown, not audited a second time
+        assert _until(lambda: again.sent_to_broker >= 2, 30)
+        assert again.status()["alerts"]["overdue"] == 2
+    finally:
+        again.stop()
+    assert sorted(overdue) == sorted(raised)
+    spool = lfr_edge("alerts", "spool", "--config", str(dev.config), "--json")
+    doc = json.loads(spool.communicate(timeout=30)[0])
+    assert doc["awaiting_ack"] == 2 and doc["overdue"] == 2
+
+
+def test_a_forged_or_misaddressed_acknowledgement_removes_nothing(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    from edge.core.alert_ack import build_ack
+    from edge.core.config import load_config
+    from edge.core.keys import load_signing_key
+    from edge.device.publisher import AlertPublisher
+
+    broker, dev, _ = _ack_world(tmp_path, broker_factory)
+    bo_key = load_signing_key(make_backoffice_keys(tmp_path))
+    pub = AlertPublisher.from_config(load_config(dev.config)).start()
+    bo = _link(broker, BACKOFFICE_USER, ca_file=broker.ca_file)
+    try:
+        assert broker.wait_subscribed(pub.link.settings.client_id, "lfr/dev-a/ack")
+        alert_id = pub.on_match(event(1))
+        for forged in (
+            build_ack(Ed25519PrivateKey.generate(), "dev-a", [alert_id]),  # not the back office's key
+            build_ack(bo_key, "dev-b", [alert_id]),  # the right key, another device
+            b"{not json",
+        ):
+            assert bo.publish("lfr/dev-a/ack", forged, qos=1).wait(10)
+        assert _until(lambda: pub.acks_rejected == 3, 30)
+        assert pub.status()["alerts"]["awaiting_ack"] == 1 and pub.delivered == 0
+        assert bo.publish("lfr/dev-a/ack", build_ack(bo_key, "dev-a", [alert_id]), qos=1).wait(10)
+        assert _until(lambda: pub.delivered == 1, 30)
+        assert pub.status()["alerts"]["awaiting_ack"] == 0
+    finally:
+        bo.stop(offline_status=False)
+        pub.stop()
+
+
+def test_alerts_the_broker_refuses_are_kept_and_counted_never_dropped(
+    tmp_path: Path, broker_factory: BrokerFactory  # noqa: F811
+) -> None:
+    """`topic_prefix: lfr/fleet` passes check-config (with a warning) but the example ACL refuses it:
+    the alerts used to be dropped as "refused"; now they stay spooled, counted, re-sent."""
+    from edge.core.config import load_config
+    from edge.device.publisher import AlertPublisher
+
+    _, dev, _ = _ack_world(tmp_path, broker_factory)
+    cfg = load_config(dev.config)
+    cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"topic_prefix": "lfr/fleet", "protocol": "v5"})})
+    pub = AlertPublisher.from_config(cfg).start()
+    try:
+        raised = [pub.on_match(event(i)) for i in range(3)]
+        assert _until(lambda: pub.refused_by_broker >= 6, 30)  # each refused, and tried again
+        status = pub.status()["alerts"]
+    finally:
+        pub.stop()
+    assert len(raised) == 3 and status["awaiting_ack"] == 3 and status["pending"] == 3
+    assert status["dropped"] == {} and status["delivered"] == 0 and status["refused_by_broker"] >= 6

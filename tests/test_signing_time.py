@@ -172,6 +172,7 @@ def test_wire_forms_that_existed_before_still_verify() -> None:
     old_sig = key.sign(b"lfr-edge-cmd/1\n" + old_bytes)
     assert signing.verify(Context.COMMAND, canonical_json(body), old_sig, key.public_key())
     assert Context.ALERT.value == b"lfr-edge alert v1\x00"
+    assert Context.ALERT_ACK.value == b"lfr-edge-alert-ack/1\n"
     assert Context.AUDIT_CHECKPOINT.value == b"lfr-edge audit checkpoint v1\n"
 
 

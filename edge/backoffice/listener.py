@@ -8,30 +8,42 @@ reported as rejected and never shown as an alert. Alerts whose signed time is ol
 `stale_after_s` are rejected as stale (so an old alert replayed word for word is never new), and
 duplicates (at-least-once delivery) are dropped by alert_id. Status messages must be signed by the
 device too. Whatever a malformed message provokes ends as a rejection, never as an exception.
+
+End-to-end acknowledgement (docs/ALERTS.md): the alert sink says what it did with an alert
+(`Handled`). Only when it has stored the alert durably (STORED), or had stored it before (DUPLICATE),
+does the listener publish a signed acknowledgement on `<topic_root>/<device>/ack` (edge/core/alert_ack.py,
+signed with the back-office Ed25519 key, `ack_key`); the device deletes the alert from its spool only
+then. A sink that raises has stored nothing: no acknowledgement, and the id is not remembered, so the
+device's re-send is handled afresh. A duplicate of an alert already stored is acknowledged again
+(the first acknowledgement may have been lost) and not shown again.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import logging
 import os
+import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.core import topics
+from edge.core.alert_ack import ACK_TOPIC_SUFFIX, build_ack
 from edge.core.alert_message import AlertRejected, VerifiedAlert, verify_alert, verify_status
 from edge.core.config import BrokerList, TLSConfig, bounded
 from edge.core.errors import ConfigError, InputError
-from edge.core.keys import check_private_file, load_backoffice_keys, load_ed25519_public
-from edge.core.mqtt import LinkSettings, Message, MqttLink
+from edge.core.keys import check_private_file, load_backoffice_keys, load_ed25519_public, load_signing_key
+from edge.core.mqtt import LinkSettings, Message, MqttLink, PublishHandle
 from edge.core.timefmt import parse_utc
 from edge.core.yamlsafe import clip, load_yaml_file, short_repr
 
@@ -60,6 +72,9 @@ class BackofficeConfig(_Section):
     # How long the broker keeps queuing alerts for this listener while it is not connected.
     session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
     unseal_key: Path | None = None  # back-office X25519 private key (PEM, 0600), or a keys directory
+    # Signs the end-to-end acknowledgements devices wait for before deleting an alert: the back-office
+    # Ed25519 private key (PEM, 0600) or keys directory. Default: unseal_key when it is a directory.
+    ack_key: Path | None = None
     # Where accepted alert ids are remembered, so duplicates stay dropped across listener restarts.
     state_dir: Path | None = None
     # Alerts whose signed time is older than this are refused as stale, with or without state_dir:
@@ -110,9 +125,10 @@ def _file_problems(data: dict[str, Any], base: Path) -> list[str]:
         p = path_of(value)
         if p is not None and not p.is_file():
             problems.append(f"{key}: {short_repr(value)} does not exist or is not a file")
-    unseal = path_of(data.get("unseal_key"))
-    if unseal is not None and not unseal.exists():
-        problems.append(f"unseal_key: {short_repr(data.get('unseal_key'))} does not exist")
+    for key in ("unseal_key", "ack_key"):
+        kp = path_of(data.get(key))
+        if kp is not None and not kp.exists():
+            problems.append(f"{key}: {short_repr(data.get(key))} does not exist")
     state = path_of(data.get("state_dir"))
     if state is not None and state.exists() and not state.is_dir():
         problems.append(f"state_dir: {short_repr(data.get('state_dir'))} is a file, expected a directory")
@@ -156,6 +172,7 @@ def parse_backoffice_config(data: Any, base: Path, source: str = "<back-office c
             "devices": devices,
             "password_file": _resolve(cfg.password_file, base) or cfg.password_file,
             "unseal_key": _resolve(cfg.unseal_key, base) or cfg.unseal_key,
+            "ack_key": _resolve(cfg.ack_key, base) or cfg.ack_key,
             "state_dir": _resolve(cfg.state_dir, base) or cfg.state_dir,
         }
     )
@@ -194,7 +211,36 @@ def load_unseal_key(cfg: BackofficeConfig) -> X25519PrivateKey | None:
     return key
 
 
+def load_ack_key(cfg: BackofficeConfig) -> Ed25519PrivateKey | None:
+    """The key acknowledgements are signed with: ack_key, else the keys directory given as unseal_key."""
+    p = cfg.ack_key if cfg.ack_key is not None else (
+        cfg.unseal_key if cfg.unseal_key is not None and cfg.unseal_key.is_dir() else None
+    )
+    if p is None:
+        return None
+    if not p.is_dir():
+        check_private_file(p)
+    return load_signing_key(p)
+
+
+class Handled(enum.Enum):
+    """What an alert sink did with a verified alert; decides whether the device gets an acknowledgement."""
+
+    STORED = "stored"  # stored durably now (fsynced file, committed row): acknowledge
+    DUPLICATE = "duplicate"  # stored durably before: acknowledge again, do not show again
+    SHOWN = "shown"  # shown only (nothing durable): no acknowledgement, the device keeps it
+
+
 SEEN_FILE = "seen_alert_ids"
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def stored_name(alert_id: str) -> str:
+    """A file name for an alert: its id when that is a plain token (a UUID), else a hash of it, so a
+    device's signed message can never steer a path."""
+    if _SAFE_ID.fullmatch(alert_id) and ".." not in alert_id:
+        return alert_id
+    return "id-" + hashlib.sha256(alert_id.encode("utf-8", "replace")).hexdigest()[:40]
 MAX_FUTURE_SKEW_S = 300.0  # a device clock this far ahead is wrong, or the time is forged by its signer
 
 
@@ -212,7 +258,8 @@ def freshness_problem(alert: VerifiedAlert, stale_after_s: float, now: float | N
         return f"sent {-age:.0f} s in the future ({alert.time}); the device clock is wrong"
     return None
 
-AlertSink = Callable[[VerifiedAlert], None]
+# Returns what it did (None: SHOWN); raises when it could not store the alert (then it is re-sent).
+AlertSink = Callable[[VerifiedAlert], Handled | None]
 RejectSink = Callable[[str, str], None]  # (topic, reason)
 StatusSink = Callable[[str, dict[str, Any]], None]  # (device_id, status)
 
@@ -225,13 +272,15 @@ class AlertListener:
         on_reject: RejectSink,
         on_status: StatusSink | None = None,
         dedupe_window: int = 100_000,
+        ack_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.cfg = cfg
         self.device_keys = load_device_keys_map(cfg)
         self.unseal_key = load_unseal_key(cfg)
+        self.ack_key = ack_key if ack_key is not None else load_ack_key(cfg)
         self.on_alert, self.on_reject, self.on_status = on_alert, on_reject, on_status
         self.link = MqttLink(link_settings(cfg), name="listener")
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, bool] = OrderedDict()  # alert id → stored durably (acknowledged)
         self._window = dedupe_window
         self._lock = threading.Lock()
         self._seen_file: TextIO | None = None
@@ -240,6 +289,11 @@ class AlertListener:
         self.received = 0
         self.duplicates = 0
         self.rejected = 0
+        self.failed = 0  # alerts the sink could not store: not acknowledged, the device re-sends them
+        self.acks_sent = 0
+        self._warned_no_key = False
+        self._handling = threading.Lock()  # held while one alert is verified, stored and acknowledged
+        self._acks: deque[PublishHandle] = deque(maxlen=1000)
 
     def start(self) -> AlertListener:
         root = self.cfg.topic_root
@@ -248,7 +302,17 @@ class AlertListener:
         self.link.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, ack_timeout: float = 5.0) -> None:
+        # Let the alert being handled finish and its acknowledgement reach the broker: a listener that
+        # stops (--count reached, SIGTERM) right after storing an alert still acknowledges it.
+        if self._handling.acquire(timeout=ack_timeout):
+            self._handling.release()
+        deadline = time.monotonic() + ack_timeout
+        with self._lock:
+            pending = list(self._acks)
+        for handle in pending:
+            if not handle.wait(max(0.0, deadline - time.monotonic())):
+                break
         self.link.stop(offline_status=False)
         if self._seen_file is not None:
             self._seen_file.close()
@@ -256,11 +320,14 @@ class AlertListener:
     def _load_seen(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if path.exists():
-            ids = path.read_text().split()[-self._window :]
-            self._seen.update((i, None) for i in ids)
+            # One line per alert: "<id> s" when it was stored (and acknowledged), "<id>" when only shown.
+            for line in path.read_text(errors="replace").splitlines()[-self._window :]:
+                parts = line.split()
+                if parts:
+                    self._seen[parts[0]] = self._seen.get(parts[0], False) or parts[1:] == ["s"]
             # Rewrite trimmed, so the file stays as small as the window.
             tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(f"{i}\n" for i in ids))
+            tmp.write_text("".join(f"{i}{' s' if st else ''}\n" for i, st in self._seen.items()))
             os.replace(tmp, path)
         self._seen_file = path.open("a", buffering=1)
 
@@ -274,9 +341,12 @@ class AlertListener:
         self.on_reject(topic, reason)
 
     def _alert(self, msg: Message) -> None:
+        with self._handling:
+            self._handle_alert(msg)
+
+    def _handle_alert(self, msg: Message) -> None:
         try:
             alert = verify_alert(msg.payload, self.device_keys, self.unseal_key, self._device_of(msg.topic))
-            stale = freshness_problem(alert, self.cfg.stale_after_s)
         except AlertRejected as e:
             self._reject(msg.topic, str(e))
             return
@@ -284,20 +354,65 @@ class AlertListener:
             log.debug("alert verification failed", exc_info=True)
             self._reject(msg.topic, f"malformed alert ({type(e).__name__})")
             return
+        with self._lock:
+            stored_before = self._seen.get(alert.alert_id)
+        if stored_before is not None:
+            # A re-send: shown once. If it was stored, its acknowledgement was lost: send it again.
+            # (Checked before staleness: a device re-sending what is already stored is never refused.)
+            self.duplicates += 1
+            if stored_before:
+                self._acknowledge(msg.topic, alert)
+            return
+        try:
+            stale = freshness_problem(alert, self.cfg.stale_after_s)
+        except Exception as e:
+            self._reject(msg.topic, f"malformed alert ({type(e).__name__})")
+            return
         if stale:
             self._reject(msg.topic, stale)
             return
+        try:
+            handled = self.on_alert(alert) or Handled.SHOWN
+        except Exception as e:
+            # Nothing stored: not acknowledged and not remembered, so the device's re-send is handled afresh.
+            self.failed += 1
+            log.error(
+                "alert %s from %s not stored (%s); not acknowledged, the device will send it again",
+                alert.alert_id[:64], alert.device_id[:64], clip(str(e) or type(e).__name__, 200),
+            )
+            return
+        stored = handled is not Handled.SHOWN
         with self._lock:
-            if alert.alert_id in self._seen:
-                self.duplicates += 1
-                return
-            self._seen[alert.alert_id] = None
+            self._seen[alert.alert_id] = stored
+            self._seen.move_to_end(alert.alert_id)
             if len(self._seen) > self._window:
                 self._seen.popitem(last=False)
-            self.received += 1
+            if handled is Handled.DUPLICATE:
+                self.duplicates += 1
+            else:
+                self.received += 1
             if self._seen_file is not None:
-                self._seen_file.write(alert.alert_id + "\n")
-        self.on_alert(alert)
+                self._seen_file.write(alert.alert_id + (" s\n" if stored else "\n"))
+        if stored:
+            self._acknowledge(msg.topic, alert)
+
+    def _acknowledge(self, topic: str, alert: VerifiedAlert) -> None:
+        if self.ack_key is None:
+            if not self._warned_no_key:
+                self._warned_no_key = True
+                log.warning(
+                    "no ack_key (nor a keys directory as unseal_key): stored alerts are not acknowledged, "
+                    "so devices keep them spooled and keep re-sending them"
+                )
+            return
+        ack_topic = topic.rsplit("/", 1)[0] + "/" + ACK_TOPIC_SUFFIX
+        try:
+            handle = self.link.publish(ack_topic, build_ack(self.ack_key, alert.device_id, [alert.alert_id]), qos=1)
+            with self._lock:
+                self._acks.append(handle)
+            self.acks_sent += 1
+        except Exception:  # the device re-sends and is acknowledged then
+            log.exception("acknowledgement of %s not sent", alert.alert_id[:64])
 
     def _status(self, msg: Message) -> None:
         if not msg.payload:  # a retained status cleared by the back office

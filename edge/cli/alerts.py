@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -27,13 +26,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="back office: receive, verify, unseal and print alerts",
         description="Subscribe to <topic_root>/+/alerts and /status, verify each alert's signature against "
         "the device's registered key, unseal it, drop duplicates, print one line per alert. Forged, "
-        "tampered or unknown-device alerts are printed as REJECTED lines, never as alerts.",
+        "tampered or unknown-device alerts are printed as REJECTED lines, never as alerts. With --out, "
+        "each alert is stored durably in DIR (fsynced) and only then acknowledged to the device, which "
+        "deletes it from its spool; without --out alerts are shown but not acknowledged (they stay "
+        "spooled on the device until a storing back office acknowledges them).",
     )
     add_config_option(lp, ConfigRole.BACKOFFICE, "back-office config (see config/backoffice.example.yaml)")
     lp.add_argument("--count", type=int, default=0, help="exit after N distinct alerts (0: run until stopped)")
     lp.add_argument("--timeout", type=float, default=0.0,
                     help="exit after S seconds (--count not reached: exit 3 if messages were rejected, else 1)")  # fmt: skip
-    lp.add_argument("--out", type=Path, help="save each alert's face crop as DIR/<alert_id>.jpg (mode 0600)")
+    lp.add_argument("--out", type=Path,
+                    help="store each alert durably as DIR/<alert_id>.json (and its face crop as .jpg, mode 0600) "
+                    "and acknowledge it to the device")  # fmt: skip
     lp.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     lp.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
     lp.set_defaults(handler=_listen)
@@ -42,12 +46,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "test",
         help="device: send synthetic test alerts (category 'test') through the real alert path",
         description="Signs, seals, spools and publishes N synthetic alerts exactly as the pipeline would, "
-        "then waits until the broker has acknowledged everything in the spool (including older rows).",
+        "then waits until the back office has acknowledged every alert in the spool (including older "
+        "ones), or with --until broker only until the broker has accepted them.",
     )
     add_config_option(tp)
     tp.add_argument("--count", type=int, default=1, help="test alerts to send (0: only drain the spool)")
     tp.add_argument("--interval", type=float, default=0.0, help="seconds between alerts")
     tp.add_argument("--wait", type=float, default=30.0, help="seconds to wait for delivery (exit 1 if not done)")
+    tp.add_argument("--until", choices=("backoffice", "broker"), default="backoffice",
+                    help="wait for the back office's signed acknowledgement (default) or only the broker's")  # fmt: skip
     tp.add_argument("--json", action="store_true", help="print the result as JSON")
     tp.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
     tp.set_defaults(handler=_test)
@@ -85,8 +92,9 @@ def _alert_line(summary: dict[str, Any], face: Path | None) -> str:
 
 
 def _listen(args: argparse.Namespace) -> int:
-    from edge.backoffice.listener import AlertListener, load_backoffice_config
+    from edge.backoffice.listener import AlertListener, Handled, load_backoffice_config, stored_name
     from edge.core.alert_message import VerifiedAlert
+    from edge.core.keys import atomic_write
 
     _stderr_logging(args.verbose)
     cfg = load_backoffice_config(backoffice_config(args))
@@ -98,15 +106,23 @@ def _listen(args: argparse.Namespace) -> int:
     lock = threading.Lock()
     last_state: dict[str, str] = {}
 
-    def on_alert(alert: VerifiedAlert) -> None:
+    def on_alert(alert: VerifiedAlert) -> Handled:
         nonlocal count
         face_path = None
-        if out_dir is not None and alert.face_jpeg is not None:
-            face_path = out_dir / f"{alert.alert_id}.jpg"
-            fd = os.open(face_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(alert.face_jpeg)
         summary = alert.summary()
+        stored = False
+        if out_dir is not None:
+            # Raising here (DIR unwritable, disk full) leaves the alert unacknowledged: the device re-sends it.
+            name = stored_name(alert.alert_id)
+            record = out_dir / f"{name}.json"
+            if record.exists():
+                return Handled.DUPLICATE  # stored by an earlier run: acknowledged again, not shown again
+            if alert.face_jpeg is not None:
+                face_path = out_dir / f"{name}.jpg"
+                atomic_write(face_path, alert.face_jpeg)
+            doc = {**summary, "face_file": str(face_path) if face_path else None}
+            atomic_write(record, json.dumps(doc, sort_keys=True).encode() + b"\n")
+            stored = True
         with lock:
             if args.json:
                 _emit(json.dumps({"event": "alert", **summary, "face_file": str(face_path) if face_path else None}))
@@ -115,6 +131,7 @@ def _listen(args: argparse.Namespace) -> int:
             count += 1
             if args.count and count >= args.count:
                 done.set()
+        return Handled.STORED if stored else Handled.SHOWN
 
     rejected = 0
 
@@ -129,6 +146,11 @@ def _listen(args: argparse.Namespace) -> int:
 
     def on_status(device: str, status: dict[str, Any]) -> None:
         state = str(status.get("state", "?"))
+        alerts = status.get("alerts")
+        overdue = alerts.get("overdue") if isinstance(alerts, dict) else None
+        if isinstance(overdue, int) and not isinstance(overdue, bool) and overdue > 0:
+            # Alerts the device holds that no back office has acknowledged for too long: worth a line.
+            state += f" ({overdue} alert(s) unacknowledged past alerts.ack_overdue_s)"
         with lock:
             if args.json:
                 _emit(json.dumps({"event": "status", "device_id": device, **status}))
@@ -136,7 +158,11 @@ def _listen(args: argparse.Namespace) -> int:
                 _emit(f"STATUS {device} {state}")
             last_state[device] = state
 
-    listener = AlertListener(cfg, on_alert, on_reject, on_status).start()
+    listener = AlertListener(cfg, on_alert, on_reject, on_status)
+    if out_dir is None:  # after the config and keys are known good: a refusal stays one line
+        say("note: without --out alerts are shown but not stored, so they are not acknowledged: "
+            "devices keep them spooled and send them again", logging.WARNING)  # fmt: skip
+    listener.start()
     if sys.stderr.isatty() and not args.json:
         say(f"listening on {', '.join(cfg.brokers)} for {cfg.topic_root}/+/alerts …", logging.INFO)
     try:
@@ -172,28 +198,39 @@ def _test_event(i: int, camera: str) -> Any:
 
 def _test(args: argparse.Namespace) -> int:
     from edge.core.config import load_config
-    from edge.device.publisher import AlertPublisher
+    from edge.device.publisher import AlertPublisher, Delivery
 
     _stderr_logging(args.verbose)
     cfg = load_config(device_config(args))
+    until = Delivery(args.until)
     pub = AlertPublisher.from_config(cfg).start()
     try:
         for i in range(args.count):
             pub.on_match(_test_event(i, cfg.device.camera_name))
             if args.interval > 0:
                 time.sleep(args.interval)
-        ok = pub.flush(args.wait)
-        result = {"sent": args.count, "pending": pub.spool.pending(), "delivered": pub.delivered, "ok": ok}
+        ok = pub.flush(args.wait, until)
+        acks = pub.ack_status()
+        result = {
+            "sent": args.count, "pending": pub.spool.pending(), "delivered": pub.delivered,
+            "sent_to_broker": pub.sent_to_broker, "awaiting_ack": acks.awaiting_ack, "ok": ok,
+        }  # fmt: skip
     finally:
         pub.stop()
     if args.json:
         _emit(json.dumps(result))
+    elif ok and until is Delivery.BACKOFFICE:
+        _emit(f"OK: {result['delivered']} alert(s) acknowledged by the back office, spool empty")
     elif ok:
-        _emit(f"OK: {result['delivered']} message(s) acknowledged by the broker, spool empty")
+        _emit(
+            f"OK: everything spooled accepted by the broker; {result['awaiting_ack']} alert(s) "
+            "still await the back office's acknowledgement (kept in the spool until then)"
+        )
     if not ok:
         say(
-            f"error: {result['pending']} message(s) still in the spool after {args.wait:g} s "
-            "(they stay spooled and go out on the next start)"
+            f"error: {result['pending']} message(s) still in the spool after {args.wait:g} s, "
+            f"{result['awaiting_ack']} alert(s) not acknowledged by the back office "
+            "(they stay spooled and are sent again, also on the next start)"
         )
         return EXIT_RUNTIME
     return EXIT_OK
@@ -207,17 +244,24 @@ def _spool(args: argparse.Namespace) -> int:
 
     cfg = load_config(device_config(args))
     path = cfg.device.data_dir / SPOOL_FILE
+    awaiting = overdue = 0
+    oldest: float | None = None
     if not path.exists():
         counters: dict[str, int] = {}
         pending = 0
     else:
         spool = Spool(path, storage_key(cfg.device.keys_dir, STORAGE_KEY))
-        pending, counters = spool.pending(), spool.counters()
+        pending, counters, waiting = spool.pending(), spool.counters(), spool.awaiting_ack()
         spool.close()
+        awaiting, overdue = waiting.count, waiting.overdue
+        if waiting.oldest_created is not None:
+            oldest = round(max(0.0, time.time() - waiting.oldest_created), 1)
     if args.json:
-        _emit(json.dumps({"spool": str(path), "pending": pending, "counters": counters}))
+        _emit(json.dumps({"spool": str(path), "pending": pending, "awaiting_ack": awaiting,
+                          "oldest_unacked_age_s": oldest, "overdue": overdue, "counters": counters}))  # fmt: skip
     else:
-        _emit(f"{path}: {pending} pending")
+        _emit(f"{path}: {pending} pending, {awaiting} alert(s) awaiting the back office's acknowledgement"
+              + (f" (oldest {oldest:.0f} s, {overdue} overdue)" if oldest is not None else ""))  # fmt: skip
         for k, v in sorted(counters.items()):
             _emit(f"  {k}: {v}")
     return EXIT_OK

@@ -254,6 +254,12 @@ class AlertsConfig(Section):
     crop_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 85
     seal_to: Path | None = None  # back-office X25519 public key (PEM): seals subject and face
     spool: SpoolConfig = SpoolConfig()
+    # End-to-end delivery (docs/ALERTS.md): an alert stays spooled until the back office acknowledges
+    # it, re-sent after ack_retry_s, doubling up to ack_retry_max_s (jittered); unacknowledged after
+    # ack_overdue_s it is audited once and counted as overdue in the status, and still kept.
+    ack_retry_s: Annotated[float, Field(ge=0.1, le=3600)] = 30.0
+    ack_retry_max_s: Annotated[float, Field(ge=0.1, le=24 * 3600)] = 900.0
+    ack_overdue_s: Annotated[float, Field(ge=1, le=30 * 24 * 3600)] = 600.0
 
 
 class AuditConfig(Section):

@@ -131,6 +131,12 @@ def device_warnings(cfg: Config) -> list[str]:
         out.append(f"mqtt.brokers: {plain[0]} is plain mqtt:// with no password: anyone on the path reads and sends")
     if cfg.alerts.seal_to is None:
         out.append("alerts.seal_to: null: subject ids and face crops travel readable by the broker and anyone it lets subscribe")
+    if not cfg.watchlist.trusted_signers:
+        # The back-office key signs bundles and the acknowledgements that let an alert leave the spool.
+        out.append(
+            "watchlist.trusted_signers: empty: no watchlist can be installed and no back-office "
+            "acknowledgement verified, so alerts stay in the spool (re-sent) and are never confirmed delivered"
+        )
     if not topics.prefix_fits_acl(cfg.mqtt.topic_prefix):
         out.append(
             f"mqtt.topic_prefix: {cfg.mqtt.topic_prefix!r} does not end in /{{device_id}}; the example ACL "

@@ -40,6 +40,7 @@ class Context(enum.Enum):
     AUDIT_CHECKPOINT = b"lfr-edge audit checkpoint v1\n"
     COMMAND = b"lfr-edge-cmd/1\n"
     COMMAND_ACK = b"lfr-edge-ack/1\n"
+    ALERT_ACK = b"lfr-edge-alert-ack/1\n"  # the back office: "these alerts are stored durably"
     # The bundle keeps its binary container (templates are a large float array: base64 inside JSON
     # would cost a third more bytes on a van's link and a parse before the signature check, which must
     # come first). Its signature already covers the container's magic number and version

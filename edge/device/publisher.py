@@ -1,18 +1,25 @@
 """AlertPublisher: the pipeline's match sink and the device's status heartbeat.
 
 `on_match` signs (and seals) the alert and writes it to the spool; it never waits for the network.
-A drainer thread hands spooled rows to the MQTT link in order, a bounded window at a time, and
-deletes each row only when its PUBACK arrives. After a restart everything still in the spool is sent
-again (the receiver dedupes by alert_id). A heartbeat thread publishes the retained online status on
-every connect and every mqtt.status_interval_s.
+A drainer thread hands spooled rows to the MQTT link in order, a bounded window at a time. The
+broker's PUBACK only means "the broker has it" (audit records are deleted then); an alert leaves the
+spool only when the back office acknowledges it end to end on `<prefix>/ack`, signed with a key in
+watchlist.trusted_signers (edge/core/alert_ack.py). Until then it is re-sent after
+alerts.ack_retry_s, doubling to alerts.ack_retry_max_s, jittered, and at once (jittered) after a
+reconnect; past alerts.ack_overdue_s it is reported once through `on_overdue` (audited) and counted
+in the status, never dropped for being late. After a restart everything still in the spool is sent
+again (the back office dedupes by alert_id and acknowledges duplicates again). A heartbeat thread
+publishes the retained online status on every connect and every mqtt.status_interval_s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import platform
 import queue
+import random
 import threading
 import time
 from collections import deque
@@ -20,13 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from edge.core.alert_ack import ACK_TOPIC_SUFFIX, AckRejected, open_ack
 from edge.core.alert_message import build_alert, build_status
 from edge.core.config import Config
-from edge.core.keys import DeviceKeys, load_device_keys, load_x25519_public, storage_key
-from edge.core.mqtt import LinkSettings, MqttLink, PublishHandle
+from edge.core.keys import DeviceKeys, load_device_keys, load_ed25519_public, load_x25519_public, storage_key
+from edge.core.mqtt import LinkSettings, Message, MqttLink, PublishHandle
 from edge.core.timefmt import format_utc
 from edge.core.types import MatchEvent
 from edge.device.spool import DropCallback, Spool
@@ -37,7 +45,51 @@ StatusProvider = Callable[[], dict[str, Any]]
 SPOOL_FILE = "spool.db"
 STORAGE_KEY = "storage.key"
 _EXPIRE_EVERY_S = 60.0
+_OVERDUE_EVERY_S = 1.0
 _MAX_TRACKED = 100_000
+OverdueCallback = Callable[[str, float], None]  # (alert id, seconds since it was raised)
+
+
+class Delivery(enum.Enum):
+    """How far `flush` waits."""
+
+    BROKER = "broker"  # every spooled record has been accepted by the broker at least once
+    BACKOFFICE = "backoffice"  # the spool is empty: every alert acknowledged by the back office
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AckStatus:
+    """End-to-end delivery figures for the status report (alerts.* keys)."""
+
+    delivered: int  # alerts the back office acknowledged (this run, including late ones)
+    sent_to_broker: int  # PUBACKs for alerts this run (re-sends included)
+    awaiting_ack: int  # alerts in the spool the back office has not acknowledged
+    oldest_unacked_age_s: float | None
+    overdue: int  # of those, unacknowledged for longer than alerts.ack_overdue_s
+    acks_rejected: int  # acknowledgements that did not verify (forged, wrong device)
+    refused_by_broker: int  # alert publishes the broker refused (e.g. ACL) this run; the alerts are kept
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Puback:
+    row_id: int
+    handle: PublishHandle
+    t: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Acked:
+    refs: tuple[str, ...]
+
+
+class _Reconnected:
+    pass
+
+
+_Event = _Puback | _Acked | _Reconnected | None
 
 
 def cpu_temperature_c(root: Path = Path("/sys/class/thermal")) -> float | None:
@@ -67,6 +119,8 @@ class AlertPublisher:
         seal_to: X25519PublicKey | None = None,
         status_provider: StatusProvider | None = None,
         window: int = 100,
+        ack_signers: list[Ed25519PublicKey] | None = None,
+        on_overdue: OverdueCallback | None = None,
     ) -> None:
         self.cfg = cfg
         self.link = link
@@ -79,18 +133,28 @@ class AlertPublisher:
         self.alerts_topic = f"{self.prefix}/alerts"
         self.status_topic = f"{self.prefix}/status"
         self.audit_topic = f"{self.prefix}/audit"
+        self.ack_topic = f"{self.prefix}/{ACK_TOPIC_SUFFIX}"
+        self.ack_signers = list(ack_signers or [])
+        self.on_overdue = on_overdue
         self.raised = 0
-        self.delivered = 0
+        self.delivered = 0  # alerts acknowledged end to end by the back office
+        self.sent_to_broker = 0
+        self.acks_rejected = 0
+        self.refused_by_broker = 0
         self.latencies_s: deque[float] = deque(maxlen=100_000)  # match → PUBACK, for the benchmark
         self._t_enqueued: dict[int, float] = {}
         self._t_lock = threading.Lock()
-        self._events: queue.SimpleQueue[tuple[int, PublishHandle, float] | None] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._idle = threading.Event()  # nothing spooled is waiting for its first PUBACK
+        self._idle_lock = threading.Lock()
+        self._generation = 0  # rows spooled; the drainer sets _idle only if none came during its step
         self._stop = threading.Event()
         self._status_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
         self._runtime_info: dict[str, str] | None = None
         link.on_connect(self._status_now.set)
+        link.on_connect(lambda: self._events.put(_Reconnected()))
 
     @staticmethod
     def from_config(
@@ -99,6 +163,7 @@ class AlertPublisher:
         on_drop: DropCallback | None = None,
         link: MqttLink | None = None,
         keys: DeviceKeys | None = None,
+        on_overdue: OverdueCallback | None = None,
     ) -> AlertPublisher:
         """Device keys from device.keys_dir (unless given), spool in device.data_dir, seal_to from alerts.seal_to."""
         keys = keys if keys is not None else load_device_keys(cfg.device.keys_dir)
@@ -114,7 +179,11 @@ class AlertPublisher:
             # The Last Will is signed too: the back office shows no status it cannot verify.
             offline = build_status({"state": "offline"}, cfg.device.id, keys.ed25519)
             link = MqttLink(dataclasses.replace(LinkSettings.from_config(cfg), will_payload=offline))
-        return AlertPublisher(cfg, link, spool, keys.ed25519, seal_to, status_provider)
+        # The back-office keys the device trusts for watchlists and commands also sign acknowledgements.
+        signers = [load_ed25519_public(p) for p in cfg.watchlist.trusted_signers]
+        return AlertPublisher(
+            cfg, link, spool, keys.ed25519, seal_to, status_provider, ack_signers=signers, on_overdue=on_overdue
+        )
 
     # ----------------------------------------------------------------------- sinks
 
@@ -132,7 +201,8 @@ class AlertPublisher:
             seal_to=self.seal_to,
             include_crop=self.cfg.alerts.include_crop,
         )
-        row = self.spool.enqueue(self.alerts_topic, alert.payload, "alert")
+        row = self.spool.enqueue(self.alerts_topic, alert.payload, "alert", ref=alert.alert_id)
+        self._spooled()
         with self._t_lock:
             self._t_enqueued[row] = t
             while len(self._t_enqueued) > _MAX_TRACKED:  # rows the cap dropped are never acknowledged
@@ -144,13 +214,28 @@ class AlertPublisher:
     def enqueue(self, topic: str, payload: bytes, kind: str) -> int:
         """Any other record that must not be lost (audit: kind "audit", topic <prefix>/audit)."""
         row = self.spool.enqueue(topic, payload, kind)
+        self._spooled()
         self._events.put(None)
         return row
+
+    def _spooled(self) -> None:
+        # After the row is committed: a drainer step that began before it cannot declare idle.
+        with self._idle_lock:
+            self._generation += 1
+            self._idle.clear()
 
     # ----------------------------------------------------------------------- lifecycle
 
     def start(self) -> AlertPublisher:
         self._stop.clear()
+        self._idle.clear()
+        if self.ack_signers:
+            self.link.subscribe(self.ack_topic, self._on_ack_message, qos=1)
+        else:
+            log.error(
+                "alerts: watchlist.trusted_signers is empty, so back-office acknowledgements cannot be "
+                "verified: alerts stay in the spool and are re-sent until the back-office key is configured"
+            )
         self.link.start()
         for target, name in ((self._drain, "alerts-drain"), (self._heartbeat, "alerts-status")):
             th = threading.Thread(target=target, name=name, daemon=True)
@@ -158,8 +243,11 @@ class AlertPublisher:
             self._threads.append(th)
         return self
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until the spool is empty (everything acknowledged); False on timeout."""
+    def flush(self, timeout: float, until: Delivery = Delivery.BROKER) -> bool:
+        """Wait until everything spooled reached the broker (BROKER) or the spool is empty because
+        the back office acknowledged every alert (BACKOFFICE); False on timeout."""
+        if until is Delivery.BROKER:
+            return self._idle.wait(timeout)
         deadline = time.monotonic() + timeout
         while self.spool.pending() > 0:
             if time.monotonic() > deadline:
@@ -180,68 +268,166 @@ class AlertPublisher:
     # ----------------------------------------------------------------------- drainer
 
     def _drain(self) -> None:
-        inflight: dict[int, PublishHandle] = {}
-        cursor = [0, time.monotonic()]  # last row handed to the link, next TTL sweep
+        st = _DrainState()
         while not self._stop.is_set():
             try:
-                self._drain_step(inflight, cursor)
+                self._drain_step(st)
             except Exception:  # e.g. disk full: keep the alerts in the spool and try again
                 log.exception("alerts: spool drainer failed; retrying in 1 s")
                 self._stop.wait(1.0)
 
-    def _drain_step(self, inflight: dict[int, PublishHandle], cursor: list[float]) -> None:
+    def _drain_step(self, st: _DrainState) -> None:
+        generation = self._generation
         try:
-            item = self._events.get(timeout=0.5)
+            item: _Event = self._events.get(timeout=0.5)
         except queue.Empty:
             item = None
-        acked: list[int] = []
+        sent: list[int] = []
+        acked: list[str] = []
         while True:
-            if item is not None:
-                self._acknowledged(*item, inflight, acked)
+            if isinstance(item, _Puback):
+                self._broker_acknowledged(item, st, sent)
+            elif isinstance(item, _Acked):
+                acked += item.refs  # a burst of acknowledgements costs one transaction
+            elif isinstance(item, _Reconnected):
+                # The broker may have restarted and lost what it held: re-send soon, spread out.
+                now = time.monotonic()
+                spread = min(self.cfg.alerts.ack_retry_s, 5.0)
+                for row_id in st.waiting:
+                    st.waiting[row_id] = now + random.uniform(0.0, spread)
             try:
                 item = self._events.get_nowait()
             except queue.Empty:
                 break
-        self.spool.delete_many(acked)
-        if time.monotonic() >= cursor[1]:
+        self.spool.delete_many(sent)
+        if acked:
+            self._backoffice_acknowledged(acked, st)
+        now = time.monotonic()
+        if now >= st.next_expire:
             self.spool.expire()
-            cursor[1] = time.monotonic() + _EXPIRE_EVERY_S
-        room = self.window - len(inflight)
-        if room <= 0:
-            return
-        for row in self.spool.fetch_after(int(cursor[0]), room):
-            handle = self.link.publish(row.topic, row.payload, qos=1)
-            inflight[row.id] = handle
-            cursor[0] = row.id
-            handle.add_done_callback(self._on_ack(row.id))
+            st.next_expire = now + _EXPIRE_EVERY_S
+        if now >= st.next_overdue:
+            st.next_overdue = now + _OVERDUE_EVERY_S
+            self._check_overdue()
+        room = self.window - len(st.inflight)
+        if room > 0:
+            due = sorted(r for r, t in st.waiting.items() if t <= now)[:room]
+            if due:
+                rows = {r.id: r for r in self.spool.fetch_ids(due)}
+                for row_id in due:
+                    del st.waiting[row_id]
+                    row = rows.get(row_id)
+                    if row is None:  # acknowledged or dropped meanwhile
+                        st.rows.pop(st.refs.get(row_id, ""), None)
+                        st.forget(row_id)
+                        continue
+                    self._send(row.id, row.topic, row.payload, row.kind, st)
+                room = self.window - len(st.inflight)
+        fresh = self.spool.fetch_after(st.cursor, room) if room > 0 else []
+        for row in fresh:
+            st.cursor = row.id
+            if row.ref is not None:
+                st.refs[row.id] = row.ref
+                st.rows[row.ref] = row.id
+            self._send(row.id, row.topic, row.payload, row.kind, st)
+        if room > 0 and len(fresh) < room and not st.first_pending:
+            with self._idle_lock:
+                if generation == self._generation:
+                    self._idle.set()
 
-    def _on_ack(self, row_id: int) -> Callable[[PublishHandle], None]:
+    def _send(self, row_id: int, topic: str, payload: bytes, kind: str, st: _DrainState) -> None:
+        handle = self.link.publish(topic, payload, qos=1)
+        st.inflight[row_id] = kind
+        if row_id not in st.attempts:  # never answered by the broker yet
+            st.first_pending.add(row_id)
+        handle.add_done_callback(self._on_puback(row_id))
+
+    def _on_puback(self, row_id: int) -> Callable[[PublishHandle], None]:
         # Runs on paho's thread: only queue the event, the drainer does the SQLite work.
         def done(handle: PublishHandle) -> None:
-            self._events.put((row_id, handle, time.monotonic()))
+            self._events.put(_Puback(row_id, handle, time.monotonic()))
 
         return done
 
-    def _acknowledged(
-        self,
-        row_id: int,
-        handle: PublishHandle,
-        t_ack: float,
-        inflight: dict[int, PublishHandle],
-        acked: list[int],
-    ) -> None:
-        inflight.pop(row_id, None)
-        with self._t_lock:
-            t0 = self._t_enqueued.pop(row_id, None)
-        if handle.ok:
-            acked.append(row_id)
-            self.delivered += 1
+    def _retry_delay(self, attempts: int) -> float:
+        a = self.cfg.alerts
+        base = min(a.ack_retry_max_s, a.ack_retry_s * 2.0 ** min(attempts, 30))
+        return base * random.uniform(0.5, 1.0)  # jitter: a fleet back from an outage does not resend in step
+
+    def _broker_acknowledged(self, ev: _Puback, st: _DrainState, sent: list[int]) -> None:
+        kind = st.inflight.pop(ev.row_id, None)
+        st.first_pending.discard(ev.row_id)
+        if kind != "alert":
+            with self._t_lock:
+                self._t_enqueued.pop(ev.row_id, None)
+            if ev.handle.ok:
+                sent.append(ev.row_id)  # audit records: broker-level delivery, as before
+            else:
+                # The broker will never take it (e.g. ACL): keeping it would block the spool forever.
+                log.error("alerts: broker refused %s (%s); dropping it", ev.handle.topic, ev.handle.reason)
+                self.spool.drop(ev.row_id, "refused")
+            return
+        if ev.handle.ok:
+            self.sent_to_broker += 1
+            with self._t_lock:
+                t0 = self._t_enqueued.pop(ev.row_id, None)
             if t0 is not None:
-                self.latencies_s.append(t_ack - t0)
+                self.latencies_s.append(ev.t - t0)
         else:
-            # The broker will never take it (e.g. ACL): keeping it would block the spool forever.
-            log.error("alerts: broker refused %s (%s); dropping it", handle.topic, handle.reason)
-            self.spool.drop(row_id, "refused")
+            # Kept, not dropped: a refusal (ACL, quota) is fixed at the broker and the alert then goes.
+            self.refused_by_broker += 1
+            log.error("alerts: broker refused %s (%s); kept, retrying", ev.handle.topic, ev.handle.reason)
+        if ev.row_id in st.refs:  # not acknowledged by the back office while it was in flight
+            attempts = st.attempts.get(ev.row_id, 0)
+            st.attempts[ev.row_id] = attempts + 1
+            st.waiting[ev.row_id] = time.monotonic() + self._retry_delay(attempts)
+
+    def _backoffice_acknowledged(self, refs: list[str], st: _DrainState) -> None:
+        outcome = self.spool.acknowledge(refs)
+        self.delivered += outcome.acknowledged + outcome.late
+        if outcome.late:
+            log.info("alerts: %d dropped alert(s) were stored by the back office after all", outcome.late)
+        for ref in refs:
+            row_id = st.rows.pop(ref, None)
+            if row_id is not None:
+                st.forget(row_id)
+
+    def _on_ack_message(self, msg: Message) -> None:
+        # paho's thread: verify here (cheap), leave the SQLite work to the drainer.
+        try:
+            ack = open_ack(msg.payload, self.ack_signers, self.cfg.device.id)
+        except AckRejected as e:
+            self.acks_rejected += 1
+            log.warning("alerts: acknowledgement on %s ignored: %s", msg.topic[:200], e)
+            return
+        self._events.put(_Acked(ack.alert_ids))
+
+    def _check_overdue(self) -> None:
+        now = time.time()
+        for alert_id, created in self.spool.mark_overdue(now - self.cfg.alerts.ack_overdue_s):
+            age = now - created
+            log.warning(
+                "alerts: alert %s not acknowledged by the back office after %.0f s; kept, still re-sent",
+                alert_id[:64], age,
+            )
+            if self.on_overdue is not None:
+                try:
+                    self.on_overdue(alert_id, age)
+                except Exception:
+                    log.exception("alerts: on_overdue callback failed")
+
+    def ack_status(self) -> AckStatus:
+        waiting = self.spool.awaiting_ack()
+        age = None if waiting.oldest_created is None else round(max(0.0, time.time() - waiting.oldest_created), 1)
+        return AckStatus(
+            delivered=self.delivered,
+            sent_to_broker=self.sent_to_broker,
+            awaiting_ack=waiting.count,
+            oldest_unacked_age_s=age,
+            overdue=waiting.overdue,
+            acks_rejected=self.acks_rejected,
+            refused_by_broker=self.refused_by_broker,
+        )
 
     # ----------------------------------------------------------------------- status
 
@@ -267,9 +453,12 @@ class AlertPublisher:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "alerts": {
                 "raised": self.raised,
-                "delivered": self.delivered,
                 "pending": self.spool.pending(),
-                "dropped": {k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.")},
+                "dropped": {
+                    k.removeprefix("dropped."): v for k, v in counters.items() if k.startswith("dropped.") and v
+                },
+                # End-to-end acknowledgement (issue 11): delivered counts back-office acknowledgements only.
+                **self.ack_status().as_dict(),
             },
             "mqtt": {
                 "broker": self.link.stats.broker,
@@ -303,3 +492,23 @@ class AlertPublisher:
             if self.link.connected:
                 payload = build_status(self.status(), self.cfg.device.id, self.signer)
                 self.link.publish(self.status_topic, payload, qos=1, retain=True)
+
+
+@dataclasses.dataclass
+class _DrainState:
+    """The drainer thread's own bookkeeping (never shared)."""
+
+    inflight: dict[int, str] = dataclasses.field(default_factory=dict)  # row → kind, awaiting PUBACK
+    first_pending: set[int] = dataclasses.field(default_factory=set)  # rows never PUBACKed yet
+    refs: dict[int, str] = dataclasses.field(default_factory=dict)  # alert row → alert id
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)  # alert id → row (acknowledgements name ids)
+    waiting: dict[int, float] = dataclasses.field(default_factory=dict)  # alert row → monotonic re-send time
+    attempts: dict[int, int] = dataclasses.field(default_factory=dict)  # alert row → PUBACKs or refusals
+    cursor: int = 0  # last row handed to the link for the first time
+    next_expire: float = 0.0
+    next_overdue: float = 0.0
+
+    def forget(self, row_id: int) -> None:
+        self.refs.pop(row_id, None)
+        self.waiting.pop(row_id, None)
+        self.attempts.pop(row_id, None)

@@ -100,7 +100,13 @@ def serve(
         size = len(wl.subjects) if wl is not None else policy.scoring.reference_list_size
         return {**base, "watchlist_detail": store.status(), "matching": policy.describe(size)}
 
-    publisher = AlertPublisher.from_config(cfg, status_provider=status, on_drop=audit.spool_drop_hook(), keys=keys)
+    def overdue(alert_id: str, age_s: float) -> None:
+        # Audited once per alert (the spool remembers); the alert stays spooled and is still re-sent.
+        audit.append("alert_unacknowledged", {"alert_id": alert_id, "age_s": round(age_s, 1)})
+
+    publisher = AlertPublisher.from_config(
+        cfg, status_provider=status, on_drop=audit.spool_drop_hook(), keys=keys, on_overdue=overdue
+    )
     audit.attach_spool(publisher.enqueue)
     store = store_from_config(cfg, keys, holder=holder, on_event=audit.watchlist_hook())
     try:

@@ -2,8 +2,10 @@
 
 Starts /usr/sbin/mosquitto on a free loopback port with a generated configuration: plain or TLS
 (a CA and server certificate made here with `cryptography`), a password file in Mosquitto's
-PBKDF2-SHA512 format (written here, so `mosquitto_passwd` is not needed) and an ACL in which each
-device may only touch `lfr/<its user name>/#` while the back office reads every device's topics.
+PBKDF2-SHA512 format (written here, so `mosquitto_passwd` is not needed) and the ACL of
+config/mosquitto.acl: each device writes only its own alerts, status, audit and cmd/ack and reads
+only its own watchlist, cmd and ack; the back office reads what devices write and writes bundles,
+commands and alert acknowledgements.
 Stop, kill and restart on the same port let tests stage an outage.
 """
 

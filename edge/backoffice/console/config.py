@@ -111,6 +111,7 @@ def load_console_config(path: str | Path) -> ConsoleConfig:
             },
             "password_file": _resolve(cfg.password_file, base),
             "unseal_key": _resolve(cfg.unseal_key, base),
+            "ack_key": _resolve(cfg.ack_key, base),
             "state_dir": _resolve(cfg.state_dir, base),
         }
     )

@@ -1,7 +1,9 @@
 """One subscriber for the fleet: verified alerts, retained status and deployment records into the store.
 
 Verification and unsealing are edge.backoffice.listener's (the same code as `alerts listen`): an alert
-whose signature does not verify is rejected there and never reaches the database. Deployment
+whose signature does not verify is rejected there and never reaches the database. Once its row is
+committed (or was already), `_alert` answers STORED (or DUPLICATE) and the listener sends the device
+its signed acknowledgement; a storage error raises, so nothing is acknowledged and the device re-sends. Deployment
 records arrive as audit records on <topic_root>/<device>/audit; only `deployment_record` ones are kept.
 """
 
@@ -16,10 +18,10 @@ from typing import Any
 
 from edge.backoffice.console.config import ConsoleConfig
 from edge.backoffice.console.store import ConsoleStore, Outcome
-from edge.backoffice.listener import AlertListener
+from edge.backoffice.listener import AlertListener, Handled
 from edge.core.alert_message import VerifiedAlert
 from edge.core.audit.log import DEPLOYMENT_RECORD
-from edge.core.keys import key_id
+from edge.core.keys import key_id, load_signing_key
 from edge.core.mqtt import Message
 
 log = logging.getLogger("lfr_edge.console")
@@ -41,7 +43,10 @@ class Ingest:
     def __init__(self, cfg: ConsoleConfig, store: ConsoleStore) -> None:
         self.cfg = cfg
         self.store = store
-        self.listener = AlertListener(cfg, self._alert, self._reject, self._status)
+        # Acknowledgements are signed with the key the console signs watchlists with (the devices trust it).
+        keys_dir = cfg.signing_keys_dir
+        ack_key = load_signing_key(keys_dir) if cfg.ack_key is None and keys_dir is not None else None
+        self.listener = AlertListener(cfg, self._alert, self._reject, self._status, ack_key=ack_key)
         self.key_ids = {dev: key_id(k) for dev, k in self.listener.device_keys.items()}
         self.rejections: deque[Rejection] = deque(maxlen=200)
         self.stored = 0
@@ -61,20 +66,22 @@ class Ingest:
         with self._cond:
             return self._cond.wait_for(lambda: self.stored >= n, timeout)
 
-    def _alert(self, alert: VerifiedAlert) -> None:
+    def _alert(self, alert: VerifiedAlert) -> Handled:
         try:
             result = self.store.store_alert(alert, self.key_ids.get(alert.device_id, ""))
         except Exception:
             log.exception("console: alert %s could not be stored", alert.alert_id[:64])
             self._reject(f"{self.cfg.topic_root}/{alert.device_id}/alerts", "not stored (storage error)")
-            return
+            raise  # not acknowledged: the device keeps it and sends it again
         if result.outcome is Outcome.REFUSED:
+            # Verified but unstorable content: never acknowledged, so the device keeps it and reports it overdue.
             self._reject(f"{self.cfg.topic_root}/{alert.device_id}/alerts", result.reason)
-            return
+            return Handled.SHOWN
         with self._cond:
             if result.outcome is Outcome.STORED:
                 self.stored += 1
             self._cond.notify_all()
+        return Handled.STORED if result.outcome is Outcome.STORED else Handled.DUPLICATE
 
     def _reject(self, topic: str, reason: str) -> None:
         with self._cond:

@@ -1,8 +1,9 @@
 """Durable storage of verified alerts, device status and deployment records, and the review queue.
 
 An alert is stored crop first (written and fsynced under <data_dir>/crops), row second; only after
-the row is committed is the alert "stored", and only then may it be acknowledged to the device
-(`acknowledge_stored_alert`). Crops are named by a hash of the alert id, never by anything the
+the row is committed is the alert "stored", and only then is it acknowledged to the device: `store_alert`
+returns STORED (or DUPLICATE for one already stored) and the listener then sends the signed
+acknowledgement (edge/backoffice/console/ingest.py, edge/backoffice/listener.py). Crops are named by a hash of the alert id, never by anything the
 device chose, so no message can steer a file path.
 """
 
@@ -64,14 +65,6 @@ class AlertPage:
     total: int
     page: int
     pages: int
-
-
-def acknowledge_stored_alert(alert_id: str, device_id: str) -> None:
-    """The hook end-to-end acknowledgement (issue 11) will fill in: called once per alert, after its row is committed.
-
-    It must stay the only place an acknowledgement is sent from, so that nothing is acknowledged
-    that is not durably stored. Today nothing is sent: the device drops an alert on the broker's PUBACK.
-    """
 
 
 def crop_name(alert_id: str) -> str:
@@ -163,7 +156,6 @@ class ConsoleStore:
                 s.rollback()
                 return StoreResult(Outcome.DUPLICATE)
             row_id = row.id
-        acknowledge_stored_alert(alert.alert_id, alert.device_id)
         return StoreResult(Outcome.STORED, row_id=row_id)
 
     def _row(self, alert: VerifiedAlert, key_id: str) -> AlertRow:
