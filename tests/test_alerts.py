@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.backoffice.listener import load_backoffice_config
-from edge.core.alert_message import AlertRejected, build_alert, canonical_json, verify_alert
+from edge.core.alert_message import AlertRejected, build_alert, verify_alert
 from edge.core.config import load_config
 from edge.core.errors import EXIT_VERIFY
 from edge.core.keys import generate_device_keys, load_backoffice_keys, load_device_keys, load_x25519_public
 from edge.core.mqtt import LinkSettings, MqttLink
+from edge.core.signing import canonical_json
 from edge.device.publisher import AlertPublisher
 from edge.device.spool import AckOutcome, Spool
 from edge.device.status import CameraStatus, WatchlistState, WatchlistStatus

@@ -39,11 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge.core import topics
 from edge.core.alert_ack import ACK_TOPIC_SUFFIX, build_ack
-from edge.core.alert_message import AlertRejected, VerifiedAlert, parse_time, verify_alert, verify_status
+from edge.core.alert_message import AlertRejected, VerifiedAlert, verify_alert, verify_status
 from edge.core.config import BrokerList, TLSConfig, bounded
 from edge.core.errors import ConfigError, InputError
 from edge.core.keys import check_private_file, load_backoffice_keys, load_ed25519_public, load_signing_key
 from edge.core.mqtt import LinkSettings, Message, MqttLink, PublishHandle
+from edge.core.timefmt import parse_utc
 from edge.core.yamlsafe import clip, load_yaml_file, short_repr
 
 log = logging.getLogger("lfr_edge.listener")
@@ -247,7 +248,7 @@ def freshness_problem(alert: VerifiedAlert, stale_after_s: float, now: float | N
     """Why a verified alert must not be shown as new because of its signed time, or None."""
     now = time.time() if now is None else now
     try:
-        sent = parse_time(alert.time)
+        sent = parse_utc(alert.time, "alert time")
     except ValueError as e:
         return f"malformed alert ({e})"
     age = now - sent

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_config_option(r)
     r.add_argument("--dir", help="audit log directory (instead of --config)")
-    r.add_argument("--since", help="only deployments still running at or after this ISO-8601 time")
+    r.add_argument("--since", help="only deployments still running at or after this RFC 3339 time (e.g. 2026-11-26T09:00:00Z)")
     r.add_argument("--json", action="store_true", help="a JSON list of deployment records")
     r.set_defaults(handler=_report)
 
@@ -36,16 +36,13 @@ def _print_json(obj: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from edge.core.audit.log import parse_iso
+    from edge.core.timefmt import parse_utc
     from edge.device.audit.deployment import format_text, load_deployments
     from edge.device.audit.service import audit_dir
 
     since = None
     if args.since:
-        try:
-            since = parse_iso(args.since)
-        except ValueError:
-            raise InputError(f"--since: {args.since!r} is not an ISO-8601 time (e.g. 2026-11-26T09:00Z)") from None
+        since = parse_utc(args.since, "--since")  # an RFC 3339 time; a bad one exits 2 naming --since
     directory = Path(args.dir) if args.dir else audit_dir(load_config(device_config(args)))
     if not directory.is_dir():
         raise InputError(f"{directory}: no audit log here (directory not found)")

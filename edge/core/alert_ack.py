@@ -7,10 +7,10 @@ acknowledgement signed with the back-office Ed25519 key the device already trust
 and commands (watchlist.trusted_signers).
 
 Envelope (JSON), the shape of the signed commands (edge/device/watchlist/sync.py):
-{"format": "lfr-edge-alert-ack/1", "signer": key id, "body": base64,
- "signature": base64 Ed25519 over b"lfr-edge-alert-ack/1\\n" + body}. Body: {"device_id",
-"alert_ids": [...], "time"}. The format string is signed, so an acknowledgement can never pass for
-a command or a bundle signed with the same key. No replay protection is needed: an acknowledgement
+{"format": "lfr-edge-alert-ack/1", "signer": key id, "body": base64 of the body's canonical JSON,
+"signature": base64}, signed through edge.core.signing under Context.ALERT_ACK. Body: {"device_id",
+"alert_ids": [...], "time" (RFC 3339 UTC)}. The context is signed, so an acknowledgement can never
+pass for a command or a bundle signed with the same key. No replay protection is needed: an acknowledgement
 only names alerts the back office has stored, and replaying it can only confirm them again.
 """
 
@@ -23,11 +23,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.core.alert_message import iso_utc
+from edge.core import signing
 from edge.core.keys import key_id
+from edge.core.signing import Context, canonical_json
+from edge.core.timefmt import format_utc
 
 ACK_FORMAT = "lfr-edge-alert-ack/1"
 ACK_TOPIC_SUFFIX = "ack"
@@ -54,15 +55,15 @@ def build_ack(key: Ed25519PrivateKey, device_id: str, alert_ids: Sequence[str], 
     body = {
         "device_id": device_id,
         "alert_ids": list(alert_ids),
-        "time": iso_utc(time.time() if now is None else now),
+        "time": format_utc(time.time() if now is None else now),
     }
-    body_bytes = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    body_bytes = canonical_json(body)
     return json.dumps(
         {
             "format": ACK_FORMAT,
             "signer": key_id(key.public_key()),
             "body": base64.b64encode(body_bytes).decode(),
-            "signature": base64.b64encode(key.sign(ACK_FORMAT.encode() + b"\n" + body_bytes)).decode(),
+            "signature": base64.b64encode(signing.sign(Context.ALERT_ACK, body_bytes, key)).decode(),
         },
         separators=(",", ":"),
     ).encode()
@@ -84,10 +85,8 @@ def open_ack(data: bytes, signers: Iterable[Ed25519PublicKey], device_id: str) -
     key = {key_id(k): k for k in signers}.get(signer) if isinstance(signer, str) else None
     if key is None:
         raise AckRejected("not signed by a trusted back-office key")
-    try:
-        key.verify(signature, ACK_FORMAT.encode() + b"\n" + body_bytes)
-    except InvalidSignature:
-        raise AckRejected("signature does not verify (altered or forged)") from None
+    if not signing.verify(Context.ALERT_ACK, body_bytes, signature, key):
+        raise AckRejected("signature does not verify (altered or forged)")
     try:
         body = json.loads(body_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

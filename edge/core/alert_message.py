@@ -7,11 +7,10 @@ Wire format (docs/ALERTS.md, docs/alert.schema.json): one JSON object
      "sealed": {"alg", "to", "data"},
      "sig": {"alg":"Ed25519", "key_id", "value"}}
 
-Canonical bytes (what is signed) are the RFC 8785 (JCS) serialisation of the object without "sig":
-keys sorted, no whitespace, UTF-8, strings escaped as JSON requires and nothing more, numbers in
-ECMAScript's shortest round-trip form (so 1.0 is written 1). The signature is Ed25519 over
-SIGN_DOMAIN + canonical bytes; the domain prefix keeps an alert signature from ever being valid for
-an audit record or a command signed with the same device key.
+What is signed is the object without "sig", through edge.core.signing: its RFC 8785 (JCS) canonical
+bytes under the context Context.ALERT (Context.STATUS for a status), so an alert signature is never
+valid for a status, an audit checkpoint or a command acknowledgement signed with the same device key.
+The wire bytes are the canonical form too. Times are edge.core.timefmt's RFC 3339 UTC (…123Z).
 
 Sealing encrypts the canonical bytes of the body with edge.core.keys.seal (X25519 + HKDF-SHA256 +
 AES-256-GCM) to the back office's X25519 key, with the alert_id and device_id as associated data so
@@ -21,23 +20,23 @@ a sealed body cannot be moved under another alert. Routing fields stay readable 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from edge.core.keys import CryptoError, key_id, seal, unseal
+from edge.core.signing import Context, canonical_json, sign_document, verify_document
+from edge.core.timefmt import format_utc
 from edge.core.types import MatchEvent
 
 VERSION = 1
-SIGN_DOMAIN = b"lfr-edge alert v1\x00"
 SEAL_INFO = b"lfr-edge alert body v1"
 SEAL_ALG = "X25519-HKDF-SHA256-AES256GCM"
 HEADER_FIELDS = ("v", "type", "alert_id", "time", "device_id", "camera")
@@ -58,80 +57,7 @@ class AlertRejected(Exception):
     from an unknown device."""
 
 
-# --------------------------------------------------------------------------- canonical JSON
-
-
-def _number(x: float | int) -> str:
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, int):
-        return str(x)
-    if not math.isfinite(x):
-        raise ValueError("NaN and infinity have no JSON form")
-    if x == 0:
-        return "0"
-    if x.is_integer() and abs(x) < 1e21:
-        return str(int(x))
-    # Python's repr gives the shortest round-trip digits, as ECMAScript does; only the choice
-    # between plain and exponent notation differs, so rebuild that from digits and exponent.
-    mantissa, _, exp_s = repr(abs(x)).partition("e")
-    int_part, _, frac = mantissa.partition(".")
-    raw = int_part + frac
-    digits = raw.lstrip("0")
-    point = len(int_part) + (int(exp_s) if exp_s else 0) - (len(raw) - len(digits))
-    digits = digits.rstrip("0")
-    k, n = len(digits), point
-    sign = "-" if x < 0 else ""
-    if k <= n <= 21:
-        return sign + digits + "0" * (n - k)
-    if 0 < n <= 21:
-        return sign + digits[:n] + "." + digits[n:]
-    if -6 < n <= 0:
-        return sign + "0." + "0" * (-n) + digits
-    e = n - 1
-    m = digits[0] + ("." + digits[1:] if k > 1 else "")
-    return f"{sign}{m}e{'+' if e > 0 else '-'}{abs(e)}"
-
-
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif isinstance(value, bool | int | float):
-        out.append(_number(value))
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, Mapping):
-        out.append("{")
-        # JCS sorts by UTF-16 code units; our keys are ASCII, where that equals code point order.
-        for i, k in enumerate(sorted(value, key=lambda s: str(s).encode("utf-16-be"))):
-            if i:
-                out.append(",")
-            out.append(json.dumps(str(k), ensure_ascii=False))
-            out.append(":")
-            _encode(value[k], out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, v in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(v, out)
-        out.append("]")
-    else:
-        raise TypeError(f"{type(value).__name__} has no canonical JSON form")
-
-
-def canonical_json(value: Any) -> bytes:
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode("utf-8")
-
-
 # --------------------------------------------------------------------------- building
-
-
-def iso_utc(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _b64(data: bytes) -> str:
@@ -198,7 +124,7 @@ def build_alert(
         "v": VERSION,
         "type": "alert",
         "alert_id": aid,
-        "time": iso_utc(event.t_wall),
+        "time": format_utc(event.t_wall),
         "device_id": device_id,
         "camera": event.camera,
     }
@@ -211,9 +137,9 @@ def build_alert(
     return Alert(alert_id=aid, payload=sign_message(msg, signer), t_match=event.t_wall)
 
 
-def sign_message(msg: dict[str, Any], signer: Ed25519PrivateKey) -> bytes:
+def sign_message(msg: dict[str, Any], signer: Ed25519PrivateKey, context: Context = Context.ALERT) -> bytes:
     unsigned = {k: v for k, v in msg.items() if k != "sig"}
-    signature = signer.sign(SIGN_DOMAIN + canonical_json(unsigned))
+    signature = sign_document(context, unsigned, signer)
     signed = dict(unsigned, sig={"alg": "Ed25519", "key_id": key_id(signer.public_key()), "value": _b64(signature)})
     return canonical_json(signed)
 
@@ -271,7 +197,9 @@ def _load_object(payload: bytes, what: str) -> dict[str, Any]:
     return msg
 
 
-def _check_signature(msg: dict[str, Any], payload: bytes, public: Ed25519PublicKey, device_id: str) -> None:
+def _check_signature(
+    msg: dict[str, Any], payload: bytes, public: Ed25519PublicKey, device_id: str, context: Context
+) -> None:
     """The device's Ed25519 signature over the canonical bytes, and the wire bytes in canonical form."""
     sig = msg.get("sig")
     if not isinstance(sig, dict) or sig.get("alg") != "Ed25519" or set(sig) != {"alg", "key_id", "value"}:
@@ -284,20 +212,11 @@ def _check_signature(msg: dict[str, Any], payload: bytes, public: Ed25519PublicK
         )
     signature = _unb64(sig.get("value"), "signature")
     unsigned = {k: v for k, v in msg.items() if k != "sig"}
-    try:
-        public.verify(signature, SIGN_DOMAIN + canonical_json(unsigned))
-    except (InvalidSignature, ValueError, TypeError):
+    if not verify_document(context, unsigned, signature, public):
         raise AlertRejected(f"bad signature: not signed by device {device_id!r}'s registered key") from None
     # The wire bytes must be the canonical form: then no byte can change without breaking the signature.
     if canonical_json(msg) != payload.strip():
         raise AlertRejected("signed content is valid but the message is not in canonical form")
-
-
-def parse_time(text: str) -> float:
-    """Seconds since the epoch of an ISO 8601 UTC time as iso_utc writes it (…Z)."""
-    if not isinstance(text, str) or not text.endswith("Z"):
-        raise ValueError(f"time {str(text)[:40]!r} is not ISO 8601 UTC (…Z)")
-    return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 # --------------------------------------------------------------------------- status
@@ -320,9 +239,9 @@ def build_status(fields: Mapping[str, Any], device_id: str, signer: Ed25519Priva
     """A status message signed like an alert (same helper, type "status"), so the back office can
     tell a device's own status from one any broker user could publish."""
     msg = {k: _jsonable(v) for k, v in fields.items() if k not in PROTOCOL_FIELDS}
-    msg.setdefault("time", iso_utc(dt.datetime.now(dt.timezone.utc).timestamp()))
+    msg.setdefault("time", format_utc(time.time()))
     msg.update(v=VERSION, type=STATUS_TYPE, device_id=device_id)
-    return sign_message(msg, signer)
+    return sign_message(msg, signer, Context.STATUS)
 
 
 def verify_status(
@@ -342,7 +261,7 @@ def verify_status(
         public = device_keys.get(device_id)
         if public is None:
             raise AlertRejected(f"unknown device {device_id[:64]!r} (not in the back-office device list)")
-        _check_signature(msg, payload, public, device_id)
+        _check_signature(msg, payload, public, device_id, Context.STATUS)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as e:
         raise AlertRejected(f"malformed status ({type(e).__name__}: {str(e)[:120]})") from None
     return {k: v for k, v in msg.items() if k not in PROTOCOL_FIELDS}
@@ -366,7 +285,7 @@ def _verify(
     public = device_keys.get(device_id)
     if public is None:
         raise AlertRejected(f"unknown device {device_id[:64]!r} (not in the back-office device list)")
-    _check_signature(msg, payload, public, device_id)
+    _check_signature(msg, payload, public, device_id, Context.ALERT)
     body: dict[str, Any] | None
     if "sealed" in msg:
         sealed = msg["sealed"]

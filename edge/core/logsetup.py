@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any, TextIO
+
+from edge.core.timefmt import format_utc
 
 _STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -36,7 +37,7 @@ def _safe(value: Any) -> Any:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "t": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "t": format_utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

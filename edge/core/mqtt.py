@@ -11,12 +11,16 @@ completed by the broker's PUBACK; the alert spool deletes a row only then. Messa
 and not yet acknowledged are re-sent by paho after a reconnect, and re-published on a fresh client
 when the protocol version has to change.
 
+Each connect attempt ends in a typed `ConnectOutcome` (a `ConnectResult` and the broker's reason
+code), and the link is in one `LinkState`; control flow branches on those, never on message text.
 A failure to connect is logged as one clear line (wrong password, untrusted CA, refused, timeout)
 the first time it happens; identical repeats go to DEBUG while the link keeps retrying.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import itertools
 import json
 import logging
@@ -24,7 +28,8 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,18 +52,82 @@ def _unix_socketpair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-# paho wakes its network thread through a "socketpair" that it builds from a TCP listener on
-# 127.0.0.1 (for Windows). The device must never listen, not even briefly on loopback, so use a
-# Unix socketpair where there is one. Private paho API: checked by tests/test_alerts_outage.py.
-if hasattr(socket, "AF_UNIX") and hasattr(paho, "_socketpair_compat"):
-    setattr(paho, "_socketpair_compat", _unix_socketpair)  # noqa: B010
+# paho (1.x and 2.x, still in 2.2) wakes its network thread through a pair of sockets it builds in
+# `_socketpair_compat` from a TCP *listener* on 127.0.0.1, a Windows-era workaround (see
+# eclipse-paho/paho.mqtt.python#27 and #9 for the failures that loopback listener causes on embedded
+# systems). The device must never listen, not even briefly on loopback, and paho has no option to
+# use socket.socketpair(). So, scoped to our own `loop_start` call (the only place paho makes the pair
+# for a threaded client) and under a lock, its private factory is swapped for a Unix socketpair and
+# then restored: other paho users in the process keep paho as shipped (one starting its loop in that
+# same instant would get a Unix pair too, which is harmless). tests/test_alerts_outage.py checks
+# that no socket ever listens, so a paho release that renames the factory fails a test, not silently.
+_PAIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _unix_wakeup_pair() -> Iterator[None]:
+    # Read the original under the lock: two links starting at once must not restore each other's swap.
+    with _PAIR_LOCK:
+        original = getattr(paho, "_socketpair_compat", None)
+        if original is None or not hasattr(socket, "AF_UNIX"):
+            yield
+            return
+        setattr(paho, "_socketpair_compat", _unix_socketpair)  # noqa: B010
+        try:
+            yield
+        finally:
+            setattr(paho, "_socketpair_compat", original)  # noqa: B010
+
+
+def _loop_start(client: paho.Client) -> None:
+    with _unix_wakeup_pair():
+        client.loop_start()
+
 
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
 CONNECT_TIMEOUT_S = 10.0
-# CONNACK codes (v5 reason codes and v3.1.1 return codes) that mean "your credentials are wrong".
-_AUTH_CODES_V5 = {134, 135}  # Bad user name or password, Not authorized
-_AUTH_CODES_V3 = {4, 5}
+# CONNACK codes that mean "your credentials are wrong". paho 2.x reports a v3.1.1 return code as the
+# equivalent v5 reason code (4 → 134, 5 → 135), so one set serves both protocols; the raw v3.1.1
+# codes stay in case a paho release stops translating.
+_AUTH_CODES = {134, 135, 4, 5}  # Bad user name or password, Not authorized
 _UNSUPPORTED_PROTOCOL = {132, 1}  # v5 "Unsupported Protocol Version", v3 "unacceptable protocol version"
+
+
+class LinkState(enum.Enum):
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing_off"  # the last attempt failed; waiting before the next broker
+
+
+class ConnectResult(enum.Enum):
+    """How one connect attempt ended."""
+
+    CONNECTED = "connected"
+    TCP_REFUSED = "tcp_refused"  # nothing listens: broker down or wrong port
+    TIMEOUT = "timeout"  # no TCP answer within CONNECT_TIMEOUT_S
+    UNREACHABLE = "unreachable"  # DNS, routing and other socket errors
+    TLS_UNTRUSTED = "tls_untrusted"  # the broker's certificate does not chain to our CA
+    TLS_FAILED = "tls_failed"  # any other TLS handshake failure
+    TLS_CONFIG = "tls_config"  # our CA or client certificate cannot be loaded
+    NO_CONNACK = "no_connack"  # TCP (and TLS) up, but the broker never answered the CONNECT
+    DROPPED = "dropped"  # the broker closed the connection with a socket error before CONNACK
+    CLOSED = "closed"  # the broker hung up silently before CONNACK
+    PROTOCOL_FALLBACK = "protocol_fallback"  # the broker refused MQTT v5: retry at once with 3.1.1
+    AUTH_REFUSED = "auth_refused"  # wrong user name or password, or not authorised
+    REFUSED = "refused"  # any other CONNACK refusal
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOutcome:
+    result: ConnectResult
+    broker: str
+    message: str = ""  # the one line logged for a failure; empty when connected
+    reason_code: int | None = None  # the CONNACK code, when the broker sent one
+
+    @property
+    def ok(self) -> bool:
+        return self.result is ConnectResult.CONNECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +271,10 @@ class LinkStats:
     published: int = 0
     acked: int = 0
     errors: list[str] = field(default_factory=list)  # distinct error lines logged, oldest first
+    state: LinkState = LinkState.STOPPED
+    last_outcome: ConnectOutcome | None = None
+    # The results of the latest attempts, oldest first (bounded: a link retries for days).
+    results: deque[ConnectResult] = field(default_factory=lambda: deque(maxlen=64))
 
 
 def _reason_value(rc: Any) -> int:
@@ -209,7 +282,9 @@ def _reason_value(rc: Any) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
-class _ConnectOutcome:
+class _ConnackWait:
+    """What paho's callbacks report about the attempt in progress."""
+
     def __init__(self) -> None:
         self.event = threading.Event()
         self.code: int | None = None
@@ -241,7 +316,7 @@ class MqttLink:
         self._early: dict[int, tuple[int, str]] = {}  # PUBACK that beat publish() to the map
         self._pending: dict[int, PublishHandle] = {}  # seq → not yet acknowledged, for a new client
         self._qos0: set[int] = set()
-        self._outcome = _ConnectOutcome()
+        self._outcome = _ConnackWait()
         self._logged: set[str] = set()
         self._current = ""
 
@@ -416,12 +491,30 @@ class MqttLink:
             props.MaximumPacketSize = s.max_packet_size
         return props
 
-    def _try_connect(self, index: int) -> str | None:
-        """One attempt at broker `index`; None once connected, otherwise the error line."""
+    def _try_connect(self, index: int) -> ConnectOutcome:
+        """One attempt at broker `index`, recorded in stats."""
+        try:
+            outcome = self._attempt(index)
+        except InputError as e:  # our CA or client certificate cannot be loaded
+            outcome = ConnectOutcome(ConnectResult.TLS_CONFIG, str(self.brokers[index]), str(e))
+        if not outcome.ok:  # a success is recorded by _on_connect, before anyone sees `connected`
+            self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: ConnectOutcome) -> None:
+        self.stats.last_outcome = outcome
+        self.stats.results.append(outcome.result)
+
+    def _attempt(self, index: int) -> ConnectOutcome:
         uri, v5 = self.brokers[index], self._use_v5[index]
+        broker = str(uri)
+
+        def fail(result: ConnectResult, message: str, code: int | None = None) -> ConnectOutcome:
+            return ConnectOutcome(result, broker, message, code)
+
         client = self._install_client(v5, uri.tls)
-        self._outcome = outcome = _ConnectOutcome()
-        self._current = str(uri)
+        self._outcome = outcome = _ConnackWait()
+        self._current = broker
         self.stats.connect_attempts += 1
         try:
             with self._client_lock:
@@ -434,48 +527,59 @@ class MqttLink:
                 )
         except ssl.SSLCertVerificationError as e:
             where = f"mqtt.tls.ca_file ({self.settings.ca_file})" if self.settings.ca_file else "the system CAs"
-            return f"TLS certificate of {uri} is not trusted by {where}: {e.verify_message}"
+            return fail(
+                ConnectResult.TLS_UNTRUSTED, f"TLS certificate of {uri} is not trusted by {where}: {e.verify_message}"
+            )
         except ssl.SSLError as e:
-            return f"TLS handshake with {uri} failed: {e.reason or e}"
+            return fail(ConnectResult.TLS_FAILED, f"TLS handshake with {uri} failed: {e.reason or e}")
         except ConnectionRefusedError:
-            return f"{uri} refused the TCP connection (is the broker running?)"
+            return fail(ConnectResult.TCP_REFUSED, f"{uri} refused the TCP connection (is the broker running?)")
         except TimeoutError:
-            return f"{uri} did not answer within {CONNECT_TIMEOUT_S:.0f} s"
+            return fail(ConnectResult.TIMEOUT, f"{uri} did not answer within {CONNECT_TIMEOUT_S:.0f} s")
         except OSError as e:
-            return f"cannot reach {uri}: {e.strerror or e}"
-        client.loop_start()
+            return fail(ConnectResult.UNREACHABLE, f"cannot reach {uri}: {e.strerror or e}")
+        _loop_start(client)
         if not outcome.event.wait(CONNECT_TIMEOUT_S + self.settings.keepalive_s):
             self._end_loop(client)
-            return f"{uri} accepted TCP but sent no CONNACK"
+            return fail(ConnectResult.NO_CONNACK, f"{uri} accepted TCP but sent no CONNACK")
         if outcome.code == 0:
             self._silent_closes[index] = 0
-            return None
+            return ConnectOutcome(ConnectResult.CONNECTED, broker, reason_code=0)
         self._end_loop(client)
         code = outcome.code
+        auto = v5 and self.settings.protocol == "auto"
         if code is None:
             if outcome.socket_error:
+                # A TLS broker that drops us mid-handshake while we present no certificate most
+                # likely wants one: say so, whatever words the TLS library used.
                 hint = " (does the broker require a client certificate? mqtt.tls.cert_file)" if (
-                    "certificate required" in outcome.socket_error and self.settings.cert_file is None
+                    uri.tls and self.settings.cert_file is None
                 ) else ""
-                return f"{uri} dropped the connection before CONNACK: {outcome.socket_error}{hint}"
-            if v5 and self.settings.protocol == "auto":
+                return fail(
+                    ConnectResult.DROPPED, f"{uri} dropped the connection before CONNACK: {outcome.socket_error}{hint}"
+                )
+            if auto:
                 # Some MQTT 3.1 brokers just hang up on a v5 CONNECT instead of answering it; twice
                 # in a row, so that one broker restart mid-handshake does not cost us v5 for good.
                 self._silent_closes[index] += 1
                 if self._silent_closes[index] >= 2:
                     self._use_v5[index] = False
-                    return f"{uri} closed the connection before CONNACK; retrying with MQTT 3.1.1"
-            return f"{uri} closed the connection before CONNACK"
-        if code in _UNSUPPORTED_PROTOCOL and v5 and self.settings.protocol == "auto":
+                    return fail(
+                        ConnectResult.PROTOCOL_FALLBACK,
+                        f"{uri} closed the connection before CONNACK; retrying with MQTT 3.1.1",
+                    )
+            return fail(ConnectResult.CLOSED, f"{uri} closed the connection before CONNACK")
+        if code in _UNSUPPORTED_PROTOCOL and auto:
             self._use_v5[index] = False
-            return f"{uri} does not speak MQTT v5; retrying with MQTT 3.1.1"
-        auth_codes = _AUTH_CODES_V5 if v5 else _AUTH_CODES_V3
-        if code in auth_codes:
-            return (
+            return fail(ConnectResult.PROTOCOL_FALLBACK, f"{uri} does not speak MQTT v5; retrying with MQTT 3.1.1", code)
+        if code in _AUTH_CODES:
+            return fail(
+                ConnectResult.AUTH_REFUSED,
                 f"{uri} refused the login for user {self.settings.username!r}: {outcome.reason} "
-                "(check mqtt.username and mqtt.password_file)"
+                "(check mqtt.username and mqtt.password_file)",
+                code,
             )
-        return f"{uri} refused the connection: {outcome.reason}"
+        return fail(ConnectResult.REFUSED, f"{uri} refused the connection: {outcome.reason}", code)
 
     def _end_loop(self, client: paho.Client) -> None:
         client.disconnect()
@@ -500,22 +604,21 @@ class MqttLink:
     def _supervise(self) -> None:
         failures, index = 0, 0
         while not self._stop.is_set():
-            try:
-                error = self._try_connect(index)
-            except InputError as e:
-                error = str(e)
-            if error is None:
+            self.stats.state = LinkState.CONNECTING
+            outcome = self._try_connect(index)
+            if outcome.ok:
                 failures = 0
                 self._logged.clear()
                 self._wait_disconnect()
                 if self._stop.is_set():
                     break
                 continue  # reconnect at once to the same broker; back off only if that fails
-            if "retrying with MQTT 3.1.1" in error:
-                log.warning("%s: %s", self.name, error)
+            if outcome.result is ConnectResult.PROTOCOL_FALLBACK:
+                log.warning("%s: %s", self.name, outcome.message)
                 continue
+            self.stats.state = LinkState.BACKING_OFF
             delay = self._backoff(failures)
-            self._report(error, delay)
+            self._report(outcome.message, delay)
             failures += 1
             index = (index + 1) % len(self.brokers)  # fail over to the next broker
             self._stop.wait(delay)
@@ -524,6 +627,7 @@ class MqttLink:
         if client is not None:
             client.loop_stop()
         self._connected.clear()
+        self.stats.state = LinkState.STOPPED
 
     def _wait_disconnect(self) -> None:
         with self._client_lock:
@@ -542,6 +646,8 @@ class MqttLink:
         if code == 0:
             self.stats.connects += 1
             self.stats.broker, self.stats.protocol = self._current, "v5" if self._client_v5 else "v3.1.1"
+            self._record(ConnectOutcome(ConnectResult.CONNECTED, self._current, reason_code=0))
+            self.stats.state = LinkState.CONNECTED
             self._connected.set()
             for topic_filter, (qos, _) in list(self._subs.items()):
                 client.subscribe(topic_filter, qos=qos)
@@ -568,6 +674,8 @@ class MqttLink:
         self._connected.clear()
         self._outcome.event.set()
         if was:
+            if not self._stop.is_set():
+                self.stats.state = LinkState.CONNECTING  # the supervisor reconnects at once
             self.stats.disconnects += 1
             if not self._stop.is_set():
                 log.warning("%s: connection lost (%s); reconnecting", self.name, rc)

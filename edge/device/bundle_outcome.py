@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from edge.core.alert_message import iso_utc
+from edge.core.timefmt import format_utc
 
 EventHook = Callable[[str, dict[str, Any]], None]
 
@@ -34,7 +34,7 @@ class BundleOutcome:
     message: str = ""  # REFUSED: its one line, cut to 300 characters
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"result": self.result.value, "time": iso_utc(self.time), "source": self.source}
+        out: dict[str, Any] = {"result": self.result.value, "time": format_utc(self.time), "source": self.source}
         if self.result is BundleResult.INSTALLED:
             out["version"] = self.version
         else:

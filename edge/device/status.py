@@ -25,8 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.core.alert_message import iso_utc as iso_ms
-from edge.core.watchlist.bundle import iso_utc as iso_seconds
+from edge.core.timefmt import format_utc
 from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import MatchingPolicy
 from edge.device.clock import ClockSync
@@ -132,8 +131,8 @@ class WatchlistStatus:
             version=self.version,
             subjects=self.subjects,
             templates=self.templates,
-            created_at=iso_seconds(self.created_at) if self.created_at is not None else None,
-            expires_at=iso_seconds(self.expires_at) if self.expires_at is not None else None,
+            created_at=format_utc(self.created_at) if self.created_at is not None else None,
+            expires_at=format_utc(self.expires_at) if self.expires_at is not None else None,
             signer=self.signer,
             embedder_sha256=self.embedder_sha256,
         )
@@ -247,7 +246,7 @@ class Status:
         out: dict[str, Any] = {
             "state": self.state.value,
             "device_id": self.device_id,
-            "time": iso_ms(self.time),
+            "time": format_utc(self.time),
             "uptime_s": round(self.uptime_s, 1),
             **self.totals(),
         }

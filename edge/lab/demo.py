@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import numpy.typing as npt
 import yaml
 
 from edge.core.errors import InputError, RuntimeFailure
+from edge.core.timefmt import format_utc
 from edge.lab.localrig import backoffice_config, device_config, run_cli
 
 DEVICE_ID = "demo-van"
@@ -161,7 +161,7 @@ def run_demo(out: Path | None, frames: int, keep: bool, console: bool = True) ->
 
         astronaut = _skimage_data()[0]
         cv2.imwrite(str(enrol / "astronaut.png"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
-        expires = (datetime.now(timezone.utc) + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = format_utc(time.time() + 12 * 3600)
         bundle = bo / "watchlist-1.lfrw"
         run_cli("watchlist", "build", "--faces", str(enrol.parent), "--sign", str(bo / "keys"),
              "--to", str(dev / "keys" / "device_x25519.pub.pem"), "--expires", expires,

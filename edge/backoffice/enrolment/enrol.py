@@ -293,13 +293,14 @@ def build_watchlist(req: BuildRequest, step: Step | None = None) -> BuildResult:
     """Enrol `req.faces` and write a signed bundle to `req.out`; raises BuildRefused (with the report)
     when there is nothing to build or --strict refuses, InputError for bad input."""
     from edge.core.keys import load_signing_key, load_x25519_public
-    from edge.core.watchlist.bundle import build_bundle, parse_time
+    from edge.core.timefmt import parse_utc
+    from edge.core.watchlist.bundle import build_bundle
 
     root = req.faces
     subjects_dirs = scan_faces(root)
     keep = _keep_list(root, subjects_dirs, req.keep_inconsistent)
     meta = read_meta(req.meta) if req.meta else {}
-    expires = parse_time(req.expires, "--expires")
+    expires = parse_utc(req.expires, "--expires")
     if expires <= time.time():
         raise InputError(f"--expires {req.expires} is in the past")
     signer = load_signing_key(req.sign)

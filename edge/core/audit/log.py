@@ -1,11 +1,14 @@
 """Tamper-evident, append-only audit log: a hash chain of JSON lines with signed checkpoints.
 
-Each record is one canonical JSON line (sorted keys, no spaces, ASCII) holding `seq`, `time`,
-`kind`, `fields`, `prev_hash` and `hash` = sha256 over the canonical bytes of the other five, so
+Each record is one canonical JSON line (edge.core.signing's RFC 8785 form) holding `seq`, `time`
+(RFC 3339 UTC, edge.core.timefmt), `kind`, `fields`, `prev_hash` and `hash` = sha256 over the
+canonical bytes of the other five, so
 editing, deleting, inserting or reordering a record breaks the chain at that record. A chain alone
 can be recomputed by whoever rewrites the whole file, so every `checkpoint_every` records (and at
 stop and at each segment end) a `checkpoint` record carries an Ed25519 signature by the device key
-over the hash it follows; rewriting history then needs the device's private key.
+over the hash it follows (edge.core.signing, Context.AUDIT_CHECKPOINT); rewriting history then
+needs the device's private key. Logs written before the RFC 8785 form (Python's sort_keys JSON, ASCII
+escapes) still verify: see edge.core.audit.verify.
 
 The log lives in `<data_dir>/audit/` as segments `segment-<first seq>.jsonl`. A new segment starts
 with a `segment_start` record naming the previous segment's last seq and hash, so the chain stays
@@ -31,14 +34,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.core import signing
 from edge.core.keys import ensure_private_dir, fsync_dir, key_id
+from edge.core.signing import Context, canonical_json
+from edge.core.timefmt import format_utc, parse_utc
 
 log = logging.getLogger("lfr_edge.audit")
 
@@ -46,7 +50,6 @@ GENESIS_HASH = "0" * 64
 RECORD_KEYS = frozenset({"seq", "time", "kind", "fields", "prev_hash", "hash"})
 SEGMENT_RE = re.compile(r"^segment-(\d{12})\.jsonl$")
 _HASH_DOMAIN = b"lfr-edge audit record v1\n"
-_CHECKPOINT_DOMAIN = b"lfr-edge audit checkpoint v1\n"
 # Longest string a record may hold: enough for a reason or an id, far too short for a JPEG or an
 # embedding in any text encoding (a 128-d float32 vector is 684 base64 characters).
 MAX_STRING = 400
@@ -86,29 +89,37 @@ class Signer(Protocol):
 
 
 def canonical(obj: Any) -> bytes:
-    """The one byte form of a record: what is hashed, signed and written."""
+    """The one byte form of a record: what is hashed and written (edge.core.signing's form)."""
+    return canonical_json(obj)
+
+
+def legacy_canonical(obj: Any) -> bytes:
+    """The form records had before edge.core.signing (sort_keys, ASCII escapes, Python floats): read
+    only by the verifier, so logs written by older releases still verify."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def record_hash(seq: int, t: str, kind: str, fields: dict[str, Any], prev_hash: str) -> str:
+def record_hash(
+    seq: int, t: str, kind: str, fields: dict[str, Any], prev_hash: str, form: Callable[[Any], bytes] = canonical
+) -> str:
     body = {"seq": seq, "time": t, "kind": kind, "fields": fields, "prev_hash": prev_hash}
-    return hashlib.sha256(_HASH_DOMAIN + canonical(body)).hexdigest()
+    return hashlib.sha256(_HASH_DOMAIN + form(body)).hexdigest()
+
+
+def checkpoint_document(covers_seq: int, covers_hash: str) -> dict[str, Any]:
+    """What a checkpoint signs (under Context.AUDIT_CHECKPOINT): the seq and hash it covers. Its
+    canonical bytes are the same in the legacy form (ints and hex strings), so old checkpoints verify."""
+    return {"seq": covers_seq, "hash": covers_hash}
 
 
 def checkpoint_message(covers_seq: int, covers_hash: str) -> bytes:
-    return _CHECKPOINT_DOMAIN + canonical({"seq": covers_seq, "hash": covers_hash})
-
-
-def utc_iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The exact bytes an Ed25519 checkpoint signature covers (context + canonical document)."""
+    return Context.AUDIT_CHECKPOINT.value + canonical_json(checkpoint_document(covers_seq, covers_hash))
 
 
 def parse_iso(s: str) -> float:
-    """ISO-8601 to unix seconds; a value without a zone is taken as UTC."""
-    dt = datetime.fromisoformat(s.strip().replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    """A record's time (or a --since option) to unix seconds: RFC 3339 via edge.core.timefmt."""
+    return parse_utc(s)
 
 
 def segment_name(first_seq: int) -> str:
@@ -359,7 +370,7 @@ class AuditLog:
             return rec
 
     def _write(self, kind: str, fields: dict[str, Any]) -> Record:
-        t = utc_iso(self._clock())
+        t = format_utc(self._clock())
         seq = self._next_seq
         h = record_hash(seq, t, kind, fields, self._last_hash)
         rec = Record(seq, t, kind, fields, self._last_hash, h)
@@ -403,7 +414,9 @@ class AuditLog:
             if self._last_kind == CHECKPOINT:
                 return None
             covers = self._next_seq - 1
-            sig = self._signer.sign(checkpoint_message(covers, self._last_hash))
+            sig = signing.sign_document(
+                Context.AUDIT_CHECKPOINT, checkpoint_document(covers, self._last_hash), self._signer
+            )
             fields = {
                 "covers_seq": covers,
                 "covers_hash": self._last_hash,
@@ -520,7 +533,9 @@ def iter_records(directory: str | Path) -> Iterator[Record]:
 
 def verify_signature(pub: Ed25519PublicKey, covers_seq: int, covers_hash: str, signature_b64: str) -> bool:
     try:
-        pub.verify(base64.b64decode(signature_b64, validate=True), checkpoint_message(covers_seq, covers_hash))
-    except (InvalidSignature, ValueError):
+        signature = base64.b64decode(signature_b64, validate=True)
+    except ValueError:
         return False
-    return True
+    return signing.verify_document(
+        Context.AUDIT_CHECKPOINT, checkpoint_document(covers_seq, covers_hash), signature, pub
+    )

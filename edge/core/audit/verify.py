@@ -22,6 +22,7 @@ from edge.core.audit.log import (
     SEGMENT_RE,
     SEGMENT_START,
     canonical,
+    legacy_canonical,
     list_segments,
     record_hash,
     verify_signature,
@@ -126,9 +127,15 @@ def _check_record(
 ) -> list[str]:
     errs: list[str] = []
     seq = d["seq"]
+    # Records are written in edge.core.signing's canonical form; logs from releases before it used
+    # Python's sort_keys form. Either is accepted, and the hash is checked over the form the line is in.
+    form = canonical
     if canonical(d) != raw:
-        errs.append("bytes differ from the record's canonical form: the line was edited")
-    if record_hash(seq, d["time"], d["kind"], d["fields"], d["prev_hash"]) != d["hash"]:
+        if legacy_canonical(d) == raw:
+            form = legacy_canonical
+        else:
+            errs.append("bytes differ from the record's canonical form: the line was edited")
+    if record_hash(seq, d["time"], d["kind"], d["fields"], d["prev_hash"], form) != d["hash"]:
         errs.append("hash does not match the record's content: the record was edited")
     if st.expected is None:
         st.head = (seq, d["prev_hash"], seg, line)

@@ -9,7 +9,8 @@ Container (all integers big-endian):
                        recipients [{key_id, wrapped_key}], payload cipher and dtype
     payload_len    8   u64
     payload        m   nonce (12) | AES-256-GCM(content key, plaintext, aad = everything before it)
-    signature      64  Ed25519 over every byte before it
+    signature      64  Ed25519 over every byte before it (edge.core.signing, Context.WATCHLIST_BUNDLE:
+                       the magic that starts the signed bytes is the domain-separation context)
 
 The signature is checked before any structure is parsed, so every later parser only ever sees bytes
 the back office signed; a corrupt or forged bundle is refused by the cheapest possible check. The
@@ -32,23 +33,25 @@ import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.core.errors import EXIT_VERIFY, InputError, VerificationFailed
 from edge.core.keys import CryptoError, DeviceKeys, key_id, raw_public_bytes, seal, unseal
+from edge.core.signing import Context, canonical_json, sign_framed, verify_framed
+from edge.core.timefmt import format_utc, parse_utc
 from edge.core.types import Subject
 from edge.core.watchlist.model import Watchlist
 
 FORMAT_VERSION = 1
 MAGIC = b"LFRWLB" + struct.pack(">H", FORMAT_VERSION)
+if Context.WATCHLIST_BUNDLE.value != MAGIC:  # the magic is the signing context: they change together
+    raise RuntimeError("bundle MAGIC and signing Context.WATCHLIST_BUNDLE differ")
 _MAGIC_STEM = MAGIC[:6]
 SIGNER_ID_BYTES = 8
 SIG_BYTES = 64
@@ -104,25 +107,6 @@ class BundleHeader:
     recipients: tuple[str, ...]  # device X25519 key ids
     dtype: str
     raw: Mapping[str, Any]
-
-
-def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str, what: str) -> float:
-    """ISO 8601 with an explicit offset (e.g. 2026-12-01T06:00:00Z) → unix seconds."""
-    try:
-        text = value.strip()
-        # Python 3.10's fromisoformat (JetPack 6) does not read a trailing Z; the offset form it does.
-        if text[-1:] in ("Z", "z"):
-            text = text[:-1] + "+00:00"
-        dt = datetime.fromisoformat(text)
-    except (ValueError, AttributeError):
-        raise InputError(f"{what}: {value!r} is not an ISO 8601 time (e.g. 2026-12-01T06:00:00Z)") from None
-    if dt.tzinfo is None:
-        raise InputError(f"{what}: {value!r} has no time zone; add Z for UTC or an offset like +01:00")
-    return dt.timestamp()
 
 
 # --------------------------------------------------------------------------- building
@@ -208,14 +192,14 @@ def build_bundle(
     t, ts = (t / norms)[order], ts[order]
     created = time.time() if created_at is None else created_at
     if expires_at <= created:
-        raise InputError(f"expires_at {iso_utc(expires_at)} is not after created_at {iso_utc(created)}")
+        raise InputError(f"expires_at {format_utc(expires_at)} is not after created_at {format_utc(created)}")
 
     content_key = AESGCM.generate_key(bit_length=256)
     header = {
         "format": FORMAT_VERSION,
         "version": int(version),
-        "created_at": iso_utc(created),
-        "expires_at": iso_utc(expires_at),
+        "created_at": format_utc(created),
+        "expires_at": format_utc(expires_at),
         "embedder_sha256": embedder_sha256,
         "signer": key_id(signer.public_key()),
         "recipients": [
@@ -224,14 +208,15 @@ def build_bundle(
         ],
         "payload": {"cipher": "AES-256-GCM", "dtype": dtype, "n_subjects": len(subjects)},
     }
-    header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    header_bytes = canonical_json(header)
     signer_id = hashlib.sha256(raw_public_bytes(signer.public_key())).digest()[:SIGNER_ID_BYTES]
     head = MAGIC + signer_id + struct.pack(">I", len(header_bytes)) + header_bytes
     plaintext = _encode_payload(subjects, t, ts, dtype, metadata or {})
     nonce = os.urandom(12)
     payload = nonce + AESGCM(content_key).encrypt(nonce, plaintext, head)
     body = head + struct.pack(">Q", len(payload)) + payload
-    return body + signer.sign(body)
+    # The container begins with MAGIC, its signing context (edge.core.signing, WATCHLIST_BUNDLE).
+    return body + sign_framed(Context.WATCHLIST_BUNDLE, body, signer)
 
 
 # --------------------------------------------------------------------------- verifying
@@ -284,11 +269,11 @@ def _parse_header(header_bytes: bytes, signer_id: bytes) -> BundleHeader:
     times = {}
     for name in ("created_at", "expires_at"):
         try:
-            times[name] = parse_time(_field(raw, name, str), name)
+            times[name] = parse_utc(_field(raw, name, str), name)
         except BundleError:
             raise
         except InputError:
-            raise BundleError(Reason.CORRUPT, f"header field {name!r} is not an ISO 8601 time") from None
+            raise BundleError(Reason.CORRUPT, f"header field {name!r} is not an RFC 3339 time") from None
     embedder = _field(raw, "embedder_sha256", str)
     _need(bool(_HEX64.match(embedder)), Reason.CORRUPT, "header embedder_sha256 is not a sha256")
     signer = _field(raw, "signer", str)
@@ -343,9 +328,7 @@ def _authenticate(data: bytes, trusted: Iterable[Ed25519PublicKey], max_bytes: i
     # memoryview slices: a 50 MB bundle is verified and decrypted without copying it.
     view = memoryview(data)
     body, signature = view[:-SIG_BYTES], bytes(view[-SIG_BYTES:])
-    try:
-        key.verify(signature, body)
-    except InvalidSignature:
+    if not verify_framed(Context.WATCHLIST_BUNDLE, body, signature, key):
         raise BundleSignatureError(
             Reason.BAD_SIGNATURE,
             f"the signature of key {signer_id.hex()} does not verify (altered or forged)",
@@ -377,7 +360,7 @@ def _check_policy(
             f"bundle version {header.version} is not newer than the installed version {current_version}",
         )
     if now is not None:
-        _need(now < header.expires_at, Reason.EXPIRED, f"bundle expired at {iso_utc(header.expires_at)}")
+        _need(now < header.expires_at, Reason.EXPIRED, f"bundle expired at {format_utc(header.expires_at)}")
     if embedder_sha256 is not None:
         _need(
             header.embedder_sha256 == embedder_sha256,

@@ -18,6 +18,7 @@ from typing import Any
 from edge.core.audit import log as al
 from edge.core.audit.log import AuditLog, Record, iter_records, iter_segment, list_segments, parse_iso
 from edge.core.config import Config
+from edge.core.timefmt import format_utc
 from edge.core.types import Counters
 from edge.device.audit.service import thresholds, watchlist_fields
 
@@ -186,7 +187,7 @@ def record_deployment(
     if runs:
         dep = runs[-1]
     else:  # no start record (audit_config_start not called): still report the counts
-        now = al.utc_iso(time.time())
+        now = format_utc(time.time())
         dep = _new(Record(audit.next_seq - 1, now, al.SERVICE_START, {}, "", audit.last_hash))
         _apply(dep, Record(audit.next_seq - 1, now, al.DEPLOYMENT_STOP, fields, "", audit.last_hash))
         dep["ended"] = "unknown (no start record)"

@@ -25,6 +25,7 @@ from edge.core.audit.log import AuditLog, Publish
 from edge.core.config import Config, config_hash
 from edge.core.errors import InputError
 from edge.core.keys import DeviceKeys, load_device_keys, seal, unseal
+from edge.core.timefmt import format_utc
 
 logger = logging.getLogger("lfr_edge.audit")
 
@@ -100,7 +101,7 @@ def watchlist_fields(wl: Any) -> dict[str, Any]:
         "subjects": len(wl.subjects),
         "templates": int(wl.n_templates),
         "signer": str(wl.signer_key_id),
-        "expires_at": al.utc_iso(float(wl.expires_at)),
+        "expires_at": format_utc(float(wl.expires_at)),
     }
 
 

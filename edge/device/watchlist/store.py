@@ -51,8 +51,9 @@ from edge.core.keys import (
     storage_key,
     storage_key_path,
 )
+from edge.core.timefmt import format_utc
 from edge.core.vision.scoring import CohortNorm
-from edge.core.watchlist.bundle import BundleError, iso_utc, open_stored_bundle, verify_bundle
+from edge.core.watchlist.bundle import BundleError, open_stored_bundle, verify_bundle
 from edge.core.watchlist.match import Matcher
 from edge.core.watchlist.model import Watchlist
 from edge.device.status import WatchlistStatus
@@ -373,7 +374,7 @@ class WatchlistStore:
             return False
         if self._expired_reported != wl.version:
             self._expired_reported = wl.version
-            self._emit("expired", {"version": wl.version, "expires_at": iso_utc(wl.expires_at)})
+            self._emit("expired", {"version": wl.version, "expires_at": format_utc(wl.expires_at)})
         return True
 
     def status(self) -> WatchlistStatus:

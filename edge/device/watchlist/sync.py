@@ -9,9 +9,10 @@ The logic here takes bytes, never a paho client: any transport with `subscribe(t
 qos)` and `publish(topic, payload, qos, retain)` can host it (edge.core.mqtt.MqttLink does).
 Messages are handed to a worker thread so a large bundle never stalls the MQTT network thread.
 
-Command envelope (JSON): {"format": "lfr-edge-cmd/1", "signer": key id, "body": base64,
-"signature": base64 Ed25519 over b"lfr-edge-cmd/1\\n" + body}. Body (JSON): type, device_id, nonce,
-issued_at, not_after. Replay is stopped by requiring issued_at to be newer than the last accepted
+Command envelope (JSON): {"format": "lfr-edge-cmd/1", "signer": key id, "body": base64 of the body's
+canonical JSON, "signature": base64}, signed through edge.core.signing under Context.COMMAND
+(acknowledgements: "lfr-edge-ack/1", Context.COMMAND_ACK). Body (JSON): type, device_id, nonce,
+issued_at, not_after (RFC 3339 UTC, edge.core.timefmt). Replay is stopped by requiring issued_at to be newer than the last accepted
 command (persisted) and not_after to be in the future.
 """
 
@@ -32,13 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.core import signing
 from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.keys import DeviceKeys, atomic_write, key_id
-from edge.core.watchlist.bundle import BundleError, Reason, iso_utc, parse_time
+from edge.core.signing import Context, canonical_json
+from edge.core.timefmt import format_utc, parse_utc
+from edge.core.watchlist.bundle import BundleError, Reason
 from edge.device.watchlist.store import WatchlistStore
 
 log = logging.getLogger("lfr_edge.watchlist.sync")
@@ -81,14 +84,18 @@ class CommandError(InputError):
         super().__init__(f"command refused ({reason}): {message}")
 
 
+# Each envelope format signs under its own context, so a device's ack can never pass as a command.
+_CONTEXTS = {CMD_FORMAT: Context.COMMAND, ACK_FORMAT: Context.COMMAND_ACK}
+
+
 def _signed_envelope(fmt: str, body: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    body_bytes = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    body_bytes = canonical_json(body)
     return json.dumps(
         {
             "format": fmt,
             "signer": key_id(key.public_key()),
             "body": base64.b64encode(body_bytes).decode(),
-            "signature": base64.b64encode(key.sign(fmt.encode() + b"\n" + body_bytes)).decode(),
+            "signature": base64.b64encode(signing.sign(_CONTEXTS[fmt], body_bytes, key)).decode(),
         },
         separators=(",", ":"),
     ).encode()
@@ -110,16 +117,16 @@ def _open_envelope(data: bytes, fmt: str, signers: Iterable[Ed25519PublicKey]) -
     key = {key_id(k): k for k in signers}.get(signer) if isinstance(signer, str) else None
     if key is None:
         raise CommandError("unknown_signer", f"signed by {str(signer)[:16]!r}, not a trusted signer")
-    try:
-        key.verify(signature, fmt.encode() + b"\n" + body_bytes)
-    except InvalidSignature:
-        raise CommandError("bad_signature", "signature does not verify (altered or forged)") from None
+    if not signing.verify(_CONTEXTS[fmt], body_bytes, signature, key):
+        raise CommandError("bad_signature", "signature does not verify (altered or forged)")
     try:
         body = json.loads(body_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CommandError("corrupt", "signed body is not JSON") from None
     if not isinstance(body, dict):
         raise CommandError("corrupt", "signed body is not a JSON object")
+    if canonical_json(body) != body_bytes:  # one byte form per command, as for alerts
+        raise CommandError("corrupt", "signed body is not in canonical JSON form")
     return body
 
 
@@ -137,9 +144,9 @@ def make_command(
         "type": kind,
         "device_id": device_id,
         "nonce": os.urandom(16).hex(),
-        # Sub-second precision so two commands issued in the same second are still ordered.
-        "issued_at": f"{iso_utc(t)[:-1]}.{int((t % 1) * 1e6):06d}Z",
-        "not_after": iso_utc(t + validity_s),
+        # Milliseconds, so two commands issued in the same second are still ordered.
+        "issued_at": format_utc(t),
+        "not_after": format_utc(t + validity_s),
     }
     return _signed_envelope(CMD_FORMAT, body, key)
 
@@ -182,15 +189,15 @@ class CommandVerifier:
         if body.get("device_id") != self.device_id:
             raise CommandError("not_addressed", f"addressed to {body.get('device_id')!r}", nonce)
         try:
-            issued = parse_time(str(body["issued_at"]), "issued_at")
-            not_after = parse_time(str(body["not_after"]), "not_after")
+            issued = parse_utc(str(body["issued_at"]), "issued_at")
+            not_after = parse_utc(str(body["not_after"]), "not_after")
         except (KeyError, InputError):
             raise CommandError("corrupt", "issued_at/not_after missing or not ISO 8601", nonce) from None
         now = self.clock()
         if now > not_after:
-            raise CommandError("expired", f"command expired at {iso_utc(not_after)}", nonce)
+            raise CommandError("expired", f"command expired at {format_utc(not_after)}", nonce)
         if issued > now + MAX_CLOCK_SKEW_S:
-            raise CommandError("future", f"issued at {iso_utc(issued)}, ahead of this device's clock", nonce)
+            raise CommandError("future", f"issued at {format_utc(issued)}, ahead of this device's clock", nonce)
         if issued <= self._last():
             raise CommandError("replay", "already executed, or older than the last executed command", nonce)
         self._remember(issued)
@@ -301,7 +308,7 @@ class WatchlistSync:
     def _ack(self, fields: dict[str, Any]) -> None:
         if self.transport is None:
             return
-        body = {**fields, "device_id": self.device_id, "time": iso_utc(self.clock())}
+        body = {**fields, "device_id": self.device_id, "time": format_utc(self.clock())}
         try:
             self.transport.publish(
                 self.ack_topic, _signed_envelope(ACK_FORMAT, body, self.device_keys.ed25519), 1

@@ -7,7 +7,6 @@ synchronous=FULL), publish QoS 1 over TLS with a password, delete on PUBACK. Two
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import RuntimeFailure
+from edge.core.timefmt import format_utc
 
 DEVICE = "bench-dev"
 
@@ -169,7 +169,7 @@ def run(args: AlertsBenchParams, progress: Callable[[str], None] | None = None) 
             finally:
                 pub.stop()
     return AlertsBench(
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        date=format_utc(time.time()),
         machine=Machine(
             arch=platform.machine(),
             cpus=os.cpu_count(),

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge.core.errors import InputError
 from edge.core.sysinfo import cpu_model
+from edge.core.timefmt import format_utc
 
 DIM = 128
 
@@ -198,7 +199,7 @@ def run(params: MatchBenchParams, progress: Progress | None = None) -> dict[str,
         "per_subject": params.per_subject,
         "machine": f"{os.cpu_count()} cpu, {cpu_model()}",
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": format_utc(time.time()),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "sizes": rows,
     }

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy.typing as npt
 import yaml
 
 from edge.core.errors import InputError, RuntimeFailure
+from edge.core.timefmt import format_utc
 from edge.lab.localrig import backoffice_config, device_config, run_cli
 
 U8 = npt.NDArray[np.uint8]
@@ -286,7 +287,7 @@ def run(args: RecognitionBenchParams, progress: Callable[[str], None] | None = N
             d.mkdir(parents=True, exist_ok=True)
             for p in photos:
                 (d / Path(p).name).symlink_to((faces / p).resolve())
-        expires = (datetime.now(timezone.utc) + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = format_utc(time.time() + 12 * 3600)
         bundle = bo / "watchlist.lfrw"
         say(f"enrolling {len(cast.enrolled)} subjects from {sum(map(len, cast.enrolled.values()))} photos")
         build = run_cli("watchlist", "build", "--faces", str(custody), "--sign", str(bo / "keys"),
