@@ -8,7 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.backoffice.config_check import check_backoffice
 from edge.core.config import ConfigRole, config_path
 from edge.core.config_check import CheckReport, ConfigKind, check_device, check_device_data, detect_kind
 from edge.core.errors import EXIT_INPUT, EXIT_OK, ConfigError
@@ -60,6 +59,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def check_file(path: Path, kind: ConfigKind | None = None) -> CheckReport:
     """Check `path` as `kind`, or as what its top-level keys say it is."""
+    # The back-office checker is imported only for a back-office file: it brings the listener's
+    # imports, which a device command (this module loads with every command) must not pay for.
+    from edge.backoffice.config_check import check_backoffice
+
     if kind is ConfigKind.BACKOFFICE:
         return check_backoffice(path)
     if kind is ConfigKind.DEVICE:

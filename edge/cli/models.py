@@ -16,7 +16,6 @@ import numpy as np
 
 from edge.core.errors import EXIT_INPUT, EXIT_OK, InputError
 from edge.core.logsetup import say
-from edge.core.vision.align import ChipTemplate
 
 BUILD_MODULES = ("torch", "litert_torch", "ai_edge_quantizer")
 IMPORT_MODULES = (*BUILD_MODULES, "onnx", "onnx2torch")
@@ -55,7 +54,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="import a licensed ONNX face embedder: fp32 + calibrated int8 TFLite and manifest entries (checkout + [build] extra)",
     )
     i.add_argument("--onnx", type=Path, required=True, help="the ONNX file (one NCHW or NHWC image in, [N,D] out)")
-    i.add_argument("--template", required=True, choices=[t.value for t in ChipTemplate],
+    # Checked in _import (parse_template), not by choices=: the enum lives beside OpenCV, which no
+    # command but this one should pay for at start-up.
+    i.add_argument("--template", required=True,
                    help="chip template the network was trained on: dlib150, or arcface112 (InsightFace 5-point)")  # fmt: skip
     i.add_argument("--input", dest="channels", required=True, choices=["rgb", "bgr"], help="channel order it expects")
     i.add_argument("--mean", required=True, help="per-channel mean subtracted from 0..255 pixels, R,G,B order of --input")
@@ -192,8 +193,10 @@ def _build(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     """Arguments checked here, cheaply and before any heavy import; the work is models/import_onnx.py."""
     from edge.core.inference import default_models_dir
+    from edge.core.vision.align import parse_template
     from edge.core.vision.embed import Preprocess
 
+    template = parse_template(args.template, "--template")
     licence = (args.licence or "").strip()
     if not licence:
         raise InputError("--licence is required: state the licence under which the weights may be run "
@@ -226,7 +229,7 @@ def _import(args: argparse.Namespace) -> int:
     from models.import_onnx import ImportRequest, import_model
 
     import_model(ImportRequest(
-        onnx=onnx_path.resolve(), template=ChipTemplate(args.template), preprocess=pre, name=args.name,
+        onnx=onnx_path.resolve(), template=template, preprocess=pre, name=args.name,
         licence=licence, source=args.source, faces=faces.resolve(),
         models_dir=(args.models_dir or default_models_dir()).resolve(), n_calib=args.calib,
         n_held_out=args.held_out, min_int8_cosine=args.min_int8_cosine,
