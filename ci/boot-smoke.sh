@@ -60,6 +60,24 @@ export PATH="$PATH:/usr/sbin:/sbin"
 PIDS=()
 NSPAWN_PID=""
 LEADER=""
+# Each boot gets a cgroup of its own, killed whole at the end. With --keep-unit the container lives
+# in the caller's cgroup, so two boots (or one that outlived a killed run: SIGKILL of nspawn does not
+# stop the container's systemd) would share /…/system.slice/lfr-edge.service, and the stale
+# systemd's BPF firewall, still attached there, would refuse the new broker address.
+UNIFIED=/sys/fs/cgroup/unified
+[ -f "$UNIFIED/cgroup.procs" ] || UNIFIED=/sys/fs/cgroup
+SELF_CG=$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
+BOOT_CG_PARENT="$UNIFIED${SELF_CG%/}"
+BOOT_CG="$BOOT_CG_PARENT/lfrboot-$$"
+kill_cgroup() {  # every process in cgroup $1 (and below), then the cgroups themselves
+  [ -d "$1" ] || return 0
+  if [ -f "$1/cgroup.kill" ]; then echo 1 > "$1/cgroup.kill"
+  else find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null; fi
+  for _ in $(seq 50); do [ -z "$(find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] && break; sleep 0.1; done
+  find "$1" -depth -type d -exec rmdir {} + 2>/dev/null || true
+}
+# Boots left by an earlier run that was itself killed.
+for stale in "$BOOT_CG_PARENT"/lfrboot-*; do [ -d "$stale" ] && kill_cgroup "$stale"; done
 inside() { nsenter -t "$LEADER" -m -u -i -n -p -- "$@"; }
 dump() {
   [ -n "$LEADER" ] || return 0
@@ -75,6 +93,7 @@ cleanup() {
     for _ in $(seq 60); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$NSPAWN_PID" 2>/dev/null
   fi
+  kill_cgroup "$BOOT_CG"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   ip netns del "$NS_DEV" 2>/dev/null
@@ -236,10 +255,14 @@ ip netns exec "$NS_BRK" "$VENV/bin/lfr-edge" alerts listen --config "$WORK/backo
 say "booting the root (systemd-nspawn --boot)"
 # bpf() is outside nspawn's default system-call filter: without it systemd inside finds no BPF
 # firewall support and starts the service with IPAddressDeny= silently unenforced (seen here).
-SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -q -D "$ROOT" --boot --register=no --keep-unit --machine=lfrboot \
-  --system-call-filter=bpf \
-  --network-namespace-path="/run/netns/$NS_DEV" --resolv-conf=off --timezone=off \
-  --bind="$WORK/bootfs:/boot/firmware" > "$WORK/console.log" 2>&1 & NSPAWN_PID=$!
+mkdir "$BOOT_CG" || fail "cannot create the boot's own cgroup $BOOT_CG"
+(
+  echo "$BASHPID" > "$BOOT_CG/cgroup.procs"
+  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 exec systemd-nspawn -q -D "$ROOT" --boot --register=no --keep-unit --machine=lfrboot \
+    --system-call-filter=bpf \
+    --network-namespace-path="/run/netns/$NS_DEV" --resolv-conf=off --timezone=off \
+    --bind="$WORK/bootfs:/boot/firmware" > "$WORK/console.log" 2>&1
+) & NSPAWN_PID=$!
 for _ in $(seq 200); do
   LEADER=$(cat "/proc/$NSPAWN_PID/task/$NSPAWN_PID/children" 2>/dev/null | awk '{print $1}')
   [ -n "$LEADER" ] && [ "$(cat "/proc/$LEADER/comm" 2>/dev/null)" = systemd ] && break

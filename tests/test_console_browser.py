@@ -104,7 +104,7 @@ def world(tmp_path: Path, tls_broker: Any, faces_dir: Path) -> Iterator[dict[str
     cfg = yaml.safe_load(dev.config.read_text())
     cfg["camera"] = {"source": f"file:{clip / 'clip.mp4'}"}
     cfg["matching"] = MATCHING
-    cfg["watchlist"] = {"trusted_signers": [str(bo_keys / "backoffice_ed25519.pub.pem")]}
+    cfg["watchlist"] = {"trusted_signers": [str(bo_keys / "backoffice_ed25519.pub.pem")], "at_rest": True}  # installed before it runs
     cfg["logging"] = {"level": "WARNING"}
     dev.config.write_text(yaml.safe_dump(cfg))
     custody = tmp_path / "custody"

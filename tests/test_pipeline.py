@@ -307,7 +307,7 @@ def test_run_alerts_from_the_installed_watchlist_and_stops_on_sigterm_within_a_s
     def watch() -> None:  # log lines go to stderr
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "camera loop started" in line:
+            if "camera loops started" in line:
                 started.set()
 
     threading.Thread(target=watch, daemon=True).start()

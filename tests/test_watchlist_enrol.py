@@ -71,7 +71,10 @@ def enrolled(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         yaml.safe_dump(
             {
                 "device": {"id": "van7", "data_dir": str(root / "data"), "keys_dir": str(root / "device-keys")},
-                "watchlist": {"trusted_signers": [str(root / "backoffice-keys" / "backoffice_ed25519.pub.pem")]},
+                "watchlist": {
+                    "trusted_signers": [str(root / "backoffice-keys" / "backoffice_ed25519.pub.pem")],
+                    "at_rest": True,
+                },
             }
         )
     )

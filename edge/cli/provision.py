@@ -42,8 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--resolve-timeout", type=float, default=60.0, metavar="S",
                    help="keep retrying a broker name that does not resolve yet for this long (default 60)")
     p.add_argument("--reload", action="store_true",
-                   help="apply the list: `systemctl daemon-reload` when the drop-in changed, then set-property so the "
-                        "unit's firewall is rebuilt")
+                   help="run `systemctl daemon-reload` when the drop-in changed, so the next start uses it")
     p.add_argument("--json", action="store_true", help="print what the egress drop-in allows as JSON")
     p.set_defaults(handler=_provision)
 
@@ -56,32 +55,17 @@ def _provision(args: argparse.Namespace) -> int:
         plan = plan_egress(cfg, args.resolv_conf, args.resolve_timeout)
         changed = write_egress_dropin(plan, args.egress_dropin, target)
         log.info("egress allow-list", extra={"path": str(args.egress_dropin), **egress_summary(plan, changed)})
-        if args.reload:
-            _apply(plan.allowed, changed)
+        if changed and args.reload:
+            _daemon_reload()
         if args.json:
             print(json.dumps({"dropin": str(args.egress_dropin), **egress_summary(plan, changed)}))
     return EXIT_OK
 
 
-# The unit file's `localhost` keyword as addresses: the bus property set-property writes takes
-# address prefixes only.
-_KEYWORDS = {"localhost": ("127.0.0.0/8", "::1/128")}
-
-
-def _apply(allowed: tuple[str, ...], changed: bool) -> None:
-    """daemon-reload so the drop-in is the unit's configuration, then set-property so systemd also
-    rebuilds the unit's BPF firewall. A reload alone re-reads IPAddressAllow= (systemctl show gives
-    the new list) but leaves the program already attached to a cgroup systemd realised earlier
-    (it realises a slice's members together) in force: the boot smoke saw the service's first
-    start after a reload time out on the broker's address that `show` listed as allowed."""
+def _daemon_reload() -> None:
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         raise RuntimeFailure("--reload: systemctl not found; the drop-in is written but not applied")
-    prefixes = [p for a in allowed for p in _KEYWORDS.get(a, (a,))]
-    cmds = [[systemctl, "daemon-reload"]] if changed else []
-    cmds.append([systemctl, "set-property", "--runtime", "lfr-edge.service",
-                 "IPAddressAllow=", f"IPAddressAllow={' '.join(prefixes)}"])  # fmt: skip
-    for cmd in cmds:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if r.returncode != 0:
-            raise RuntimeFailure(f"systemctl {cmd[1]} failed ({r.stderr.strip() or r.returncode}); egress list not applied")
+    r = subprocess.run([systemctl, "daemon-reload"], capture_output=True, text=True, timeout=120, check=False)
+    if r.returncode != 0:
+        raise RuntimeFailure(f"systemctl daemon-reload failed ({r.stderr.strip() or r.returncode}); drop-in not applied")
