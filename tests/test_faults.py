@@ -126,6 +126,13 @@ def test_oversized_config_is_refused_before_reading(tmp_path: Path) -> None:
     assert_unread(r, tiny)
 
 
+def test_a_config_path_naming_a_directory_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    for cmd in ("check-config", "run"):
+        r = run_measured(tmp_path, cmd, "--config", str(tmp_path / "conf.d"))
+        _one_line_refusal(r, f"{tmp_path / 'conf.d'}: is a directory, expected a config file")
+
+
 def test_a_nul_byte_in_any_path_is_refused_in_check_config_and_run(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text('device: {id: van-01, data_dir: "data\\0", keys_dir: "keys\\0"}\n' + UNSEALED_LINE.decode())

@@ -172,12 +172,13 @@ def read_config_bytes(path: Path, what: str = "config") -> bytes:
         raise ConfigError([f"{path}: {what} file not found"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read {what} ({e.strerror})"]) from None
+    # Checked on the descriptor before wrapping it: io refuses to open a directory's descriptor.
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError([f"{path}: {kind}, expected a {what} file"])
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError([f"{path}: is a directory, expected a {what} file"])
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError([f"{path}: not a regular file, expected a {what} file"])
         if st.st_size > MAX_CONFIG_BYTES:
             raise ConfigError(
                 [f"{path}: {st.st_size} bytes is larger than the {MAX_CONFIG_BYTES}-byte limit for a {what}"]
