@@ -142,6 +142,8 @@ pipdirs="$( { cat /etc/pip.conf /etc/xdg/pip/pip.conf "$HOME/.config/pip/pip.con
   | grep -o '\(file://\)\?/[^ ="]*' | sed 's|^file://||' | sort -u)"
 for d in $pipdirs; do
   while [ -n "$d" ] && [ "$d" != / ] && [ ! -d "$d" ]; do d="$(dirname "$d")"; done
+  # A PEP 503 index (…/simple) links to its files by relative paths outside it (../../files/…).
+  [ "$(basename "$d")" = simple ] && d="$(dirname "$d")"
   case "$d" in /|/etc|/etc/*|/usr*|/proc*|/sys*|/dev*|/root|/tmp|"") continue ;; esac
   grep -qs " $ROOT$d " /proc/mounts && continue
   mkdir -p "$ROOT$d"
@@ -167,9 +169,13 @@ in_root() {  # in_root [QEMU_CPU] CMD: a login-free shell in the chroot with a c
 # ---------------------------------------------------------------- the venv
 "$HOST_PY" - "$REPO/pyproject.toml" >"$ROOT/lfr/requirements.txt" <<'EOF'
 import sys, tomllib
-p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+doc = tomllib.load(open(sys.argv[1], "rb"))
+p = doc["project"]
 extras = p["optional-dependencies"]
 want = list(p["dependencies"]) + extras["litert"] + [r for r in extras["test"] if r.split(">")[0] in ("pytest", "hypothesis")]
+# The project is installed editable without build isolation: its build backend must be in the venv
+# (bookworm's venv seeds setuptools 66, which cannot read a PEP 639 licence string).
+want += doc["build-system"]["requires"]
 print("\n".join(want))
 EOF
 venv_key="$( { echo "$rootfs_key"; cat "$ROOT/lfr/requirements.txt"; } | sha256sum | cut -c1-16)"

@@ -125,6 +125,8 @@ tar -C "$HERE" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' --ex
 cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 [ -d /etc/xdg/pip ] && { rm -rf "$ROOT/etc/xdg/pip"; mkdir -p "$ROOT/etc/xdg"; cp -r /etc/xdg/pip "$ROOT/etc/xdg/pip"; }
+# root's own pip configuration too: the local indexes (extra-index-url) may be named only there.
+[ -f "$HOME/.config/pip/pip.conf" ] && { mkdir -p "$ROOT/root/.config/pip"; cp "$HOME/.config/pip/pip.conf" "$ROOT/root/.config/pip/pip.conf"; }
 binds=()
 for d in /opt/wheels /opt/pypi /opt/pypi-more; do [ -d "$d" ] && binds+=("--bind-ro=$d"); done
 mkdir -p "$CACHE/pip-cache"
