@@ -485,7 +485,7 @@ def test_a_resent_alert_is_shown_once_even_across_listener_restarts(setup: dict[
 
 def test_status_lays_out_typed_parts_and_reads_cpu_temperature(tmp_path: Path) -> None:
     from edge.core.config import parse_config
-    from edge.device.publisher import cpu_temperature_c
+    from edge.device.status import cpu_temperature_c
 
     for i, (kind, milli) in enumerate((("acpitz", "30000"), ("cpu-thermal", "61250"))):
         zone = tmp_path / "thermal" / f"thermal_zone{i}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 from edge.cli.options import add_config_option, device_config
@@ -44,14 +43,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _not_running(cfg: Config) -> dict[str, Any]:
-    from edge.device.status import (
-        ModelsStatus,
-        ServiceState,
-        Status,
-        WatchlistStatus,
-        cpu_temperature_c,
-        runtime_status,
-    )
+    from edge.device.status import ServiceState, Status, WatchlistStatus
     from edge.device.watchlist.store import store_from_config
 
     try:
@@ -60,16 +52,7 @@ def _not_running(cfg: Config) -> dict[str, Any]:
         wl = store.status()
     except InputError as e:
         wl = WatchlistStatus.unusable(e)
-    status = Status(
-        state=ServiceState.NOT_RUNNING,
-        device_id=cfg.device.id,
-        time=time.time(),
-        uptime_s=0.0,
-        models=ModelsStatus(cfg.models.detector, cfg.models.embedder),
-        runtime=runtime_status(),
-        cpu_temp_c=cpu_temperature_c(),
-        watchlist=wl,
-    )
+    status = Status.of_device(cfg, ServiceState.NOT_RUNNING, 0.0, watchlist=wl)
     return status.to_json()
 
 

@@ -9,7 +9,7 @@ edge (OpenCV's BGR, picamera2's XRGB) so no stage has to guess the channel order
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -122,3 +122,11 @@ class Counters:
     matches: int = 0
     non_match_discarded: int = 0
     source_reconnects: int = 0
+
+    def __add__(self, other: Counters) -> Counters:
+        """Both counts together (several cameras' loops); every field, so a new one cannot be missed."""
+        out = Counters()
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(out, f.name, {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}} if isinstance(a, dict) else a + b)
+        return out

@@ -35,19 +35,15 @@ from edge.core.errors import EdgeError, InputError
 from edge.core.keys import DeviceKeys
 from edge.core.types import Counters, MatchEvent
 from edge.device.camera.base import FrameSource
-from edge.device.clock import clock_sync_cached
 from edge.device.control import Command, ControlRequest, ControlResponse, ControlServer
 from edge.device.pipeline import EventSink
 from edge.device.sdnotify import Notifier
 from edge.device.status import (
-    ModelsStatus,
     ServiceState,
     Status,
     WatchlistState,
     WatchlistStatus,
-    cpu_temperature_c,
     matching_status,
-    runtime_status,
 )
 
 if TYPE_CHECKING:
@@ -226,15 +222,10 @@ class Appliance:
     def status(self) -> Status:
         p = self._parts
         wl = self._watchlist_status(p) if p is not None else None
-        return Status(
-            state=self._state,
-            device_id=self.cfg.device.id,
-            time=time.time(),
-            uptime_s=time.monotonic() - self._started,
-            models=ModelsStatus(self.cfg.models.detector, self.cfg.models.embedder),
-            runtime=runtime_status(),
-            cpu_temp_c=cpu_temperature_c(),
-            clock=clock_sync_cached(),
+        return Status.of_device(
+            self.cfg,
+            self._state,
+            time.monotonic() - self._started,
             cameras=p.cameras.statuses() if p is not None else (),
             watchlist=wl,
             # The expected false-alert rate is stated for the list in force (or the reference list).

@@ -169,19 +169,7 @@ class CameraSet:
     # -- status ----------------------------------------------------------------------------------
     def counters(self) -> Counters:
         """The cameras' counters added up (what the audit log's deployment record counts)."""
-        total = Counters()
-        for cam in self.cameras:
-            c = cam.pipeline.counters
-            total.frames += c.frames
-            total.frames_dropped += c.frames_dropped
-            total.faces_seen += c.faces_seen
-            total.embeddings += c.embeddings
-            total.matches += c.matches
-            total.non_match_discarded += c.non_match_discarded
-            total.source_reconnects += c.source_reconnects
-            for k, v in c.rejections.items():
-                total.rejections[k] = total.rejections.get(k, 0) + v
-        return total
+        return sum((cam.pipeline.counters for cam in self.cameras), Counters())
 
     def statuses(self) -> tuple[CameraStatus, ...]:
         """Each camera's counts (its pipeline's) and the state of its loop."""

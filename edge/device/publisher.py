@@ -38,11 +38,8 @@ from edge.device.spool import DropCallback, Spool
 from edge.device.status import (
     DeliveryStatus,
     LinkStatus,
-    ModelsStatus,
     ServiceState,
     Status,
-    cpu_temperature_c,  # re-exported: the temperature reader was here first
-    runtime_status,
 )
 
 log = logging.getLogger("lfr_edge.alerts")
@@ -449,14 +446,10 @@ class AlertPublisher:
 
     def own_status(self) -> Status:
         """Device facts and this publisher's parts only: no camera, list or policy in this process."""
-        return Status(
-            state=ServiceState.ONLINE,
-            device_id=self.cfg.device.id,
-            time=time.time(),
-            uptime_s=time.monotonic() - self._started,
-            models=ModelsStatus(self.cfg.models.detector, self.cfg.models.embedder),
-            runtime=runtime_status(),
-            cpu_temp_c=cpu_temperature_c(),
+        return Status.of_device(
+            self.cfg,
+            ServiceState.ONLINE,
+            time.monotonic() - self._started,
             alerts=self.delivery_status(),
             mqtt=self.link_status(),
         )

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 from edge.core.timefmt import format_utc
 from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import MatchingPolicy
-from edge.device.clock import ClockSync
+from edge.device.clock import ClockSync, clock_sync_cached
 
 if TYPE_CHECKING:
+    from edge.core.config import Config
     from edge.device.bundle_outcome import BundleOutcome
     from edge.device.publisher import AckStatus  # the publisher owns the acknowledgement figures
 
@@ -225,6 +226,37 @@ class Status:
     alerts: DeliveryStatus | None = None
     mqtt: LinkStatus | None = None
     last_bundle: BundleOutcome | None = None  # the last bundle installed or refused (watchlist publish --wait)
+
+    @staticmethod
+    def of_device(
+        cfg: Config,
+        state: ServiceState,
+        uptime_s: float,
+        *,
+        cameras: tuple[CameraStatus, ...] = (),
+        watchlist: WatchlistStatus | None = None,
+        matching: MatchingStatus | None = None,
+        alerts: DeliveryStatus | None = None,
+        mqtt: LinkStatus | None = None,
+        last_bundle: BundleOutcome | None = None,
+    ) -> Status:
+        """This device's status now: the device facts read here, the parts from their owners."""
+        return Status(
+            state=state,
+            device_id=cfg.device.id,
+            time=time.time(),
+            uptime_s=uptime_s,
+            models=ModelsStatus(cfg.models.detector, cfg.models.embedder),
+            runtime=runtime_status(),
+            cpu_temp_c=cpu_temperature_c(),
+            clock=clock_sync_cached(),
+            cameras=cameras,
+            watchlist=watchlist,
+            matching=matching,
+            alerts=alerts,
+            mqtt=mqtt,
+            last_bundle=last_bundle,
+        )
 
     def totals(self) -> dict[str, Any]:
         """The cameras' counts summed (one camera: its own), as the top-level heartbeat fields."""
