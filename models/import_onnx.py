@@ -38,7 +38,7 @@ from edge.core.imageio import decode_rgb
 from edge.core.inference import TFLiteModel, default_models_dir, load_model, sha256_file
 from edge.core.types import U8
 from edge.core.vision.align import Aligner, ChipTemplate
-from edge.core.vision.analyze import primary_index
+from edge.core.vision.analyze import primary_chip
 from edge.core.vision.detect import FaceDetector
 from edge.core.vision.embed import Preprocess
 from models.build import write_manifest
@@ -306,12 +306,10 @@ class ChipCutter:
             rgb = decode_rgb(path)
             if rgb is None:
                 continue
-            det = self.detector.detect(rgb)
-            if len(det) == 0:
+            chip = primary_chip(self.detector, self.aligner, rgb)
+            if chip is None:
                 continue
-            j = primary_index(det.boxes, rgb.shape[1], rgb.shape[0])
-            chip, _ = self.aligner.align(rgb, det.keypoints[j : j + 1])
-            out.append(chip[0].copy())
+            out.append(chip)
             used.append(ident)
         if len(out) < n:
             raise InputError(f"only {len(out)} faces found for {n} chips; give a larger --faces folder")

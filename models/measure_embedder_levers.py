@@ -51,7 +51,7 @@ from edge.core.config import Config  # noqa: E402
 from edge.core.imageio import decode_rgb  # noqa: E402
 from edge.core.inference import default_models_dir, load_model  # noqa: E402
 from edge.core.types import F32, U8  # noqa: E402
-from edge.core.vision.analyze import primary_index  # noqa: E402
+from edge.core.vision.analyze import primary_chip  # noqa: E402
 from edge.core.vision.embed import Embedder  # noqa: E402
 from edge.core.vision.scoring import CohortNorm  # noqa: E402
 from edge.core.vision.stack import StackUse, build_vision_stack  # noqa: E402
@@ -111,11 +111,10 @@ def load_faces(faces: Path, say: Callable[[str], None]) -> Faces:
     has = np.zeros(n, bool)
     for i, rel in enumerate(ds.paths):
         rgb = decode_rgb(ds.root / rel)
-        det = stack.detector.detect(rgb) if rgb is not None else None
-        if det is None or len(det) == 0:
+        chip = primary_chip(stack.detector, stack.aligner, rgb) if rgb is not None else None
+        if chip is None:
             continue
-        j = primary_index(det.boxes, rgb.shape[1], rgb.shape[0])
-        chips[i] = stack.aligner.align(rgb, det.keypoints[j : j + 1])[0][0]
+        chips[i] = chip
         has[i] = True
         if (i + 1) % 2000 == 0:
             say(f"[faces] {i + 1}/{n}")
@@ -244,11 +243,8 @@ def fine_tune(faces: Faces, start: F32, epochs: int, say: Callable[[str], None])
     import torch
     import torch.nn.functional as F
 
-    from models.build_embedder import MODEL_FILE, source_dir
-    from models.dlib_resnet import build_from_dat
-
     torch.manual_seed(SEED)
-    net = build_from_dat(source_dir() / MODEL_FILE)
+    net = dlib_torch()
     rows = np.flatnonzero(faces.fit & faces.has_face)
     _, labels = np.unique(faces.identity[rows], return_inverse=True)
     centres0 = np.zeros((int(labels.max()) + 1, start.shape[1]), np.float64)
@@ -276,6 +272,14 @@ def fine_tune(faces: Faces, start: F32, epochs: int, say: Callable[[str], None])
     return net.eval()
 
 
+def dlib_torch() -> Any:
+    """The PyTorch rebuild of the shipped network, from the registry package's weights."""
+    from models.build_embedder import MODEL_FILE, source_dir
+    from models.dlib_resnet import build_from_dat
+
+    return build_from_dat(source_dir() / MODEL_FILE)
+
+
 def torch_embed(net: Any) -> Embed:
     from models.dlib_resnet import descriptors
 
@@ -301,10 +305,7 @@ def measure(faces_dir: Path, epochs: int, say: Callable[[str], None]) -> list[Ro
         score_row("+ learned linear head 128→256 (CosFace, fit half)", _l2(plain) @ w + _l2(mirror) @ w, faces, 2)
     )
     say(str(rows[-1]))
-    from models.build_embedder import MODEL_FILE, source_dir
-    from models.dlib_resnet import build_from_dat
-
-    fp32 = torch_embed(build_from_dat(source_dir() / MODEL_FILE))
+    fp32 = torch_embed(dlib_torch())
     rows.append(
         score_row("fp32 PyTorch rebuild, chip + mirror, S-norm", device_descriptors(fp32, faces.chips), faces, 2)
     )

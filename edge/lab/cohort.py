@@ -24,7 +24,7 @@ from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.imageio import decode_rgb
 from edge.core.inference import MANIFEST_NAME, load_manifest, sha256_file
-from edge.core.vision.analyze import primary_index
+from edge.core.vision.analyze import primary_chip
 from edge.core.vision.stack import StackUse, build_vision_stack, same_chips
 from edge.lab.eval import load_dataset
 
@@ -67,12 +67,10 @@ def build_cohort(
         rgb = decode_rgb(ds.root / rel)
         if rgb is None:
             continue
-        det = detector.detect(rgb)
-        if len(det) == 0:
+        chip = primary_chip(detector, aligner, rgb)
+        if chip is None:
             continue
-        j = primary_index(det.boxes, rgb.shape[1], rgb.shape[0])
-        chip, _ = aligner.align(rgb, det.keypoints[j : j + 1])
-        both = np.ascontiguousarray(np.concatenate([chip, chip[:, :, ::-1]]))
+        both = np.ascontiguousarray(np.stack([chip, chip[:, ::-1]]))
         for e, emb in embedders.items():
             v = emb.embed(both).sum(axis=0)
             sums[e][ds.identity[i]] += v / np.linalg.norm(v)

@@ -16,6 +16,8 @@ import numpy as np
 from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.types import F32, U8, Quality
+from edge.core.vision.align import Aligner
+from edge.core.vision.detect import FaceDetector
 from edge.core.vision.stack import StackUse, VisionStack, build_vision_stack
 
 
@@ -43,6 +45,16 @@ def primary_index(boxes: F32, width: int, height: int) -> int:
     cy = (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
     dist = np.hypot(cx, cy) / max(width, height)
     return int(np.argmax(area * np.clip(1.0 - dist, 0.0, 1.0) ** 2))
+
+
+def primary_chip(detector: FaceDetector, aligner: Aligner, rgb: U8) -> U8 | None:
+    """The aligned chip (S, S, 3; a copy) of a still image's primary face; None when none is found."""
+    det = detector.detect(rgb)
+    if len(det) == 0:
+        return None
+    j = primary_index(det.boxes, rgb.shape[1], rgb.shape[0])
+    chip: U8 = aligner.align(rgb, det.keypoints[j : j + 1])[0][0].copy()
+    return chip
 
 
 # A second face counts as background only when its box has under half the primary's area (under
