@@ -1,6 +1,6 @@
 """Build every model the appliance ships, reproducibly, from public weights; write MANIFEST.json.
 
-    python models/build.py [--only embedder|detector] [--faces DIR] [--out models/]
+    python models/build.py [--only embedder|detector|landmarks|cohort] [--faces DIR] [--out models/]
 
 Off-device only (needs the `build` extra: torch, litert-torch, ai-edge-quantizer). Each builder
 returns manifest entries; entries for ids not rebuilt by this invocation are kept, so
@@ -68,7 +68,7 @@ def write_manifest(out_dir: Path, new: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["embedder", "detector", "cohort"], help="build just one family")
+    ap.add_argument("--only", choices=["embedder", "detector", "landmarks", "cohort"], help="build just one family")
     ap.add_argument("--faces", type=Path, default=_default_faces(), help="public face data (has lfw/)")
     ap.add_argument("--out", type=Path, default=ROOT / "models", help="where .tflite + MANIFEST.json go")
     args = ap.parse_args(argv)
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python models/build.py" + (f" --only {args.only}" if args.only else "")
     new: list[dict[str, Any]] = []
-    # The cohort is described by the embedders, so it comes after them.
-    for name in ("embedder", "detector", "cohort"):
+    # The cohort is described by the embedders and cut with the face mesh, so it comes last.
+    for name in ("embedder", "detector", "landmarks", "cohort"):
         if args.only and args.only != name:
             continue
         fn = _load_builder(name)

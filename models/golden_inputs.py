@@ -135,8 +135,13 @@ def input_for(models_dir: Path, model: TFLiteModel, role: str, template: ChipTem
 
 
 def record_entry(models_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Add (or refresh) the entry's `golden` block from the model file in models_dir."""
+    """Add (or refresh) the entry's `golden` block from the model file in models_dir.
+
+    A cohort is data, not a network: `models verify` checks its shape and finiteness instead."""
     from edge.core.inference import ModelEntry
+
+    if entry["role"] == "cohort":
+        return entry
 
     me = ModelEntry(entry["id"], entry["file"], entry["sha256"], entry["role"], entry["precision"], entry)
     model = TFLiteModel(models_dir / entry["file"], num_threads=2, model_id=entry["id"], entry=me)

@@ -306,7 +306,7 @@ class ChipCutter:
             rgb = decode_rgb(path)
             if rgb is None:
                 continue
-            chip = primary_chip(self.detector, self.aligner, rgb)
+            chip = primary_chip(self.detector, self.aligner.align, rgb)
             if chip is None:
                 continue
             out.append(chip)

@@ -111,7 +111,7 @@ def load_faces(faces: Path, say: Callable[[str], None]) -> Faces:
     has = np.zeros(n, bool)
     for i, rel in enumerate(ds.paths):
         rgb = decode_rgb(ds.root / rel)
-        chip = primary_chip(stack.detector, stack.aligner, rgb) if rgb is not None else None
+        chip = primary_chip(stack.detector, stack.chips, rgb) if rgb is not None else None
         if chip is None:
             continue
         chips[i] = chip

@@ -36,6 +36,33 @@ def test_same_person_scores_higher_than_someone_else(faces_dir: Path, analyzer: 
     assert not np.array_equal(a1.chip, b.chip)
 
 
+def test_chips_are_placed_by_the_face_mesh_in_enrolment_and_in_the_camera_alike(faces_dir: Path) -> None:
+    """The shipped recipe names the face mesh: a custody photo and a camera face are cut the same
+    way, the way the cohort and the thresholds were measured; the gate keeps the keypoint fit."""
+    from edge.core.vision.stack import StackUse, build_vision_stack
+
+    stills = build_vision_stack(Config(), StackUse.STILLS)
+    camera = build_vision_stack(Config(), StackUse.CAMERA)
+    assert stills.model_ids.landmarks == camera.model_ids.landmarks == "face_mesh_fp32"
+    assert stills.mesh is not None and camera.mesh is not None
+    img = read_rgb(faces_dir / "lfw" / "Colin_Powell/Colin_Powell_0001.jpg")
+    face = FaceAnalyzer(stills).primary(img)
+    assert face is not None
+    kps = face.keypoints[None]
+    fit = camera.aligner.matrices(kps)
+    camera_chip = camera.aligner.align_with(img, camera.chip_matrices(img, kps, fit))[0]
+    assert np.array_equal(face.chip, camera_chip)
+    assert np.array_equal(face.chip, stills.mesh.align(img, kps)[0][0])
+    keypoint_chip = stills.aligner.align(img, kps)[0][0]
+    assert not np.array_equal(face.chip, keypoint_chip)
+    # The mesh moves the chip by a few pixels, not to another place: its centre, in the frame,
+    # stays within a tenth of the face's width of the keypoint fit's.
+    from edge.core.vision.align import invert_affine
+
+    centres = invert_affine(np.stack([face.matrix, fit[0]])) @ np.array([75.0, 75.0, 1.0], np.float32)
+    assert float(np.linalg.norm(centres[0] - centres[1])) < 0.1 * float(face.box[2] - face.box[0])
+
+
 def test_several_faces_and_the_primary_one(faces_dir: Path) -> None:
     cfg = Config()
     analyzer = FaceAnalyzer.from_config(cfg)  # a group photo, judged as stills are: one whole-frame pass

@@ -173,11 +173,15 @@ def test_calibrate_writes_operating_points_that_the_device_then_uses(
     for m in data["models"]:
         (out / m["file"]).symlink_to((models_dir / m["file"]).resolve())
         if m["role"] == "embedder":
-            m["scoring"] = {k: m["scoring"][k] for k in ("flip", "cohort", "top_k")}  # the recipe only
+            m["scoring"] = {k: m["scoring"][k] for k in ("flip", "landmarks", "cohort", "top_k")}  # the recipe only
     (out / "MANIFEST.json").write_text(json.dumps(data))
-    code = main(["eval", "--faces", str(faces_dir / "lfw"), "--limit", "1700", "--variants", "int8",
-                 "--align", "ours", "--scoring", "device", "--models-dir", str(out), "--impostors", "5000",
-                 "--id-splits", "2", "--calibrate", "--json"])  # fmt: skip
+    args = ["eval", "--faces", str(faces_dir / "lfw"), "--limit", "1700", "--variants", "int8", "--scoring", "device",
+            "--models-dir", str(out), "--impostors", "5000", "--id-splits", "2", "--calibrate", "--json"]  # fmt: skip
+    # The device cuts chips with the face mesh: calibrating keypoint-aligned chips would set its
+    # thresholds on faces it never sees.
+    assert main([*args, "--align", "ours"]) == 2
+    assert "cuts its chips with the 'mesh' alignment; add mesh to --align" in capsys.readouterr().err
+    code = main([*args, "--align", "mesh"])
     assert code == 0
     assert "calibration written" in capsys.readouterr().err
     from edge.core.vision.scoring import load_scoring
@@ -188,3 +192,4 @@ def test_calibrate_writes_operating_points_that_the_device_then_uses(
     # The recipe survives; the command that measured it is recorded for anyone to rerun.
     entry = next(m for m in json.loads((out / "MANIFEST.json").read_text())["models"] if m["id"] == "dlib_resnet_v1_int8")
     assert entry["scoring"]["cohort"] == "cohort_dlib_resnet_v1_int8" and "--calibrate" in entry["scoring"]["calibrated"]["command"]
+    assert entry["scoring"]["landmarks"] == "face_mesh_fp32"

@@ -14,7 +14,7 @@ from edge.core.errors import InputError
 from edge.core.inference import default_models_dir, load_model
 from edge.core.types import Subject
 from edge.core.vision.embed import Embedder
-from edge.core.vision.scoring import CohortNorm, load_scoring
+from edge.core.vision.scoring import CohortNorm, chip_landmarks, load_scoring
 from edge.core.watchlist.match import Matcher
 from edge.core.watchlist.model import Watchlist
 from edge.core.watchlist.policy import policy_for, resolve_policy, warnings_for
@@ -95,6 +95,7 @@ def test_flip_makes_a_face_and_its_mirror_one_descriptor(astronaut_chip: np.ndar
 def test_shipped_embedders_carry_a_calibrated_recipe() -> None:
     s = load_scoring(EMBEDDER)
     assert s.flip and s.norm is not None and s.units == "snorm"
+    assert chip_landmarks(EMBEDDER) == "face_mesh_fp32"  # the cohort and thresholds are for mesh-placed chips
     assert s.norm.cohort.shape[1] == 128 and s.norm.cohort.shape[0] >= 1000
     strict, balanced = s.operating_point("strict"), s.operating_point("balanced")
     # Stricter means a higher threshold, fewer people found, and both above the floor.
@@ -155,3 +156,19 @@ def test_a_tampered_cohort_is_refused(tmp_path: Path) -> None:
     (out / "MANIFEST.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="no_such_cohort"):
         load_scoring(EMBEDDER, out)
+
+
+def test_a_recipe_whose_face_mesh_is_not_one_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """The device would otherwise cut chips unlike those its thresholds were measured on."""
+    from edge.core.config import Config
+    from edge.core.vision.stack import StackUse, build_vision_stack
+
+    out = tmp_path / "models"
+    shutil.copytree(default_models_dir(), out)
+    data = json.loads((out / "MANIFEST.json").read_text())
+    for m in data["models"]:
+        if m["id"] == EMBEDDER:
+            m["scoring"]["landmarks"] = "blazeface_full_range_int8"  # a detector, not a face mesh
+    (out / "MANIFEST.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"dlib_resnet_v1_int8\.scoring\.landmarks: 'blazeface_full_range_int8' is not a face-mesh"):
+        build_vision_stack(Config(), StackUse.CAMERA, models_dir=out)

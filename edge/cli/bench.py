@@ -205,8 +205,8 @@ def _recognition(sub: Sub) -> None:
                    help="identity half of the cast: eval (every reported figure) or fit (tuning only)")  # fmt: skip
     p.add_argument("--diagnose", type=Path, metavar="OUT.npz",
                    help="no device run: embed every face of the video with the camera stack and save per-face records")
-    p.add_argument("--align", choices=["ours", "mesh"], default="ours",
-                   help="with --diagnose: the chips' alignment (mesh: the face-mesh aligner, a lab lever)")
+    p.add_argument("--align", choices=["ours", "mesh"], default="mesh",
+                   help="with --diagnose: the chips' alignment (mesh: as the device cuts them; ours: keypoints alone)")
     p.add_argument("--levers", type=Path, metavar="FILE.npz",
                    help="replay a --diagnose file under each loop lever (gate, embedding schedule, fusion); no video")
     p.add_argument("--json", action="store_true")

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="identities to use: eval (default; never fitted on), fit (built the cohort), all")
     e.add_argument("--calibrate", action="store_true",
                    help="write the measured operating points of each embedder's device scoring into "
-                        "MANIFEST.json (needs --half eval and the device scoring with our alignment)")
+                        "MANIFEST.json (needs --half eval, the device scoring and the alignment the device cuts with)")
     e.add_argument("--limit", type=int, help="seeded subset of about N images (whole identities)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--impostors", type=int, default=500_000, help="sampled impostor pairs without --pairs")
@@ -66,8 +66,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise InputError(f"--limit {args.limit}: need at least 2 images")
     scorings = [s.strip() for s in args.scoring.split(",") if s.strip()]
     aligns = [a.strip() for a in args.align.split(",") if a.strip()]
-    if args.calibrate and (args.half != "eval" or "device" not in scorings or "ours" not in aligns):
-        raise InputError("--calibrate needs --half eval, device in --scoring and ours in --align")
+    if args.calibrate and (args.half != "eval" or "device" not in scorings):
+        raise InputError("--calibrate needs --half eval and device in --scoring (and the device's alignment in --align)")
     result = run_eval(
         args.faces,
         pairs=args.pairs,

@@ -172,7 +172,7 @@ class Pipeline:
         if not sel:
             return 0
         t3 = pc()
-        chips = al.align_with(frame.image, mats[sel])
+        chips = al.align_with(frame.image, vs.chip_matrices(frame.image, dets.keypoints[sel], mats[sel]))
         t4 = pc()
         vecs = vs.embedder.embed(chips)
         t5 = pc()

@@ -25,12 +25,12 @@ from edge.core.errors import InputError
 from edge.core.imageio import decode_rgb
 from edge.core.inference import MANIFEST_NAME, load_manifest, sha256_file
 from edge.core.vision.analyze import primary_chip
-from edge.core.vision.stack import StackUse, build_vision_stack, same_chips
+from edge.core.vision.stack import FROM_RECIPE, StackUse, build_vision_stack, same_chips
 from edge.lab.eval import load_dataset
 
 TOP_K = 100  # measured flat between 50 and 400 (docs/BENCHMARKS.md, "Recognition")
 DETECTOR = "blazeface_full_range_int8"
-RECIPE_KEYS = ("flip", "cohort", "top_k", "cohort_sha256")
+RECIPE_KEYS = ("flip", "landmarks", "cohort", "top_k", "cohort_sha256")
 
 
 def cohort_id(embedder_id: str) -> str:
@@ -43,9 +43,13 @@ def build_cohort(
     embedder_ids: Sequence[str],
     say: Callable[[str], None] = print,
     build_command: str = "",
+    landmarks: str | None = FROM_RECIPE,
 ) -> list[dict[str, Any]]:
     """Cohort files written into `models_dir`; returns their manifest entries and the embedders'
-    entries with the scoring recipe set (measured operating points kept only for an unchanged cohort)."""
+    entries with the scoring recipe set (measured operating points kept only for an unchanged cohort).
+
+    `landmarks` names the face mesh that places the chips' points (None: the detector's keypoints);
+    by default each embedder keeps its recipe's. The cohort is cut the way the device will cut."""
     ds = load_dataset(faces, half="fit")
     manifest = load_manifest(models_dir)
     for e in embedder_ids:
@@ -54,11 +58,12 @@ def build_cohort(
     cfg = Config()
     # The stills stack enrolment uses, with chip and mirror embedded here (flip off in the stack).
     stacks = [
-        build_vision_stack(cfg, StackUse.STILLS, models_dir=models_dir, detector_id=DETECTOR, embedder_id=e, flip=False)
+        build_vision_stack(
+            cfg, StackUse.STILLS, models_dir=models_dir, detector_id=DETECTOR, embedder_id=e, flip=False, landmarks=landmarks
+        )
         for e in embedder_ids
     ]
     stack = same_chips(stacks)  # one chip geometry for all, or a clear refusal
-    detector, aligner = stack.detector, stack.aligner
     embedders = {e: s.embedder for e, s in zip(embedder_ids, stacks, strict=True)}
     n_ids = len(ds.names)
     sums = {e: np.zeros((n_ids, emb.dim), np.float64) for e, emb in embedders.items()}
@@ -67,7 +72,7 @@ def build_cohort(
         rgb = decode_rgb(ds.root / rel)
         if rgb is None:
             continue
-        chip = primary_chip(detector, aligner, rgb)
+        chip = primary_chip(stack.detector, stack.chips, rgb)
         if chip is None:
             continue
         both = np.ascontiguousarray(np.stack([chip, chip[:, ::-1]]))
@@ -102,10 +107,11 @@ def build_cohort(
         })  # fmt: skip
         entry = dict(manifest[e].raw)
         prev = entry.get("scoring") or {}
-        recipe = {"flip": True, "cohort": cid, "top_k": TOP_K, "cohort_sha256": digest}
+        recipe = {"flip": True, "landmarks": stack.model_ids.landmarks, "cohort": cid, "top_k": TOP_K,
+                  "cohort_sha256": digest}  # fmt: skip
         # Measured operating points stay only while the cohort they were measured with is the same.
         keep = prev if prev.get("cohort_sha256") == digest else {}
-        entry["scoring"] = {**keep, **recipe}
+        entry["scoring"] = {k: v for k, v in {**keep, **recipe}.items() if v is not None}
         entries.append(entry)
     say(f"[cohort] {int(used.sum())} identities of the fit half ({int(counts.sum())} images)")
     return entries

@@ -37,7 +37,7 @@ from edge.core.sysinfo import cpu_model
 from edge.core.types import F32, U8, Rejection
 from edge.core.vision.align import ChipTemplate
 from edge.core.vision.analyze import primary_index
-from edge.core.vision.scoring import CohortNorm, load_scoring, snorm
+from edge.core.vision.scoring import CohortNorm, chip_landmarks, load_scoring, snorm
 from edge.core.vision.stack import StackUse, build_vision_stack, same_chips
 
 SCHEMA_VERSION = 1
@@ -450,6 +450,12 @@ def run_eval(
         raise InputError("--align: nothing to evaluate")
     # S-norm needs the embedder's cohort; an embedder without one is scored without it (noted).
     norms: dict[str, CohortNorm | None] = {v: load_scoring(_model_id(v), mdir).norm for v in variants}
+    # The alignment the device cuts each embedder's chips with: calibration measures that one.
+    device_align = {v: "mesh" if chip_landmarks(_model_id(v), mdir) else "ours" for v in variants}
+    if calibrate:
+        for v, a in device_align.items():
+            if a not in aligns:
+                raise InputError(f"--calibrate: {_model_id(v)} cuts its chips with the '{a}' alignment; add {a} to --align")
     if any(sc in ("snorm", "device") for sc in scorings):
         for v, nm in norms.items():
             if nm is None:
@@ -460,10 +466,10 @@ def run_eval(
         load_pairs(ds, pairs)
     det_id = detector_id or cfg.models.detector
     # The stills stack enrolment uses; flip is applied here, per scoring mode, from one pass of
-    # plain and mirrored chips.
+    # plain and mirrored chips, and each alignment (ours, mesh, dlib) is cut here too.
     stacks = {
         v: build_vision_stack(cfg, StackUse.STILLS, models_dir=mdir, detector_id=det_id, embedder_id=_model_id(v),
-                              flip=False)
+                              flip=False, landmarks=None)
         for v in variants
     }  # fmt: skip
     stack = same_chips(list(stacks.values()))
@@ -582,7 +588,7 @@ def run_eval(
                     [identification(e, has_face, ds.identity, sp, stats, norm) for sp in more],
                 ),
             }
-            if calibrate and sc == "device" and a == "ours":
+            if calibrate and sc == "device" and a == device_align[v]:
                 from edge.lab.calibration import calibrate_scoring
 
                 calibrations[_model_id(v)] = calibrate_scoring(

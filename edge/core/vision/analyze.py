@@ -8,6 +8,7 @@ probe are made the same way.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import numpy as np
 from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.types import F32, U8, Quality
-from edge.core.vision.align import Aligner
 from edge.core.vision.detect import FaceDetector
 from edge.core.vision.stack import StackUse, VisionStack, build_vision_stack
 
@@ -47,13 +47,17 @@ def primary_index(boxes: F32, width: int, height: int) -> int:
     return int(np.argmax(area * np.clip(1.0 - dist, 0.0, 1.0) ** 2))
 
 
-def primary_chip(detector: FaceDetector, aligner: Aligner, rgb: U8) -> U8 | None:
-    """The aligned chip (S, S, 3; a copy) of a still image's primary face; None when none is found."""
+# (image, detector keypoints) → (chips, matrices): VisionStack.chips, or Aligner.align for a bare template.
+ChipCut = Callable[[U8, F32], tuple[U8, F32]]
+
+
+def primary_chip(detector: FaceDetector, cut: ChipCut, rgb: U8) -> U8 | None:
+    """The chip (S, S, 3; a copy) of a still image's primary face; None when none is found."""
     det = detector.detect(rgb)
     if len(det) == 0:
         return None
     j = primary_index(det.boxes, rgb.shape[1], rgb.shape[0])
-    chip: U8 = aligner.align(rgb, det.keypoints[j : j + 1])[0][0].copy()
+    chip: U8 = cut(rgb, det.keypoints[j : j + 1])[0][0].copy()
     return chip
 
 
@@ -136,8 +140,10 @@ class FaceAnalyzer:
         det = self.detector.detect(rgb)
         if len(det) == 0:
             return []
-        chips, mats = self.aligner.align(rgb, det.keypoints)
-        quals = self.gate.assess(det.keypoints, det.scores, self.stack.gate_regions(rgb, mats))
+        fit = self.aligner.matrices(det.keypoints)
+        quals = self.gate.assess(det.keypoints, det.scores, self.stack.gate_regions(rgb, fit))
+        mats = self.stack.chip_matrices(rgb, det.keypoints, fit)
+        chips = self.aligner.align_with(rgb, mats)
         todo = np.array([q.accepted or self.embed_rejected for q in quals])
         emb = self.embedder.embed(chips[todo]) if todo.any() else np.zeros((0, self.embedder.dim), np.float32)
         rows = np.cumsum(todo) - 1

@@ -150,6 +150,25 @@ class Scoring:
             ) from None
 
 
+def chip_landmarks(embedder_id: str, models_dir: Path | None = None) -> str | None:
+    """The face mesh the embedder's recipe cuts its chips with (scoring.landmarks; None: the
+    detector's keypoints alone). The cohort and thresholds were measured on chips cut that way.
+    Read without loading the cohort, which a cohort build is about to replace."""
+    mdir = models_dir or default_models_dir()
+    manifest = load_manifest(mdir)
+    entry = manifest.get(embedder_id)
+    if entry is None:
+        raise InputError(f"models.embedder: {embedder_id!r} is not in {mdir}/MANIFEST.json")
+    value = (entry.raw.get("scoring") or {}).get("landmarks")
+    if value is None:
+        return None
+    found = manifest.get(str(value))
+    if found is None or found.role != "landmarks":
+        where = f"{mdir}/MANIFEST.json {embedder_id}.scoring.landmarks"
+        raise InputError(f"{where}: {value!r} is not a face-mesh model in the manifest")
+    return str(value)
+
+
 def load_cohort(entry: ModelEntry, models_dir: Path) -> F32:
     """The cohort file, sha256-checked, rows L2-normalised."""
     path = models_dir / entry.file

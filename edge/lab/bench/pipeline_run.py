@@ -207,8 +207,8 @@ def run_ours(
     capture_ms: list[float] = []
     src = _TimedSource(make_source(uri, cfg.camera), capture_ms)
     timer = InvokeTimer()
-    stages.vision.detector.model.timer = timer
-    stages.vision.embedder.model.timer = timer
+    for model in stages.vision.models():
+        model.timer = timer
     holder = WatchlistHolder(wl)
     sink = ListSink()
     rec = _Recorder(timer, holder.matcher(*stages.policy.matcher_args()), labels_for_peer, progress)
@@ -218,8 +218,8 @@ def run_ours(
     try:
         counters = run_loop(pipe, src, max_frames=max_frames)
     finally:
-        stages.vision.detector.model.timer = None
-        stages.vision.embedder.model.timer = None
+        for model in stages.vision.models():
+            model.timer = None
     rows, invokes, labels, size = rec.rows, rec.invokes, rec.labels, rec.size
     wall = time.perf_counter() - t0
     n = len(rows)

@@ -63,29 +63,23 @@ class FaceRecords:
 
 
 def record_video(
-    video: Path, cast: Any, people: list[str], cfg: Any, say: Callable[[str], None], align: str = "ours"
+    video: Path, cast: Any, people: list[str], cfg: Any, say: Callable[[str], None], align: str = "mesh"
 ) -> FaceRecords:
     """Run the camera stack over `video`, embedding every face; ground truth from `cast`.
 
-    `align` "mesh" cuts the embedded chips with the face-mesh aligner (the gate still judges the
-    camera aligner's regions): the lever `lfr-edge eval --align mesh` measures on stills."""
+    `align` "mesh" cuts the embedded chips as the device does (the face mesh its recipe names; the
+    gate judges the keypoint fit); "ours" cuts them from the detector's keypoints alone."""
     import cv2
 
     from edge.core.vision.quality import pose_angles, sharpness
-    from edge.core.vision.stack import StackUse, build_vision_stack
+    from edge.core.vision.stack import FROM_RECIPE, StackUse, build_vision_stack
     from edge.core.vision.track import Tracker
     from edge.lab.bench.recognition import who_is_there
 
-    st = build_vision_stack(cfg, StackUse.CAMERA)
+    st = build_vision_stack(cfg, StackUse.CAMERA, landmarks=None if align == "ours" else FROM_RECIPE)
     t = cfg.tracking
     tracker = Tracker(t.iou_threshold, t.max_centre_dist, t.max_missed_frames, t.best_k, t.max_tracks, dim=st.embed_dim)
     index = {p: i for i, p in enumerate(people)}
-    mesh = None
-    if align == "mesh":
-        from edge.core.inference import default_models_dir
-        from edge.lab.eval import _mesh_aligner
-
-        mesh = _mesh_aligner(cfg.models.dir or default_models_dir(), cfg.models.num_threads, [])
     cols: dict[str, list[Any]] = {
         k: [] for k in ("frame", "track", "person", "iod", "sharp", "yaw", "roll", "det", "vec")
     }
@@ -107,11 +101,7 @@ def record_video(
             mats = st.aligner.matrices(dets.keypoints)
             iod, yaw, roll = pose_angles(dets.keypoints)
             sharp = sharpness(st.gate_regions(img, mats))
-            chips = (
-                st.aligner.align_with(img, mats)
-                if mesh is None
-                else mesh.final.align_with(img, mesh.matrices(img, dets.keypoints))
-            )
+            chips = st.aligner.align_with(img, st.chip_matrices(img, dets.keypoints, mats))
             vecs = st.embedder.embed(chips)
             for i in range(len(dets)):
                 who = who_is_there(cast, SIZE, f, [float(v) for v in dets.boxes[i]])
