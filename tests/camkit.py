@@ -18,7 +18,7 @@ from edge.core.keys import load_backoffice_keys, load_device_keys
 from edge.core.mqtt import LinkSettings, Message, MqttLink
 from edge.core.types import Subject
 from edge.core.watchlist.bundle import build_bundle
-from edge.device.watchlist.store import embedder_sha256_for
+from edge.device.watchlist.store import embedder_sha256_for, landmarks_sha256_for
 from edge.lab.localbroker import MosquittoBroker
 from tests.alertkit import Device
 
@@ -55,6 +55,7 @@ def bundle_for(dev: Device, bo_keys: Path, version: int, subjects: tuple[str, ..
         subjects=[Subject(s) for s in subjects], templates=t, template_subject=np.arange(len(subjects)),
         signer=load_backoffice_keys(bo_keys).ed25519, recipients=[load_device_keys(dev.dir / "keys").x25519_public],
         version=version, expires_at=time.time() + 86400, embedder_sha256=embedder_sha256_for(cfg),
+        landmarks_sha256=landmarks_sha256_for(cfg),
     )  # fmt: skip
 
 

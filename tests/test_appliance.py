@@ -275,9 +275,8 @@ def test_the_appliance_object_reports_typed_status_and_events(tmp_path: Path, pl
     from edge.core.config import parse_config
     from edge.device.appliance import Appliance, ApplianceEvent, EventKind
     from edge.device.status import ServiceState, WatchlistState
-    from edge.device.watchlist.store import embedder_sha256_for
     from tests.test_status import StillCamera
-    from tests.watchlist_kit import make_kit
+    from tests.watchlist_kit import device_models, make_kit
 
     kit = make_kit(tmp_path)
     cfg = parse_config(
@@ -290,7 +289,7 @@ def test_the_appliance_object_reports_typed_status_and_events(tmp_path: Path, pl
         },
         tmp_path,
     )
-    bundle = kit.bundle(5, n_subjects=3, embedder=embedder_sha256_for(cfg))[0]
+    bundle = kit.bundle(5, n_subjects=3, **device_models(cfg))[0]
     app = Appliance(cfg, StillCamera())
     seen: list[ApplianceEvent] = []
     app.subscribe(seen.append)
@@ -334,9 +333,8 @@ def test_a_stored_list_that_no_longer_verifies_is_reported_unusable_by_the_runni
 
     from edge.device.appliance import Appliance
     from edge.device.status import ServiceState, WatchlistState
-    from edge.device.watchlist.store import embedder_sha256_for
     from tests.test_status import StillCamera
-    from tests.watchlist_kit import make_kit
+    from tests.watchlist_kit import device_models, make_kit
 
     kit = make_kit(tmp_path)
     doc: dict[str, Any] = {
@@ -353,7 +351,7 @@ def test_a_stored_list_that_no_longer_verifies_is_reported_unusable_by_the_runni
     path = tmp_path / "device.yaml"
     path.write_text(yaml.safe_dump(doc))
     bundle = tmp_path / "v1.wl"
-    bundle.write_bytes(kit.bundle(1, embedder=embedder_sha256_for(load_config(path)))[0])
+    bundle.write_bytes(kit.bundle(1, **device_models(load_config(path)))[0])
     assert lfr("watchlist", "install", str(bundle), "--config", str(path)).returncode == 0
     doc["watchlist"]["trusted_signers"] = [str(tmp_path / "other-device-keys" / "device_ed25519.pub.pem")]
     path.write_text(yaml.safe_dump(doc))

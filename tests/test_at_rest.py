@@ -46,7 +46,7 @@ from edge.core.watchlist.model import Watchlist
 from edge.device.audit.service import SUBJECT_SEAL_INFO, audit_config_start
 from edge.device.publisher import SPOOL_FILE, STORAGE_KEY
 from edge.device.spool import Spool
-from edge.device.watchlist.store import STORAGE_KEY_NAME, STORE_MAGIC, embedder_sha256_for
+from edge.device.watchlist.store import STORAGE_KEY_NAME, STORE_MAGIC, embedder_sha256_for, landmarks_sha256_for
 from edge.device.watchlist.sync import WatchlistSync
 from edge.lab.localbroker import BACKOFFICE_USER, MosquittoBroker, password_hash
 from tests import videogen
@@ -62,7 +62,7 @@ from tests.alertkit import (
 )
 from tests.broker import DEVICE_USERS, BrokerFactory, broker_factory  # noqa: F401 (fixture)
 from tests.test_pipeline import TEST_MATCHING, enrol
-from tests.watchlist_kit import Kit, make_kit
+from tests.watchlist_kit import Kit, device_models, make_kit
 
 ALERT_SEAL_INFO = b"lfr-edge alert body v1"  # edge/core/alert_message.py SEAL_INFO
 CONTENT_KEY_INFO = b"lfr-edge watchlist content key v1"  # bundle content key, sealed to the device
@@ -206,7 +206,7 @@ def test_watchlist_install_hands_the_bundle_to_the_running_service_and_says_it_i
 
     kit, path = _cli_device(tmp_path / "no-inbox")
     bundle = tmp_path / "v3.wl"
-    bundle.write_bytes(kit.bundle(3, embedder=embedder_sha256_for(load_config(path)))[0])
+    bundle.write_bytes(kit.bundle(3, **device_models(load_config(path)))[0])
     # No inbox: nothing could take it; one line, exit 2, nothing written.
     assert main(["watchlist", "install", str(bundle), "--config", str(path)]) == 2
     assert "watchlist.inbox_dir is not set" in capsys.readouterr().err
@@ -214,7 +214,7 @@ def test_watchlist_install_hands_the_bundle_to_the_running_service_and_says_it_i
     inbox = tmp_path / "inbox"
     kit, path = _cli_device(tmp_path / "dev", inbox_dir=str(inbox))
     cfg = load_config(path)
-    bundle.write_bytes(kit.bundle(3, embedder=embedder_sha256_for(cfg))[0])
+    bundle.write_bytes(kit.bundle(3, **device_models(cfg))[0])
     # No service running: the bundle is not left on the card.
     assert main(["watchlist", "install", str(bundle), "--config", str(path), "--wait", "1"]) == 1
     assert "no running service took the bundle" in capsys.readouterr().err
@@ -281,6 +281,7 @@ def make_van(tmp_path: Path, broker: MosquittoBroker, frames: Path, wl: Watchlis
         subjects=wl.subjects, templates=wl.templates, template_subject=wl.template_subject,
         signer=_bo_signing_key(bo), recipients=[load_device_keys(cfg.device.keys_dir).x25519_public], version=7,
         expires_at=time.time() + 3600, embedder_sha256=embedder_sha256_for(cfg),
+        landmarks_sha256=landmarks_sha256_for(cfg),
     )  # fmt: skip
     (tmp_path / "bundle-v7.lfrw").write_bytes(bundle)
     bo_cfg = make_backoffice(tmp_path, broker, {"dev-a": dev.public_key}, DEVICE_USERS[BACKOFFICE_USER])

@@ -26,7 +26,7 @@ from edge.core.audit.log import AuditLog, list_segments
 from edge.core.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_VERIFY
 from edge.core.keys import public_pem
 from edge.lab.localbroker import free_port
-from tests.watchlist_kit import make_kit
+from tests.watchlist_kit import device_models, make_kit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,16 +96,14 @@ def test_exit_3_for_a_tampered_audit_log_not_2(tmp_path: Path) -> None:
 
 def test_exit_3_for_a_bundle_that_does_not_verify_2_for_one_that_does_not_fit(tmp_path: Path) -> None:
     from edge.core.config import load_config
-    from edge.device.watchlist.store import embedder_sha256_for
-
     kit = make_kit(tmp_path)
     cfg = device_config(tmp_path)
-    sha = embedder_sha256_for(load_config(cfg))
+    sha = device_models(load_config(cfg))
     forged = tmp_path / "forged.wl"
-    forged.write_bytes(kit.bundle(3, signer=kit.other_device.ed25519, embedder=sha)[0])
+    forged.write_bytes(kit.bundle(3, signer=kit.other_device.ed25519, **sha)[0])
     r = cli("watchlist", "install", str(forged), "--config", str(cfg))
     assert r.returncode == EXIT_VERIFY and "(unknown_signer)" in r.stderr and r.stdout == ""
-    altered = bytearray(kit.bundle(4, embedder=sha)[0])
+    altered = bytearray(kit.bundle(4, **sha)[0])
     altered[-100] ^= 1
     (tmp_path / "altered.wl").write_bytes(bytes(altered))
     r = cli("watchlist", "install", str(tmp_path / "altered.wl"), "--config", str(cfg))
@@ -119,12 +117,11 @@ def test_exit_3_for_a_bundle_that_does_not_verify_2_for_one_that_does_not_fit(tm
 def test_status_exits_3_when_the_stored_list_no_longer_verifies(tmp_path: Path) -> None:
     """The installed list's signer was removed from watchlist.trusted_signers: status says so, exit 3."""
     from edge.core.config import load_config
-    from edge.device.watchlist.store import embedder_sha256_for
 
     kit = make_kit(tmp_path)
     cfg = device_config(tmp_path)
     good = tmp_path / "v1.wl"
-    good.write_bytes(kit.bundle(1, embedder=embedder_sha256_for(load_config(cfg)))[0])
+    good.write_bytes(kit.bundle(1, **device_models(load_config(cfg)))[0])
     assert cli("watchlist", "install", str(good), "--config", str(cfg)).returncode == EXIT_OK
     data = yaml.safe_load(cfg.read_text())
     data["watchlist"]["trusted_signers"] = [str(tmp_path / "other-device-keys" / "device_ed25519.pub.pem")]
@@ -250,12 +247,11 @@ def test_stdout_is_only_the_json_document(tmp_path: Path, argv: list[str]) -> No
 def test_every_reporting_command_prints_one_json_document_with_json(tmp_path: Path) -> None:
     """--json on each command that reports: stdout parses as one JSON document (logs stay on stderr)."""
     from edge.core.config import load_config
-    from edge.device.watchlist.store import embedder_sha256_for
 
     kit = make_kit(tmp_path)
     cfg = device_config(tmp_path)
     bundle = tmp_path / "v1.wl"
-    bundle.write_bytes(kit.bundle(1, embedder=embedder_sha256_for(load_config(cfg)))[0])
+    bundle.write_bytes(kit.bundle(1, **device_models(load_config(cfg)))[0])
     key = Ed25519PrivateKey.generate()
     log = AuditLog(tmp_path / "audit", key, checkpoint_every=5, fsync=False)
     log.append(al.SERVICE_START, {"device_id": "van-9", "location": "Test Street"})

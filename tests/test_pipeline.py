@@ -264,7 +264,7 @@ def _install_bundle(cfg_path: Path, office: Any, wl: Watchlist) -> None:
     from edge.core.config import load_config
     from edge.core.keys import generate_device_keys
     from edge.core.watchlist.bundle import build_bundle
-    from edge.device.watchlist.store import embedder_sha256_for, store_from_config
+    from edge.device.watchlist.store import embedder_sha256_for, landmarks_sha256_for, store_from_config
 
     cfg = load_config(cfg_path)
     device = generate_device_keys(cfg.device.keys_dir)
@@ -272,6 +272,7 @@ def _install_bundle(cfg_path: Path, office: Any, wl: Watchlist) -> None:
         subjects=wl.subjects, templates=wl.templates, template_subject=wl.template_subject,
         signer=office.ed25519, recipients=[device.x25519_public], version=7,
         expires_at=time.time() + 3600, embedder_sha256=embedder_sha256_for(cfg),
+        landmarks_sha256=landmarks_sha256_for(cfg),
     )  # fmt: skip
     store_from_config(cfg, device).install(bundle)
 

@@ -128,6 +128,27 @@ def test_each_refusal_has_its_reason_and_one_line(kit: Kit, case: str, reason: s
     assert "\n" not in msg and msg.startswith(f"watchlist bundle refused ({reason})")
 
 
+def test_a_list_cut_another_way_than_the_device_cuts_is_refused_naming_both(kit: Kit) -> None:
+    """Templates from keypoint chips on a device that cuts with the face mesh (or the other way
+    round, or another mesh) would score below the calibrated thresholds: refused like another embedder."""
+    mesh, other = "cd" * 32, "ef" * 32
+    keypoint_list, _ = kit.bundle(5)
+    mesh_list, _ = kit.bundle(6, landmarks=mesh)
+    assert read_header(mesh_list, [kit.backoffice.ed25519_public], 1 << 30).landmarks_sha256 == mesh
+    assert _verify(kit, mesh_list, landmarks_sha256=mesh).version == 6
+    assert _verify(kit, keypoint_list).version == 5
+    for data, device_cuts, said in (
+        (keypoint_list, mesh, "templates were cut with detector keypoints, this device cuts with face mesh cdcdcdcdcdcd…"),
+        (mesh_list, None, "templates were cut with face mesh cdcdcdcdcdcd…, this device cuts with detector keypoints"),
+        (mesh_list, other, "this device cuts with face mesh efefefefefef…"),
+    ):
+        with pytest.raises(BundleError) as err:
+            _verify(kit, data, landmarks_sha256=device_cuts)
+        assert err.value.reason == Reason.MODEL_MISMATCH and said in str(err.value)
+    # Back-office tools that skip the model check open either.
+    assert _verify(kit, mesh_list, embedder=None).version == 6
+
+
 def test_no_trusted_signers_refuses(kit: Kit) -> None:
     data, _ = kit.bundle(1)
     with pytest.raises(BundleError) as err:

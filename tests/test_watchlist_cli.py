@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from edge.cli.main import main
 from edge.core.config import load_config
-from edge.device.watchlist.store import embedder_sha256_for
-from tests.watchlist_kit import Kit, make_kit
+from tests.watchlist_kit import Kit, device_models, make_kit
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> tuple[Kit, Path, str]:
+def device(tmp_path: Path) -> tuple[Kit, Path, dict[str, Any]]:
     kit = make_kit(tmp_path)
     cfg = {
         "device": {
@@ -32,18 +32,18 @@ def device(tmp_path: Path) -> tuple[Kit, Path, str]:
     }
     path = tmp_path / "lfr-edge.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return kit, path, embedder_sha256_for(load_config(path))
+    return kit, path, device_models(load_config(path))
 
 
 def test_install_status_and_local_wipe(
-    device: tuple[Kit, Path, str], capsys: pytest.CaptureFixture[str]
+    device: tuple[Kit, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     kit, cfg, sha = device
     assert main(["watchlist", "status", "--config", str(cfg)]) == 0
     assert "no watchlist installed" in capsys.readouterr().out
 
     bundle = kit.root / "v3.wl"
-    bundle.write_bytes(kit.bundle(3, n_subjects=5, per_subject=2, embedder=sha)[0])
+    bundle.write_bytes(kit.bundle(3, n_subjects=5, per_subject=2, **sha)[0])
     assert main(["watchlist", "install", str(bundle), "--config", str(cfg)]) == 0
     assert "installed watchlist version 3: 5 subjects, 10 templates" in capsys.readouterr().out
 
@@ -58,7 +58,7 @@ def test_install_status_and_local_wipe(
 
     # Refusals: one line on stderr, exit 2, the installed list unchanged.
     old = kit.root / "v2.wl"
-    old.write_bytes(kit.bundle(2, embedder=sha)[0])
+    old.write_bytes(kit.bundle(2, **sha)[0])
     assert main(["watchlist", "install", str(old), "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.splitlines()
     # The error is one line; the other says the command acted on the store (no service runs here).
@@ -78,7 +78,7 @@ def test_install_status_and_local_wipe(
 
 
 def test_install_of_missing_file_is_one_line(
-    device: tuple[Kit, Path, str], capsys: pytest.CaptureFixture[str]
+    device: tuple[Kit, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, cfg, _ = device
     assert main(["watchlist", "install", "/nonexistent.wl", "--config", str(cfg)]) == 2

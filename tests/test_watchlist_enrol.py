@@ -136,6 +136,13 @@ def test_build_install_match_round_trip(enrolled: dict[str, object], capsys: pyt
     data = out.read_bytes()
     for name, _ in enrol:
         assert name.encode() not in data  # subject ids only inside the ciphertext
+    # The header names the face mesh the chips were cut with, as the device will cut its probes.
+    from edge.core.inference import default_models_dir, load_manifest
+    from edge.core.keys import load_backoffice_keys
+    from edge.core.watchlist.bundle import read_header
+
+    header = read_header(data, [load_backoffice_keys(root / "backoffice-keys").ed25519_public], 1 << 30)
+    assert header.landmarks_sha256 == load_manifest(default_models_dir())["face_mesh_fp32"].sha256
 
     assert main(["watchlist", "install", str(out), "--config", str(enrolled["cfg"])]) == 0
     assert f"{N_SUBJECTS} subjects, {N_SUBJECTS} templates" in capsys.readouterr().out  # photos fused

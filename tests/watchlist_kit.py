@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import Config
 from edge.core.keys import BackofficeKeys, DeviceKeys, generate_backoffice_keys, generate_device_keys
 from edge.core.types import Subject
 from edge.core.watchlist.bundle import build_bundle
-from edge.device.watchlist.store import WatchlistStore
+from edge.device.watchlist.store import WatchlistStore, embedder_sha256_for, landmarks_sha256_for
 
 EMBEDDER = "ab" * 32
 DAY = 24 * 3600.0
@@ -58,6 +59,7 @@ class Kit:
         recipients: list[Any] | None = None,
         signer: Any = None,
         embedder: str = EMBEDDER,
+        landmarks: str | None = None,
         seed: int | None = None,
         dtype: str = "float32",
     ) -> tuple[bytes, np.ndarray[Any, np.dtype[np.float32]]]:
@@ -80,6 +82,7 @@ class Kit:
             expires_at=now + expires_in,
             created_at=now - 60,
             embedder_sha256=embedder,
+            landmarks_sha256=landmarks,
             dtype=dtype,
         )
         return data, templates
@@ -93,3 +96,9 @@ def make_kit(root: Path) -> Kit:
         other_device=generate_device_keys(root / "other-device-keys"),
         events=[],
     )
+
+
+def device_models(cfg: Config) -> dict[str, Any]:
+    """Kit.bundle's model arguments for a device running `cfg`: its embedder and the face mesh its
+    chips are cut with, so the device accepts the bundle."""
+    return {"embedder": embedder_sha256_for(cfg), "landmarks": landmarks_sha256_for(cfg)}

@@ -119,6 +119,7 @@ class WatchlistPages:
             version=version,
             expires_at=now + valid_s,
             embedder_sha256=model.sha256,
+            landmarks_sha256=model.landmarks_sha256,
             metadata={"built_by": "lfr-edge console"},
         )
         bundles = self.store.data_dir / BUNDLES_DIR

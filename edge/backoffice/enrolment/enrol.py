@@ -103,6 +103,9 @@ class EnrolModel:
     embedder_id: str
     sha256: str  # goes into the bundle header: devices running another embedder refuse the list
     consistency_min_cosine: float | None  # None: the manifest has no figure, images are not cross-checked
+    # The face mesh the chips were cut with (None: detector keypoints): in the header too, so a
+    # device cutting its probes another way refuses the list.
+    landmarks_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +127,22 @@ def face_analyser(choice: ModelChoice) -> tuple[Analyse, EnrolModel]:
     cfg = load_config(choice.config) if choice.config else Config()
     models_dir = choice.models_dir or cfg.models.dir or default_models_dir()
     embedder_id = choice.embedder or cfg.models.embedder
-    entry = load_manifest(models_dir).get(embedder_id)
+    manifest = load_manifest(models_dir)
+    entry = manifest.get(embedder_id)
     if entry is None:
         raise InputError(f"--embedder {embedder_id!r} is not in {models_dir}/MANIFEST.json")
-    model = EnrolModel(embedder_id, entry.sha256, consistency_min_cosine(entry, models_dir))
     analyzer = FaceAnalyzer.from_config(
         cfg,
         models_dir=models_dir,
         detector_id=choice.detector or cfg.models.detector,
         embedder_id=embedder_id,
+    )
+    mesh = analyzer.stack.model_ids.landmarks
+    model = EnrolModel(
+        embedder_id,
+        entry.sha256,
+        consistency_min_cosine(entry, models_dir),
+        None if mesh is None else manifest[mesh].sha256,
     )
     return analyzer_adapter(analyzer), model
 
@@ -341,6 +351,7 @@ def build_watchlist(req: BuildRequest, step: Step | None = None) -> BuildResult:
         version=req.version,
         expires_at=expires,
         embedder_sha256=model.sha256,
+        landmarks_sha256=model.landmarks_sha256,
         dtype=req.dtype,
         metadata={"built_by": "lfr-edge watchlist build"},
     )

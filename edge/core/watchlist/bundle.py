@@ -5,7 +5,8 @@ Container (all integers big-endian):
     magic          8   b"LFRWLB" + format version (u16)
     signer id      8   first 8 bytes of sha256(raw Ed25519 public key of the signer)
     header_len     4   u32
-    header         n   UTF-8 JSON: version, created_at, expires_at, embedder_sha256, signer,
+    header         n   UTF-8 JSON: version, created_at, expires_at, embedder_sha256, landmarks_sha256
+                       (the face mesh that placed the chips' points; null: detector keypoints), signer,
                        recipients [{key_id, wrapped_key}], payload cipher and dtype
     payload_len    8   u64
     payload        m   nonce (12) | AES-256-GCM(content key, plaintext, aad = everything before it)
@@ -103,6 +104,7 @@ class BundleHeader:
     created_at: float
     expires_at: float
     embedder_sha256: str
+    landmarks_sha256: str | None  # the face mesh the templates' chips were cut with; None: keypoints
     signer: str
     recipients: tuple[str, ...]  # device X25519 key ids
     dtype: str
@@ -154,6 +156,7 @@ def build_bundle(
     expires_at: float,
     embedder_sha256: str,
     created_at: float | None = None,
+    landmarks_sha256: str | None = None,
     dtype: str = "float32",
     metadata: Mapping[str, Any] | None = None,
 ) -> bytes:
@@ -170,6 +173,8 @@ def build_bundle(
         raise InputError(f"bundle version must be a positive integer, got {version}")
     if not _HEX64.match(embedder_sha256):
         raise InputError(f"embedder sha256 {embedder_sha256!r} is not 64 lowercase hex digits")
+    if landmarks_sha256 is not None and not _HEX64.match(landmarks_sha256):
+        raise InputError(f"face-mesh sha256 {landmarks_sha256!r} is not 64 lowercase hex digits")
     t = np.asarray(templates, dtype=np.float64)
     ts = np.asarray(template_subject, dtype=np.int64)
     if t.ndim != 2 or ts.shape != (t.shape[0],) or not 0 < t.shape[1] <= MAX_DIM:
@@ -201,6 +206,7 @@ def build_bundle(
         "created_at": format_utc(created),
         "expires_at": format_utc(expires_at),
         "embedder_sha256": embedder_sha256,
+        "landmarks_sha256": landmarks_sha256,
         "signer": key_id(signer.public_key()),
         "recipients": [
             {"key_id": key_id(r), "wrapped_key": base64.b64encode(seal(r, content_key, WRAP_INFO)).decode()}
@@ -276,6 +282,9 @@ def _parse_header(header_bytes: bytes, signer_id: bytes) -> BundleHeader:
             raise BundleError(Reason.CORRUPT, f"header field {name!r} is not an RFC 3339 time") from None
     embedder = _field(raw, "embedder_sha256", str)
     _need(bool(_HEX64.match(embedder)), Reason.CORRUPT, "header embedder_sha256 is not a sha256")
+    landmarks = raw.get("landmarks_sha256")
+    _need(landmarks is None or (isinstance(landmarks, str) and bool(_HEX64.match(landmarks))), Reason.CORRUPT,
+          "header landmarks_sha256 is neither null nor a sha256")  # fmt: skip
     signer = _field(raw, "signer", str)
     _need(signer == signer_id.hex(), Reason.CORRUPT, "header signer does not match the signer id")
     recipients = _field(raw, "recipients", list)
@@ -297,6 +306,7 @@ def _parse_header(header_bytes: bytes, signer_id: bytes) -> BundleHeader:
         created_at=times["created_at"],
         expires_at=times["expires_at"],
         embedder_sha256=embedder,
+        landmarks_sha256=landmarks,
         signer=signer,
         recipients=tuple(r["key_id"] for r in recipients),
         dtype=str(dtype),
@@ -350,9 +360,14 @@ def _authenticate(data: bytes, trusted: Iterable[Ed25519PublicKey], max_bytes: i
 
 
 def _check_policy(
-    header: BundleHeader, current_version: int | None, embedder_sha256: str | None, now: float | None
+    header: BundleHeader,
+    current_version: int | None,
+    embedder_sha256: str | None,
+    now: float | None,
+    landmarks_sha256: str | None,
 ) -> None:
-    """`current_version` None: nothing installed; `now` None: expiry not checked here."""
+    """`current_version` None: nothing installed; `now` None: expiry not checked here;
+    `embedder_sha256` None: no model check (then `landmarks_sha256` is not checked either)."""
     if current_version is not None:
         _need(
             header.version > current_version,
@@ -368,6 +383,18 @@ def _check_policy(
             f"templates were made with embedder {header.embedder_sha256[:12]}…, this device runs "
             f"{embedder_sha256[:12]}…",
         )
+        # Templates from chips cut another way than the device cuts its probes would match worse
+        # than the calibrated thresholds promise, so the chip recipe is bound as the network is.
+        _need(
+            header.landmarks_sha256 == landmarks_sha256,
+            Reason.MODEL_MISMATCH,
+            f"templates were cut with {_chips(header.landmarks_sha256)}, this device cuts with "
+            f"{_chips(landmarks_sha256)}",
+        )
+
+
+def _chips(landmarks_sha256: str | None) -> str:
+    return "detector keypoints" if landmarks_sha256 is None else f"face mesh {landmarks_sha256[:12]}…"
 
 
 def _wrapped_key(header: BundleHeader, device: DeviceKeys) -> str:
@@ -524,18 +551,22 @@ def verify_bundle(
     embedder_sha256: str | None,
     now: float | None = None,
     max_bytes: int = 256 << 20,
+    landmarks_sha256: str | None = None,
 ) -> Watchlist:
     """The one verifier: a Watchlist, or BundleError with one clear line. Never another exception.
 
     Order: size → structure → signer → signature → (signed header) recipient, rollback, expiry,
     embedder → decrypt → payload. `current_version` None means no list is installed;
-    `embedder_sha256` None skips the model check (back-office tools only).
+    `embedder_sha256` None skips the model check (back-office tools only); `landmarks_sha256` is
+    the face mesh this device cuts its chips with (None: detector keypoints).
     """
 
     def run() -> Watchlist:
         auth = _authenticate(bytes(data), list(trusted_signers), max_bytes)
         wrapped = _wrapped_key(auth.header, device_keys)
-        _check_policy(auth.header, current_version, embedder_sha256, time.time() if now is None else now)
+        _check_policy(
+            auth.header, current_version, embedder_sha256, time.time() if now is None else now, landmarks_sha256
+        )
         return _open(auth, device_keys, wrapped)
 
     result: Watchlist = _guarded(run)
@@ -548,13 +579,14 @@ def open_stored_bundle(
     trusted_signers: Iterable[Ed25519PublicKey],
     embedder_sha256: str | None,
     max_bytes: int = 1 << 40,
+    landmarks_sha256: str | None = None,
 ) -> Watchlist:
     """Re-open an already accepted bundle from the device store: the same checks except rollback
     and expiry (an expired list still loads so the status can say so; the matcher refuses it)."""
 
     def run() -> Watchlist:
         auth = _authenticate(bytes(data), list(trusted_signers), max_bytes)
-        _check_policy(auth.header, None, embedder_sha256, None)
+        _check_policy(auth.header, None, embedder_sha256, None, landmarks_sha256)
         return _open(auth, device_keys, _wrapped_key(auth.header, device_keys))
 
     result: Watchlist = _guarded(run)

@@ -160,6 +160,7 @@ class WatchlistStore:
         on_event: EventHook | None = None,
         clock: Callable[[], float] = time.time,
         at_rest: bool = False,
+        landmarks_sha256: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.at_rest = at_rest
@@ -167,6 +168,7 @@ class WatchlistStore:
         self.device_keys = device_keys
         self.trusted_signers = list(trusted_signers)
         self.embedder_sha256 = embedder_sha256
+        self.landmarks_sha256 = landmarks_sha256  # the face mesh this device cuts chips with
         self.max_bytes = max_bytes
         self.holder = holder if holder is not None else WatchlistHolder()
         self.on_event = on_event
@@ -288,7 +290,9 @@ class WatchlistStore:
         if bundle is None:
             self.holder.swap(None)
             return None
-        wl = open_stored_bundle(bundle, self.device_keys, self.trusted_signers, self.embedder_sha256)
+        wl = open_stored_bundle(
+            bundle, self.device_keys, self.trusted_signers, self.embedder_sha256, landmarks_sha256=self.landmarks_sha256
+        )
         self.holder.swap(wl)
         return wl
 
@@ -315,6 +319,7 @@ class WatchlistStore:
                     self.embedder_sha256,
                     self.clock(),
                     self.max_bytes,
+                    self.landmarks_sha256,
                 )
             except BundleError as e:
                 self.report_refusal(e, source)
@@ -343,7 +348,7 @@ class WatchlistStore:
         try:
             return verify_bundle(
                 bundle, self.device_keys, self.trusted_signers, max(known) if known else None,
-                self.embedder_sha256, self.clock(), self.max_bytes,
+                self.embedder_sha256, self.clock(), self.max_bytes, self.landmarks_sha256,
             )  # fmt: skip
         except BundleError as e:
             self.report_refusal(e, source)
@@ -392,6 +397,17 @@ def embedder_sha256_for(cfg: Config) -> str:
     return entry.sha256
 
 
+def landmarks_sha256_for(cfg: Config) -> str | None:
+    """sha256 of the face mesh this device cuts its chips with (bundles must have been cut with
+    it too); None when the embedder's recipe uses the detector's keypoints alone."""
+    from edge.core.inference import default_models_dir, load_manifest
+    from edge.core.vision.scoring import chip_landmarks
+
+    models_dir = cfg.models.dir or default_models_dir()
+    mesh = chip_landmarks(cfg.models.embedder, models_dir)
+    return None if mesh is None else load_manifest(models_dir)[mesh].sha256
+
+
 def trusted_signers_for(cfg: Config) -> list[Ed25519PublicKey]:
     return [load_ed25519_public(p) for p in cfg.watchlist.trusted_signers]
 
@@ -409,6 +425,7 @@ def store_from_config(
         device_keys if device_keys is not None else load_device_keys(cfg.device.keys_dir),
         trusted_signers_for(cfg),
         embedder_sha256_for(cfg),
+        landmarks_sha256=landmarks_sha256_for(cfg),
         max_bytes=int(cfg.watchlist.max_bundle_mb * (1 << 20)),
         holder=holder,
         on_event=on_event,
