@@ -47,9 +47,14 @@ SUBJECT_ID = "eileen_collins"
 CLIP = "clip.mkv"
 MIN_COSINE = 0.999  # the bar for "the same embeddings"
 MIN_IOU = 0.98  # boxes of the same face on both architectures
-# Alert score (S-norm units) difference still called the same. Embeddings at the agreed cosine
-# 0.9998 moved one alert's score by 0.021 (10.087 vs 10.066, threshold 6.66) in the 2026-12-05 run.
-MAX_SCORE_DIFF = 0.05
+# Alert score (S-norm units) difference still called the same; which alerts are raised is compared
+# exactly. S-norm divides cosines by the cohort's spread (~0.03), so tiny embedding differences
+# show: keypoint chips moved one alert's score by 0.021 (2026-12-05); face-mesh chips, whose fp32
+# landmarks differ in the last bits between XNNPACK's x86 and arm64 kernels, by 0.057 (10.267 vs
+# 10.324, threshold 6.51, embedding cosine min 0.99982; 2026-12-06). A tenth of the 1.1 units
+# between the balanced and strict points: it could move an alert across a named point only if the
+# score sat within 0.1 of it.
+MAX_SCORE_DIFF = 0.1
 
 
 def _cli(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str]:
@@ -111,9 +116,10 @@ def faces(d: Path, out: Path) -> None:
         dets = vs.detector.detect(img)
         if len(dets) == 0:
             continue
-        chips, mats = vs.aligner.align(img, dets.keypoints)
-        quality = vs.quality.assess(dets.keypoints, dets.scores, vs.gate_regions(img, mats))
-        vecs = vs.embedder.embed(chips)
+        # As the device does: the gate on the keypoint fit, the embedder on the chips its recipe cuts.
+        fit = vs.aligner.matrices(dets.keypoints)
+        quality = vs.quality.assess(dets.keypoints, dets.scores, vs.gate_regions(img, fit))
+        vecs = vs.embedder.embed(vs.aligner.align_with(img, vs.chip_matrices(img, dets.keypoints, fit)))
         for j in range(len(dets)):
             rows.append({
                 "frame": i, "box": [round(float(v), 3) for v in dets.boxes[j]], "score": float(dets.scores[j]),
