@@ -119,7 +119,7 @@ def faces(d: Path, out: Path) -> None:
         # As the device does: the gate on the keypoint fit, the embedder on the chips its recipe cuts.
         fit = vs.aligner.matrices(dets.keypoints)
         quality = vs.quality.assess(dets.keypoints, dets.scores, vs.gate_regions(img, fit))
-        vecs = vs.embedder.embed(vs.aligner.align_with(img, vs.chip_matrices(img, dets.keypoints, fit)))
+        vecs = vs.embedder.embed(vs.cut_chips(img, dets.keypoints, fit)[0])
         for j in range(len(dets)):
             rows.append({
                 "frame": i, "box": [round(float(v), 3) for v in dets.boxes[j]], "score": float(dets.scores[j]),

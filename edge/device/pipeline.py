@@ -146,11 +146,10 @@ class Pipeline:
         """Gate, embed and match this frame's faces; returns how many were embedded."""
         pc = time.perf_counter
         vs = self.vision
-        al = vs.aligner
         t0 = pc()
         # Every face is judged, but only on its chip's face region (all the blur gate reads);
         # whole chips are cut below for the few faces that are embedded this frame.
-        mats = al.matrices(dets.keypoints)
+        mats = vs.aligner.matrices(dets.keypoints)
         regions = vs.gate_regions(frame.image, mats)
         t1 = pc()
         quality = vs.quality.assess(dets.keypoints, dets.scores, regions)
@@ -172,7 +171,7 @@ class Pipeline:
         if not sel:
             return 0
         t3 = pc()
-        chips = al.align_with(frame.image, vs.chip_matrices(frame.image, dets.keypoints[sel], mats[sel]))
+        chips, _ = vs.cut_chips(frame.image, dets.keypoints[sel], mats[sel])
         t4 = pc()
         vecs = vs.embedder.embed(chips)
         t5 = pc()

@@ -123,12 +123,12 @@ def face_analyser(choice: ModelChoice) -> tuple[Analyse, EnrolModel]:
     from edge.core.config import Config, load_config
     from edge.core.inference import default_models_dir, load_manifest
     from edge.core.vision.analyze import FaceAnalyzer
+    from edge.core.vision.scoring import chip_landmarks_sha256
 
     cfg = load_config(choice.config) if choice.config else Config()
     models_dir = choice.models_dir or cfg.models.dir or default_models_dir()
     embedder_id = choice.embedder or cfg.models.embedder
-    manifest = load_manifest(models_dir)
-    entry = manifest.get(embedder_id)
+    entry = load_manifest(models_dir).get(embedder_id)
     if entry is None:
         raise InputError(f"--embedder {embedder_id!r} is not in {models_dir}/MANIFEST.json")
     analyzer = FaceAnalyzer.from_config(
@@ -137,12 +137,11 @@ def face_analyser(choice: ModelChoice) -> tuple[Analyse, EnrolModel]:
         detector_id=choice.detector or cfg.models.detector,
         embedder_id=embedder_id,
     )
-    mesh = analyzer.stack.model_ids.landmarks
     model = EnrolModel(
         embedder_id,
         entry.sha256,
         consistency_min_cosine(entry, models_dir),
-        None if mesh is None else manifest[mesh].sha256,
+        chip_landmarks_sha256(embedder_id, models_dir),
     )
     return analyzer_adapter(analyzer), model
 

@@ -142,8 +142,7 @@ class FaceAnalyzer:
             return []
         fit = self.aligner.matrices(det.keypoints)
         quals = self.gate.assess(det.keypoints, det.scores, self.stack.gate_regions(rgb, fit))
-        mats = self.stack.chip_matrices(rgb, det.keypoints, fit)
-        chips = self.aligner.align_with(rgb, mats)
+        chips, mats = self.stack.cut_chips(rgb, det.keypoints, fit)
         todo = np.array([q.accepted or self.embed_rejected for q in quals])
         emb = self.embedder.embed(chips[todo]) if todo.any() else np.zeros((0, self.embedder.dim), np.float32)
         rows = np.cumsum(todo) - 1

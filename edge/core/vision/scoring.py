@@ -154,6 +154,18 @@ def chip_landmarks(embedder_id: str, models_dir: Path | None = None) -> str | No
     """The face mesh the embedder's recipe cuts its chips with (scoring.landmarks; None: the
     detector's keypoints alone). The cohort and thresholds were measured on chips cut that way.
     Read without loading the cohort, which a cohort build is about to replace."""
+    entry = _landmarks_entry(embedder_id, models_dir)
+    return None if entry is None else entry.id
+
+
+def chip_landmarks_sha256(embedder_id: str, models_dir: Path | None = None) -> str | None:
+    """sha256 of that face mesh: what a watchlist bundle names, so a device cutting its chips
+    another way refuses the list."""
+    entry = _landmarks_entry(embedder_id, models_dir)
+    return None if entry is None else entry.sha256
+
+
+def _landmarks_entry(embedder_id: str, models_dir: Path | None) -> ModelEntry | None:
     mdir = models_dir or default_models_dir()
     manifest = load_manifest(mdir)
     entry = manifest.get(embedder_id)
@@ -166,7 +178,7 @@ def chip_landmarks(embedder_id: str, models_dir: Path | None = None) -> str | No
     if found is None or found.role != "landmarks":
         where = f"{mdir}/MANIFEST.json {embedder_id}.scoring.landmarks"
         raise InputError(f"{where}: {value!r} is not a face-mesh model in the manifest")
-    return str(value)
+    return found
 
 
 def load_cohort(entry: ModelEntry, models_dir: Path) -> F32:

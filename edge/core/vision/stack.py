@@ -79,10 +79,15 @@ class VisionStack:
         keypoint fit (aligner.matrices): the fit itself, or the face mesh's where there is one."""
         return fit if self.mesh is None else self.mesh.matrices(image, keypoints)
 
+    def cut_chips(self, image: U8, keypoints: F32, fit: F32) -> tuple[U8, F32]:
+        """The embedder's chips of these faces (a view of a reused buffer) and their matrices,
+        given their keypoint fit (the gate's)."""
+        mats = self.chip_matrices(image, keypoints, fit)
+        return self.aligner.align_with(image, mats), mats
+
     def chips(self, image: U8, keypoints: F32) -> tuple[U8, F32]:
         """The embedder's chips of these faces (a view of a reused buffer) and their matrices."""
-        mats = self.chip_matrices(image, keypoints, self.aligner.matrices(keypoints))
-        return self.aligner.align_with(image, mats), mats
+        return self.cut_chips(image, keypoints, self.aligner.matrices(keypoints))
 
 
 def build_vision_stack(

@@ -363,8 +363,8 @@ def _check_policy(
     header: BundleHeader,
     current_version: int | None,
     embedder_sha256: str | None,
-    now: float | None,
     landmarks_sha256: str | None,
+    now: float | None,
 ) -> None:
     """`current_version` None: nothing installed; `now` None: expiry not checked here;
     `embedder_sha256` None: no model check (then `landmarks_sha256` is not checked either)."""
@@ -565,7 +565,7 @@ def verify_bundle(
         auth = _authenticate(bytes(data), list(trusted_signers), max_bytes)
         wrapped = _wrapped_key(auth.header, device_keys)
         _check_policy(
-            auth.header, current_version, embedder_sha256, time.time() if now is None else now, landmarks_sha256
+            auth.header, current_version, embedder_sha256, landmarks_sha256, time.time() if now is None else now
         )
         return _open(auth, device_keys, wrapped)
 
@@ -586,7 +586,7 @@ def open_stored_bundle(
 
     def run() -> Watchlist:
         auth = _authenticate(bytes(data), list(trusted_signers), max_bytes)
-        _check_policy(auth.header, None, embedder_sha256, None, landmarks_sha256)
+        _check_policy(auth.header, None, embedder_sha256, landmarks_sha256, None)
         return _open(auth, device_keys, _wrapped_key(auth.header, device_keys))
 
     result: Watchlist = _guarded(run)

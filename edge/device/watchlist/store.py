@@ -400,12 +400,9 @@ def embedder_sha256_for(cfg: Config) -> str:
 def landmarks_sha256_for(cfg: Config) -> str | None:
     """sha256 of the face mesh this device cuts its chips with (bundles must have been cut with
     it too); None when the embedder's recipe uses the detector's keypoints alone."""
-    from edge.core.inference import default_models_dir, load_manifest
-    from edge.core.vision.scoring import chip_landmarks
+    from edge.core.vision.scoring import chip_landmarks_sha256
 
-    models_dir = cfg.models.dir or default_models_dir()
-    mesh = chip_landmarks(cfg.models.embedder, models_dir)
-    return None if mesh is None else load_manifest(models_dir)[mesh].sha256
+    return chip_landmarks_sha256(cfg.models.embedder, cfg.models.dir)
 
 
 def trusted_signers_for(cfg: Config) -> list[Ed25519PublicKey]:

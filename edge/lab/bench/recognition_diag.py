@@ -101,7 +101,7 @@ def record_video(
             mats = st.aligner.matrices(dets.keypoints)
             iod, yaw, roll = pose_angles(dets.keypoints)
             sharp = sharpness(st.gate_regions(img, mats))
-            chips = st.aligner.align_with(img, st.chip_matrices(img, dets.keypoints, mats))
+            chips, _ = st.cut_chips(img, dets.keypoints, mats)
             vecs = st.embedder.embed(chips)
             for i in range(len(dets)):
                 who = who_is_there(cast, SIZE, f, [float(v) for v in dets.boxes[i]])
